@@ -1,0 +1,305 @@
+//! Starts real `xene-server` processes on loopback for tests, and controls them: SIGKILL,
+//! SIGTERM, SIGSTOP/SIGCONT, restart with the same data directory.
+//!
+//! Each server writes its log to `DIR/node-N.log`; when a test fails the directory is kept
+//! (its path is printed) so the logs can be read.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+use xene_proto as pb;
+use xene_proto::cluster_service_client::ClusterServiceClient;
+use xene_proto::kv_service_client::KvServiceClient;
+
+/// The cluster secret every test server shares.
+pub const SECRET: &str = "test-cluster-secret";
+
+/// Where the workspace's binaries are: beside the test executable's `deps/` folder, unless
+/// `XENE_BIN_DIR` says otherwise.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("XENE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("invariant: the test knows its own path");
+    let deps = exe.parent().expect("invariant: the test executable is in a folder");
+    deps.parent().expect("invariant: deps/ is inside the profile folder").to_path_buf()
+}
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One server process and what is needed to restart it.
+pub struct ServerProc {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl ServerProc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open server log");
+        let err = log.try_clone().expect("clone log handle");
+        let child = Command::new(bin_dir().join("xene-server"))
+            .args(&self.args)
+            .env("XENE_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start xene-server (was `cargo build --bins` run?)");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (SIGKILL after `grace`). Returns whether it exited
+    /// by itself with status 0.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, Signal::SIGSTOP);
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+    }
+
+    /// Starts the process again with the same data directory and flags (no bootstrap or
+    /// join needed: a restarted node needs only its data).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.args.retain(|a| a != "--bootstrap");
+        if let Some(pos) = self.args.iter().position(|a| a == "--join") {
+            self.args.drain(pos..pos + 2);
+        }
+        self.spawn();
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+/// Options for [`TestCluster::start`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub servers: usize,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_logs: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { servers: 3, heartbeat_ms: 50, election_timeout_ms: 300, snapshot_logs: 10_000 }
+    }
+}
+
+/// A cluster of server processes in a temporary directory.
+pub struct TestCluster {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub servers: Vec<ServerProc>,
+    pub token: String,
+    options: ClusterOptions,
+}
+
+impl TestCluster {
+    /// Bootstraps server 1, waits for its admin token, then joins the others one by one.
+    pub async fn start(options: ClusterOptions) -> TestCluster {
+        let tmp = tempfile::Builder::new().prefix("xene-test-").tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let mut cluster = TestCluster { dir, _tmp: Some(tmp), servers: Vec::new(), token: String::new(), options };
+        let first = cluster.add_server(1, None);
+        let token_path = cluster.servers[first].data_dir.join("admin.token");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !token_path.exists() || std::fs::read_to_string(&token_path).unwrap_or_default().trim().is_empty() {
+            assert!(Instant::now() < deadline, "no admin token after 30 s:\n{}", cluster.servers[first].log_tail(30));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.token = std::fs::read_to_string(&token_path).expect("read token").trim().to_string();
+        cluster.wait_voters(1, Duration::from_secs(30)).await;
+        for id in 2..=cluster.options.servers as u64 {
+            let via = cluster.servers[0].grpc.clone();
+            cluster.add_server(id, Some(&via));
+            cluster.wait_voters(id as usize, Duration::from_secs(60)).await;
+        }
+        cluster
+    }
+
+    /// Starts one more server: bootstrapping when `join` is `None`, else joining via it.
+    /// Returns its index in `servers`.
+    pub fn add_server(&mut self, id: u64, join: Option<&str>) -> usize {
+        self.add_server_with_secret(id, join, SECRET)
+    }
+
+    pub fn add_server_with_secret(&mut self, id: u64, join: Option<&str>, secret: &str) -> usize {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let data_dir = self.dir.join(format!("node-{id}"));
+        let mut args = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--grpc-addr".into(),
+            grpc.clone(),
+            "--http-addr".into(),
+            http.clone(),
+            "--cluster-secret".into(),
+            secret.into(),
+            "--heartbeat-ms".into(),
+            self.options.heartbeat_ms.to_string(),
+            "--election-timeout-ms".into(),
+            self.options.election_timeout_ms.to_string(),
+            "--snapshot-logs".into(),
+            self.options.snapshot_logs.to_string(),
+        ];
+        match join {
+            None => args.push("--bootstrap".into()),
+            Some(via) => {
+                args.push("--join".into());
+                args.push(via.into());
+            }
+        }
+        let log = self.dir.join(format!("node-{id}.log"));
+        let mut server = ServerProc { id, grpc, http, data_dir, log, args, child: None };
+        server.spawn();
+        self.servers.push(server);
+        self.servers.len() - 1
+    }
+
+    pub fn channel(&self, index: usize) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.servers[index].grpc))
+            .expect("valid endpoint")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy()
+    }
+
+    pub fn kv(&self, index: usize) -> KvServiceClient<Channel> {
+        KvServiceClient::new(self.channel(index))
+    }
+
+    pub fn cluster_client(&self, index: usize) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::new(self.channel(index))
+    }
+
+    /// A request carrying the admin token and a deadline.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let value = format!("Bearer {}", self.token).parse().expect("token is ASCII");
+        request.metadata_mut().insert("authorization", value);
+        request.set_timeout(Duration::from_secs(10));
+        request
+    }
+
+    /// The status of server `index`, if it answers.
+    pub async fn status(&self, index: usize) -> Option<pb::StatusResponse> {
+        let mut client = self.cluster_client(index);
+        client.status(self.request(pb::StatusRequest {})).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits until the running servers agree on one leader and returns its index.
+    pub async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (index, server) in self.servers.iter().enumerate() {
+                if !server.is_running() {
+                    continue;
+                }
+                if let Some(status) = self.status(index).await {
+                    if status.state == "leader" {
+                        return index;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until some server reports `count` voters.
+    pub async fn wait_voters(&self, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (index, server) in self.servers.iter().enumerate() {
+                if !server.is_running() {
+                    continue;
+                }
+                if let Some(status) = self.status(index).await {
+                    let voters = status.members.iter().filter(|m| m.role == "voter").count();
+                    if status.state == "leader" && voters == count {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader with {count} voters within {timeout:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of every server's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.servers.iter().map(|s| format!("--- node {} ---\n{}", s.id, s.log_tail(25))).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Keeps the directory (logs, data) after the test, e.g. when it failed.
+    pub fn keep(&mut self) -> &Path {
+        if let Some(tmp) = self._tmp.take() {
+            let _ = tmp.keep();
+        }
+        &self.dir
+    }
+}

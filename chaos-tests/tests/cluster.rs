@@ -1,0 +1,288 @@
+//! A three-server cluster as real processes (issue "A three-server cluster"): replication,
+//! failover, restart of every server, membership changes, and bad input (DESIGN §5, §11).
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use xene_chaos_tests::harness::{ClusterOptions, TestCluster};
+use xene_proto as pb;
+
+async fn put(cluster: &TestCluster, index: usize, key: &str, value: &str) -> Result<u64, tonic::Status> {
+    let request = cluster.request(pb::PutRequest { key: key.into(), value: value.into(), id: None });
+    let reply = cluster.kv(index).put(request).await?.into_inner();
+    Ok(reply.header.map_or(0, |h| h.revision))
+}
+
+async fn get(cluster: &TestCluster, index: usize, key: &str, serializable: bool) -> Result<Option<String>, tonic::Status> {
+    let request = cluster.request(pb::RangeRequest { key: key.into(), prefix: false, limit: 0, serializable });
+    let reply = cluster.kv(index).range(request).await?.into_inner();
+    Ok(reply.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+}
+
+/// Retries `put` on every running server in turn until one acknowledges it.
+async fn put_anywhere(cluster: &TestCluster, key: &str, value: &str, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for index in 0..cluster.servers.len() {
+            if !cluster.servers[index].is_running() {
+                continue;
+            }
+            if let Ok(revision) = put(cluster, index, key, value).await {
+                return revision;
+            }
+        }
+        assert!(Instant::now() < deadline, "no server acknowledged {key} within {timeout:?}\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until server `index` serves `key` with `value` from its own state.
+async fn wait_value(cluster: &TestCluster, index: usize, key: &str, value: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(found)) = get(cluster, index, key, true).await {
+            if found == value {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "node {} never served {key}={value}\n{}", cluster.servers[index].id, cluster.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_replicate_writes_made_through_any_server() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    for writer in 0..3 {
+        let key = format!("written-via-{writer}");
+        put(&cluster, writer, &key, "v").await.unwrap_or_else(|e| panic!("put via {writer}: {e}\n{}", cluster.logs()));
+        for reader in 0..3 {
+            // A linearizable read from any server sees the acknowledged write at once.
+            let value = get(&cluster, reader, &key, false).await.expect("linearizable read");
+            assert_eq!(value.as_deref(), Some("v"), "read of {key} via server {reader}");
+        }
+    }
+    // Health and readiness on every server's REST port.
+    for server in &cluster.servers {
+        for path in ["healthz", "readyz", "metrics"] {
+            let body = http_get(&server.http, path).await;
+            assert!(body.starts_with("HTTP/1.1 200"), "{path} on node {}: {body}", server.id);
+            if path == "metrics" {
+                assert!(body.contains("xene_raft_term"), "metrics lack the raft term: {body}");
+                assert!(body.contains("xene_api_requests_total"), "metrics lack API counts: {body}");
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough for the health endpoints.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect REST port");
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_another_and_loses_nothing() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let key = format!("before/{i}");
+        put_anywhere(&cluster, &key, "1", Duration::from_secs(10)).await;
+        acknowledged.push(key);
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let killed_at = Instant::now();
+    cluster.servers[leader].kill();
+    let revision = put_anywhere(&cluster, "after-kill", "1", Duration::from_secs(20)).await;
+    let failover = killed_at.elapsed();
+    println!("failover: first write acknowledged {} ms after SIGKILL of the leader (revision {revision})", failover.as_millis());
+    assert!(failover < Duration::from_secs(10), "failover took {failover:?}");
+    let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    for key in &acknowledged {
+        assert_eq!(get(&cluster, new_leader, key, false).await.expect("read").as_deref(), Some("1"), "{key} lost");
+    }
+    // The killed server restarts from its data directory and catches up.
+    cluster.servers[leader].restart();
+    wait_value(&cluster, leader, "after-kill", "1", Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_every_server_at_once_loses_nothing() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    for i in 0..50 {
+        put_anywhere(&cluster, &format!("k/{i:02}"), &format!("v{i}"), Duration::from_secs(10)).await;
+    }
+    for server in &mut cluster.servers {
+        server.kill();
+    }
+    for server in &mut cluster.servers {
+        server.restart();
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    let request = cluster.request(pb::RangeRequest { key: b"k/".to_vec(), prefix: true, limit: 0, serializable: false });
+    let reply = cluster.kv(leader).range(request).await.expect("range after restart").into_inner();
+    assert_eq!(reply.kvs.len(), 50, "every acknowledged key survives");
+    for (i, kv) in reply.kvs.iter().enumerate() {
+        assert_eq!(kv.value, format!("v{i}").into_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_keep_the_cluster_serving() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    // A writer runs through every change; each write must eventually be acknowledged.
+    let mut written = 0;
+    let mut write = |cluster: &TestCluster| {
+        written += 1;
+        let key = format!("during/{written:03}");
+        async move { put_anywhere(cluster, &key, "x", Duration::from_secs(20)).await }
+    };
+    write(&cluster).await;
+
+    let via = cluster.servers[0].grpc.clone();
+    let fourth = cluster.add_server(4, Some(&via));
+    cluster.wait_voters(4, Duration::from_secs(60)).await;
+    write(&cluster).await;
+    wait_value(&cluster, fourth, "during/002", "x", Duration::from_secs(20)).await;
+
+    // Remove a follower.
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (0..cluster.servers.len()).find(|i| *i != leader && *i != fourth).expect("a follower");
+    let follower_id = cluster.servers[follower].id;
+    let removed = cluster
+        .cluster_client(leader)
+        .remove_member(cluster.request(pb::RemoveMemberRequest { node_id: follower_id }))
+        .await
+        .unwrap_or_else(|e| panic!("remove follower: {e}\n{}", cluster.logs()))
+        .into_inner();
+    assert!(removed.members.iter().all(|m| m.node_id != follower_id));
+    cluster.servers[follower].terminate(Duration::from_secs(10));
+    write(&cluster).await;
+
+    // Remove the leader, asking a follower (the call is forwarded to the leader).
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let leader_id = cluster.servers[leader].id;
+    let asked = (0..cluster.servers.len()).find(|i| *i != leader && cluster.servers[*i].is_running()).expect("another");
+    cluster
+        .cluster_client(asked)
+        .remove_member(cluster.request(pb::RemoveMemberRequest { node_id: leader_id }))
+        .await
+        .unwrap_or_else(|e| panic!("remove leader: {e}\n{}", cluster.logs()));
+    cluster.wait_voters(2, Duration::from_secs(30)).await;
+    let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(cluster.servers[new_leader].id, leader_id);
+    cluster.servers[leader].terminate(Duration::from_secs(10));
+    write(&cluster).await;
+
+    // Every write made during the changes is there.
+    let request = cluster.request(pb::RangeRequest { key: b"during/".to_vec(), prefix: true, limit: 0, serializable: false });
+    let reply = cluster.kv(new_leader).range(request).await.expect("range").into_inner();
+    assert_eq!(reply.kvs.len(), 4);
+
+    // The removed IDs are never reused.
+    let rejoin = cluster
+        .cluster_client(new_leader)
+        .add_member(cluster.request(pb::AddMemberRequest {
+            node_id: follower_id,
+            grpc_addr: "127.0.0.1:1".into(),
+            http_addr: "127.0.0.1:2".into(),
+        }))
+        .await
+        .expect_err("a removed node ID is refused");
+    assert_eq!(rejoin.code(), Code::FailedPrecondition, "{rejoin}");
+    assert!(rejoin.message().contains("never reused"), "{rejoin}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_can_be_transferred() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let target = (leader + 1) % 3;
+    let target_id = cluster.servers[target].id;
+    let started = Instant::now();
+    let reply = cluster
+        .cluster_client(leader)
+        .transfer_leader(cluster.request(pb::TransferLeaderRequest { node_id: target_id }))
+        .await
+        .unwrap_or_else(|e| panic!("transfer: {e}\n{}", cluster.logs()))
+        .into_inner();
+    println!("leadership moved to node {} in {} ms", reply.leader_id, started.elapsed().as_millis());
+    assert_eq!(reply.leader_id, target_id);
+    assert_eq!(cluster.wait_leader(Duration::from_secs(10)).await, target);
+    put(&cluster, target, "after-transfer", "1").await.expect("the new leader serves writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    put(&cluster, 0, "stable", "1").await.expect("put");
+    let before = get(&cluster, 0, "stable", false).await.expect("get");
+
+    // No token, and a wrong token.
+    let mut kv = cluster.kv(1);
+    let no_token = kv
+        .put(tonic::Request::new(pb::PutRequest { key: "stable".into(), value: "2".into(), id: None }))
+        .await
+        .expect_err("no token");
+    assert_eq!(no_token.code(), Code::Unauthenticated);
+    assert!(no_token.message().contains("token"), "{no_token}");
+    let mut wrong = tonic::Request::new(pb::PutRequest { key: "stable".into(), value: "2".into(), id: None });
+    wrong.metadata_mut().insert("authorization", "Bearer xene_000000000000_nope".parse().expect("ascii"));
+    assert_eq!(kv.put(wrong).await.expect_err("wrong token").code(), Code::Unauthenticated);
+
+    // A failed compare runs the else branch only.
+    let txn = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            key: "stable".into(),
+            result: pb::compare::Result::Equal as i32,
+            target: Some(pb::compare::Target::Value("not-the-value".into())),
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::Put(pb::PutRequest { key: "stable".into(), value: "3".into(), id: None })),
+        }],
+        failure: vec![],
+        id: None,
+    };
+    let reply = cluster.kv(2).txn(cluster.request(txn)).await.expect("txn").into_inner();
+    assert!(!reply.succeeded);
+
+    // A value over the limit.
+    let big = pb::PutRequest { key: "stable".into(), value: vec![b'x'; 1024 * 1024 + 1], id: None };
+    let too_big = cluster.kv(0).put(cluster.request(big)).await.expect_err("oversized value");
+    assert_eq!(too_big.code(), Code::InvalidArgument, "{too_big}");
+    assert!(too_big.message().contains("limit"), "{too_big}");
+
+    // An empty key.
+    let empty = cluster.kv(0).put(cluster.request(pb::PutRequest { key: vec![], value: vec![], id: None })).await;
+    assert_eq!(empty.expect_err("empty key").code(), Code::InvalidArgument);
+
+    // Removing a node that is not a member.
+    let unknown = cluster
+        .cluster_client(0)
+        .remove_member(cluster.request(pb::RemoveMemberRequest { node_id: 42 }))
+        .await
+        .expect_err("unknown node");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown}");
+    assert!(unknown.message().contains("42"), "{unknown}");
+
+    // A server with the wrong cluster secret cannot join.
+    let via = cluster.servers[0].grpc.clone();
+    let intruder = cluster.add_server_with_secret(9, Some(&via), "the-wrong-secret");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = cluster.status(0).await.expect("status");
+    assert!(status.members.iter().all(|m| m.node_id != 9), "the intruder was admitted");
+    assert!(
+        cluster.servers[intruder].log_tail(50).contains("cluster secret"),
+        "the intruder's log says why: {}",
+        cluster.servers[intruder].log_tail(50)
+    );
+    cluster.servers[intruder].kill();
+
+    assert_eq!(get(&cluster, 0, "stable", false).await.expect("get"), before, "nothing changed");
+}

@@ -1,0 +1,257 @@
+//! `xenectl`: the command-line client of a Xene cluster.
+
+mod client;
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Parser, Subcommand};
+use tokio_stream::StreamExt;
+use xene_proto as pb;
+use xene_proto::cluster_service_client::ClusterServiceClient;
+use xene_proto::kv_service_client::KvServiceClient;
+
+use client::Cluster;
+
+#[derive(Parser)]
+#[command(name = "xenectl", version, about = "Control a Xene cluster.")]
+struct Cli {
+    /// Servers to talk to, HOST:PORT separated by commas; tried in turn.
+    #[arg(long, env = "XENE_SERVERS", value_delimiter = ',', global = true, default_value = "127.0.0.1:7400")]
+    servers: Vec<String>,
+    /// Bearer token (see DATA_DIR/admin.token on the first server).
+    #[arg(long, env = "XENE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Per-call timeout in seconds.
+    #[arg(long, global = true, default_value_t = 15)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cluster status and membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// The raw key-value store (admin only).
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// This server's view: role, leader, term, indexes, members.
+    Status,
+    /// The members and their roles.
+    Members,
+    /// Add a server (it must be running); it joins as a learner and becomes a voter.
+    Add { node_id: u64, grpc_addr: String, http_addr: String },
+    /// Remove a server from the cluster; its node ID is never used again.
+    Remove { node_id: u64 },
+    /// Hand leadership to another voter.
+    TransferLeader { node_id: u64 },
+    /// Build a snapshot now on the server answering.
+    Snapshot,
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Write a value.
+    Put { key: String, value: String },
+    /// Read a key, or every key under a prefix.
+    Get {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        /// Read this server's state without asking the leader (possibly stale).
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Delete a key, or every key under a prefix.
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Print every change to a key or prefix as it happens.
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start from this revision (0: changes from now on).
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xenectl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cluster = Cluster::new(cli.servers, cli.token, Duration::from_secs(cli.timeout))?;
+    match cli.command {
+        Command::Cluster(command) => cluster_command(&cluster, command).await,
+        Command::Kv(command) => kv_command(&cluster, command).await,
+    }
+}
+
+fn print_members(members: &[pb::Member], leader: u64) {
+    println!("{:<8} {:<8} {:<24} {:<24}", "ID", "ROLE", "GRPC", "HTTP");
+    for m in members {
+        let role = if m.node_id == leader { "leader" } else { m.role.as_str() };
+        println!("{:<8} {:<8} {:<24} {:<24}", m.node_id, role, m.grpc_addr, m.http_addr);
+    }
+}
+
+async fn cluster_command(cluster: &Cluster, command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Status => {
+            let status = cluster
+                .call(|ch| async move { ClusterServiceClient::new(ch).status(cluster.request(pb::StatusRequest {})).await })
+                .await?
+                .into_inner();
+            println!("node:        {} ({})", status.node_id, status.state);
+            println!("leader:      {} {}", status.leader_id, status.leader_grpc_addr);
+            println!("term:        {}", status.term);
+            println!("applied:     {}", status.applied_index);
+            println!("last log:    {}", status.last_log_index);
+            print_members(&status.members, status.leader_id);
+        }
+        ClusterCommand::Members => {
+            let reply = cluster
+                .call(|ch| async move { ClusterServiceClient::new(ch).members(cluster.request(pb::MembersRequest {})).await })
+                .await?
+                .into_inner();
+            print_members(&reply.members, reply.leader_id);
+        }
+        ClusterCommand::Add { node_id, grpc_addr, http_addr } => {
+            let message = pb::AddMemberRequest { node_id, grpc_addr, http_addr };
+            let reply = cluster
+                .call(|ch| {
+                    let message = message.clone();
+                    async move { ClusterServiceClient::new(ch).add_member(cluster.request(message)).await }
+                })
+                .await?
+                .into_inner();
+            print_members(&reply.members, 0);
+        }
+        ClusterCommand::Remove { node_id } => {
+            let reply = cluster
+                .call(|ch| async move {
+                    ClusterServiceClient::new(ch).remove_member(cluster.request(pb::RemoveMemberRequest { node_id })).await
+                })
+                .await?
+                .into_inner();
+            print_members(&reply.members, 0);
+        }
+        ClusterCommand::TransferLeader { node_id } => {
+            let reply = cluster
+                .call(|ch| async move {
+                    ClusterServiceClient::new(ch).transfer_leader(cluster.request(pb::TransferLeaderRequest { node_id })).await
+                })
+                .await?
+                .into_inner();
+            println!("leader is now node {}", reply.leader_id);
+        }
+        ClusterCommand::Snapshot => {
+            let reply = cluster
+                .call(|ch| async move { ClusterServiceClient::new(ch).snapshot(cluster.request(pb::SnapshotRequest {})).await })
+                .await?
+                .into_inner();
+            println!("node {} snapshot at index {}", reply.node_id, reply.snapshot_index);
+        }
+    }
+    Ok(())
+}
+
+/// A request ID for this invocation, so the server applies a retried write once.
+fn request_id() -> pb::RequestId {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    pb::RequestId { client_id: format!("xenectl-{}-{nanos}", std::process::id()), request_id: 1 }
+}
+
+async fn kv_command(cluster: &Cluster, command: KvCommand) -> Result<()> {
+    match command {
+        KvCommand::Put { key, value } => {
+            let message = pb::PutRequest { key: key.into_bytes(), value: value.into_bytes(), id: Some(request_id()) };
+            let reply = cluster
+                .call(|ch| {
+                    let message = message.clone();
+                    async move { KvServiceClient::new(ch).put(cluster.request(message)).await }
+                })
+                .await?
+                .into_inner();
+            println!("revision {}", reply.header.map_or(0, |h| h.revision));
+        }
+        KvCommand::Get { key, prefix, limit, serializable } => {
+            let message = pb::RangeRequest { key: key.clone().into_bytes(), prefix, limit, serializable };
+            let reply = cluster
+                .call(|ch| {
+                    let message = message.clone();
+                    async move { KvServiceClient::new(ch).range(cluster.request(message)).await }
+                })
+                .await?
+                .into_inner();
+            if reply.kvs.is_empty() && !prefix {
+                bail!("key {key:?} not found");
+            }
+            for kv in reply.kvs {
+                if prefix {
+                    println!("{}={}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
+                } else {
+                    println!("{}", String::from_utf8_lossy(&kv.value));
+                }
+            }
+            if reply.more {
+                eprintln!("(more keys; raise --limit)");
+            }
+        }
+        KvCommand::Del { key, prefix } => {
+            let message = pb::DeleteRequest { key: key.into_bytes(), prefix, id: Some(request_id()) };
+            let reply = cluster
+                .call(|ch| {
+                    let message = message.clone();
+                    async move { KvServiceClient::new(ch).delete(cluster.request(message)).await }
+                })
+                .await?
+                .into_inner();
+            println!("deleted {}", reply.deleted);
+        }
+        KvCommand::Watch { key, prefix, rev } => {
+            let message = pb::WatchRequest { key: key.into_bytes(), prefix, start_revision: rev };
+            let mut stream = cluster
+                .call(|ch| {
+                    let message = message.clone();
+                    async move {
+                        KvServiceClient::new(ch).watch(cluster.stream_request(message)).await
+                    }
+                })
+                .await?
+                .into_inner();
+            while let Some(response) = stream.next().await {
+                let response = response.map_err(|s| anyhow!("watch ended: {}", s.message()))?;
+                if response.compact_revision != 0 {
+                    bail!("revision {rev} is compacted (events up to {} are gone); watch from a later revision", response.compact_revision);
+                }
+                for event in response.events {
+                    let kv = event.kv.unwrap_or_default();
+                    let kind = if event.r#type == pb::event::EventType::Delete as i32 { "DELETE" } else { "PUT" };
+                    println!("{} {kind} {}={}", kv.mod_revision, String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! [`CronSchedule`]: a cron expression in an IANA time zone, parsed with the
+//! crates the cron trigger uses (croner, chrono-tz), so validation accepts
+//! exactly what the agent will run (DESIGN §8.3).
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds, Year};
+use croner::Cron;
+
+use crate::suggest;
+
+/// A parsed cron trigger: when it fires, in which time zone.
+///
+/// Expressions have five fields (minute hour day-of-month month day-of-week)
+/// or six with a leading seconds field; croner's extensions (`L`, `W`, `#`,
+/// names such as `MON`, `@daily`) are accepted. A time that falls in a DST
+/// gap fires at the next valid time, as GitHub Actions does.
+#[derive(Clone, Debug)]
+pub struct CronSchedule {
+    cron: Cron,
+    timezone: Tz,
+}
+
+/// Why a cron expression or time zone is not valid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// The expression has the wrong number of fields.
+    #[error(
+        "invalid cron expression {expression:?}: it has {fields} field{plural}; use 5 (minute hour \
+         day-of-month month day-of-week) or 6 with a leading seconds field",
+        plural = if *fields == 1 { "" } else { "s" }
+    )]
+    FieldCount {
+        /// The expression as written.
+        expression: String,
+        /// How many fields it has.
+        fields: usize,
+    },
+    /// croner rejected the expression.
+    #[error("invalid cron expression {expression:?}: {reason}")]
+    Expression {
+        /// The expression as written.
+        expression: String,
+        /// croner's explanation.
+        reason: String,
+    },
+    /// The time zone is not an IANA name.
+    #[error("unknown time zone {name:?}{hint}")]
+    Timezone {
+        /// The name as written.
+        name: String,
+        /// "; did you mean ...?" or how to write one.
+        hint: String,
+    },
+}
+
+impl CronSchedule {
+    /// Parses `expression` in `timezone` (an IANA name; `None` means UTC).
+    pub fn new(expression: &str, timezone: Option<&str>) -> Result<Self, ScheduleError> {
+        let cron = parse_cron(expression)?;
+        let timezone = match timezone {
+            Some(name) => parse_timezone(name)?,
+            None => Tz::UTC,
+        };
+        Ok(Self { cron, timezone })
+    }
+
+    /// The time zone the expression is read in.
+    pub fn timezone(&self) -> Tz {
+        self.timezone
+    }
+
+    /// The first fire strictly after `after`, or `None` if there is none.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = after.with_timezone(&self.timezone);
+        self.cron.find_next_occurrence(&local, false).ok().map(|next| next.with_timezone(&Utc))
+    }
+}
+
+/// Parses a cron expression of five fields, or six with seconds.
+pub(crate) fn parse_cron(expression: &str) -> Result<Cron, ScheduleError> {
+    let fields = expression.split_whitespace().count();
+    let nickname = expression.trim_start().starts_with('@');
+    if !nickname && !(5..=6).contains(&fields) {
+        return Err(ScheduleError::FieldCount { expression: expression.to_string(), fields });
+    }
+    let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
+    parser.parse(expression).map_err(|error| ScheduleError::Expression {
+        expression: expression.to_string(),
+        reason: bad_field(&parser, expression).unwrap_or_else(|| error.to_string()),
+    })
+}
+
+/// The fields of a five-field expression, with what each allows.
+const FIELDS: [(&str, &str); 5] = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT"),
+];
+
+/// Which field croner rejects, found by parsing each field alone among
+/// wildcards, since croner's own message does not say.
+fn bad_field(parser: &CronParser, expression: &str) -> Option<String> {
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let named: Vec<(&str, &str)> =
+        if fields.len() == 6 { std::iter::once(("second", "0-59")).chain(FIELDS).collect() } else { FIELDS.to_vec() };
+    if named.len() != fields.len() {
+        return None;
+    }
+    fields.iter().enumerate().find_map(|(i, field)| {
+        let alone: Vec<&str> = (0..fields.len()).map(|j| if i == j { *field } else { "*" }).collect();
+        parser.parse(&alone.join(" ")).err().map(|_| {
+            let (name, allowed) = named[i];
+            format!("the {name} field {field:?} is not valid; it takes {allowed}, with * , - /")
+        })
+    })
+}
+
+/// Parses an IANA time zone name, suggesting a close one when it is not.
+pub(crate) fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
+    Tz::from_str(name).map_err(|_| {
+        let names = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+        let hint = match suggest::did_you_mean(name, names) {
+            Some(close) => format!("; did you mean {close:?}?"),
+            None => "; use an IANA name such as \"Europe/Berlin\" or \"UTC\"".to_string(),
+        };
+        ScheduleError::Timezone { name: name.to_string(), hint }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn fires_in_its_time_zone() {
+        let nightly = CronSchedule::new("0 3 * * *", Some("Europe/Berlin")).unwrap();
+        // 03:00 in Berlin in January is 02:00 UTC.
+        assert_eq!(nightly.next_after(at("2024-01-10T12:00:00Z")), Some(at("2024-01-11T02:00:00Z")));
+        let with_seconds = CronSchedule::new("30 * * * * *", None).unwrap();
+        assert_eq!(with_seconds.next_after(at("2024-01-10T12:00:00Z")), Some(at("2024-01-10T12:00:30Z")));
+    }
+
+    #[test]
+    fn explains_bad_input() {
+        assert_eq!(
+            CronSchedule::new("0 3 * *", None).unwrap_err().to_string(),
+            "invalid cron expression \"0 3 * *\": it has 4 fields; use 5 (minute hour day-of-month \
+             month day-of-week) or 6 with a leading seconds field"
+        );
+        assert!(matches!(CronSchedule::new("0 25 * * *", None), Err(ScheduleError::Expression { .. })));
+        assert_eq!(
+            CronSchedule::new("0 3 * * *", Some("Europe/Berln")).unwrap_err().to_string(),
+            "unknown time zone \"Europe/Berln\"; did you mean \"Europe/Berlin\"?"
+        );
+        assert_eq!(
+            CronSchedule::new("0 3 * * *", Some("Mars/Olympus")).unwrap_err().to_string(),
+            "unknown time zone \"Mars/Olympus\"; use an IANA name such as \"Europe/Berlin\" or \"UTC\""
+        );
+    }
+}

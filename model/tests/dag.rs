@@ -1,0 +1,104 @@
+//! The task DAG helper the agent uses (DESIGN §9.2): topological order,
+//! ready tasks given the finished ones, downstream tasks, and its errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use xene_model::{DagError, Step, Task, TaskGraph};
+
+/// Tasks named by `(name, dependencies)`, each with one step.
+fn tasks(spec: &[(&str, &[&str])]) -> BTreeMap<String, Task> {
+    spec.iter()
+        .map(|(name, dependencies)| {
+            let task = Task {
+                dependencies: dependencies.iter().map(|d| d.to_string()).collect(),
+                steps: vec![Step { name: "s".into(), run: "true".into(), env: Default::default(), timeout: None }],
+                ..Task::default()
+            };
+            (name.to_string(), task)
+        })
+        .collect()
+}
+
+/// `prepare` fans out to `a`, `b`, `c`, which fan in to `report`.
+fn diamond() -> TaskGraph {
+    TaskGraph::new(&tasks(&[
+        ("report", &["a", "b", "c"]),
+        ("c", &["prepare"]),
+        ("b", &["prepare"]),
+        ("a", &["prepare"]),
+        ("prepare", &[]),
+    ]))
+    .unwrap()
+}
+
+#[test]
+fn topological_order_is_deterministic() {
+    let graph = diamond();
+    assert_eq!(graph.len(), 5);
+    assert_eq!(graph.topological_order(), ["prepare", "a", "b", "c", "report"]);
+    let chain = TaskGraph::new(&tasks(&[("z", &[]), ("y", &["z"]), ("x", &["y"])])).unwrap();
+    assert_eq!(chain.topological_order(), ["z", "y", "x"]);
+}
+
+#[test]
+fn ready_tasks_follow_the_finished_set() {
+    let graph = diamond();
+    let mut finished: BTreeSet<String> = BTreeSet::new();
+    assert_eq!(graph.ready_tasks(&finished), ["prepare"]);
+    finished.insert("prepare".into());
+    assert_eq!(graph.ready_tasks(&finished), ["a", "b", "c"]);
+    finished.insert("a".into());
+    finished.insert("c".into());
+    assert_eq!(graph.ready_tasks(&finished), ["b"]);
+    finished.insert("b".into());
+    assert_eq!(graph.ready_tasks(&finished), ["report"]);
+    finished.insert("report".into());
+    assert!(graph.ready_tasks(&finished).is_empty());
+    // Borrowed names work as well as owned ones.
+    let borrowed: BTreeSet<&str> = ["prepare"].into();
+    assert_eq!(graph.ready_tasks(&borrowed), ["a", "b", "c"]);
+}
+
+#[test]
+fn downstream_tasks_are_the_ones_a_failure_skips() {
+    let graph = diamond();
+    assert_eq!(graph.downstream("prepare"), ["a", "b", "c", "report"]);
+    assert_eq!(graph.downstream("b"), ["report"]);
+    assert!(graph.downstream("report").is_empty());
+    assert!(graph.downstream("nope").is_empty());
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let unknown = TaskGraph::new(&tasks(&[("a", &["b"])])).unwrap_err();
+    assert_eq!(unknown, DagError::UnknownDependency { task: "a".into(), dependency: "b".into() });
+    let cycle = TaskGraph::new(&tasks(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("d", &[])])).unwrap_err();
+    assert_eq!(cycle.to_string(), "dependency cycle: a -> c -> b -> a");
+    let own = TaskGraph::new(&tasks(&[("a", &["a"])])).unwrap_err();
+    assert_eq!(own.to_string(), "dependency cycle: a -> a");
+}
+
+#[test]
+fn large_graphs_are_fine() {
+    // A chain of 10,000 tasks, the most a pipeline may hold: deep enough to
+    // break a recursive walk.
+    let names: Vec<String> = (0..10_000).map(|i| format!("t{i:05}")).collect();
+    let mut spec: BTreeMap<String, Task> = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut task = Task::default();
+        if i > 0 {
+            task.dependencies.push(names[i - 1].clone());
+        }
+        spec.insert(name.clone(), task);
+    }
+    let graph = TaskGraph::new(&spec).unwrap();
+    assert_eq!(graph.topological_order().len(), 10_000);
+    // Closing the chain makes one cycle of all of them.
+    spec.get_mut("t00000").unwrap().dependencies.push("t09999".into());
+    let Err(DagError::Cycle { members }) = TaskGraph::new(&spec) else {
+        panic!("no cycle found");
+    };
+    assert_eq!(members.len(), 10_000);
+    assert_eq!(members[0], "t00000");
+    assert_eq!(members[1], "t09999");
+}

@@ -1,0 +1,256 @@
+//! The Raft command: what a proposer asks the state machine to do, and what it answers.
+//!
+//! These types are stored in the Raft log forever, so they are versioned: the log and
+//! snapshot encodings carry a format byte (see [`crate::codec`]), enum variants are only
+//! ever appended, and a change of meaning gets a new variant rather than a changed one.
+//! Everything `apply` needs to be deterministic travels inside the command: the proposer's
+//! client identity, request ID and wall-clock timestamp (DESIGN §4.3, §4.4).
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::Revision;
+
+/// Largest key the store accepts, in bytes.
+pub const MAX_KEY_BYTES: usize = 4 * 1024;
+/// Largest value the store accepts, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most compares plus operations one transaction may hold.
+pub const MAX_TXN_OPS: usize = 1024;
+/// Longest client identifier, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 128;
+
+/// One proposal to the replicated store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// Who proposed it; scopes `request_id`. Empty means "no deduplication".
+    pub client_id: String,
+    /// Unique per client; a retried write reuses it so it applies once (DESIGN §4.4).
+    /// Zero means "no deduplication".
+    pub request_id: u64,
+    /// The proposer's clock in milliseconds since the Unix epoch. `apply` uses it, never its
+    /// own clock, to expire idle clients from the deduplication table.
+    pub timestamp_ms: u64,
+    /// What to do.
+    pub command: Command,
+}
+
+/// The operations the state machine knows. Append new variants at the end only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A compare-then-else transaction over the key space.
+    Txn(Txn),
+}
+
+/// `if all(compare) { success } else { failure }`, applied atomically at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+/// One condition on one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+/// How a key's field is compared with the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// The field of a key a [`Compare`] looks at. An absent key has version, create and mod
+/// revision 0 and no value (a value compare against an absent key is false, as in etcd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Version(u64),
+    CreateRevision(Revision),
+    ModRevision(Revision),
+    Value(Vec<u8>),
+}
+
+impl Compare {
+    /// True when `key` does not exist.
+    pub fn absent(key: impl Into<Vec<u8>>) -> Self {
+        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::Version(0) }
+    }
+
+    /// True when `key` exists.
+    pub fn present(key: impl Into<Vec<u8>>) -> Self {
+        Compare { key: key.into(), op: CompareOp::Greater, target: CompareTarget::Version(0) }
+    }
+
+    /// True when `key` was last modified at `revision`.
+    pub fn mod_revision(key: impl Into<Vec<u8>>, revision: Revision) -> Self {
+        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::ModRevision(revision) }
+    }
+
+    /// True when `key` holds exactly `value`.
+    pub fn value(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::Value(value.into()) }
+    }
+}
+
+/// One operation of a transaction branch. Operations run in order and see the writes of
+/// the operations before them in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Write `value` at `key`.
+    Put { key: Vec<u8>, value: Vec<u8> },
+    /// Read one key, or every key starting with `key` when `prefix` is set, in key order,
+    /// at most `limit` of them (0 means no limit).
+    Get { key: Vec<u8>, prefix: bool, limit: u64 },
+    /// Remove one key.
+    Delete { key: Vec<u8> },
+    /// Remove every key that starts with `prefix`.
+    DeletePrefix { prefix: Vec<u8> },
+}
+
+/// A key as stored, with its revisions (DESIGN §4.3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// Revision that created the key (since its last deletion).
+    pub create_revision: Revision,
+    /// Revision of the last write to the key.
+    pub mod_revision: Revision,
+    /// Number of writes since creation; 1 after the first put.
+    pub version: u64,
+}
+
+/// What the state machine answers for one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The entry carried no command (a blank or membership entry).
+    Empty,
+    /// A transaction ran (one branch or the other).
+    Txn(TxnResponse),
+    /// The command was refused as a whole and changed nothing. A business answer, not a
+    /// storage error.
+    Rejected(Rejection),
+    /// The request ID was applied before; nothing changed this time. Only the outcome of
+    /// the first application is kept, not the values it read.
+    Duplicate(DuplicateResponse),
+}
+
+/// The remembered outcome of a request applied earlier (DESIGN §4.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DuplicateResponse {
+    /// The revision at which the request was first applied.
+    pub revision: Revision,
+    /// Whether its compares held (always true for a transaction without compares).
+    pub succeeded: bool,
+}
+
+/// One change to one key, as watchers see it (DESIGN §4.6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    /// The key after the change. For a delete: the key, an empty value, version and create
+    /// revision 0, and `mod_revision` the revision of the delete.
+    pub kv: KeyValue,
+}
+
+/// Whether an event wrote or removed its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// The outcome of a transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    /// The revision the transaction ran at (the log index of its entry).
+    pub revision: Revision,
+    /// Whether every compare held, so the `success` branch ran.
+    pub succeeded: bool,
+    /// One result per operation of the branch that ran.
+    pub results: Vec<OpResult>,
+}
+
+/// The result of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// The key as it was before the put, if it existed.
+    Put { prev: Option<KeyValue> },
+    /// The keys read; `more` is set when `limit` cut the list short.
+    Get { kvs: Vec<KeyValue>, more: bool },
+    /// The keys removed.
+    Delete { deleted: Vec<KeyValue> },
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("key of {size} bytes is over the limit of {limit} bytes")]
+    KeyTooLarge { size: usize, limit: usize },
+    #[error("value of {size} bytes for key {key:?} is over the limit of {limit} bytes")]
+    ValueTooLarge { key: String, size: usize, limit: usize },
+    #[error("transaction has {count} compares and operations, over the limit of {limit}")]
+    TooManyOps { count: usize, limit: usize },
+    #[error("key must not be empty")]
+    EmptyKey,
+    #[error("client id of {size} bytes is over the limit of {limit} bytes")]
+    ClientIdTooLong { size: usize, limit: usize },
+    #[error("request {request_id} of client {client_id:?} is older than the deduplication window; retry with a new request id")]
+    RequestTooOld { client_id: String, request_id: u64 },
+}
+
+impl Txn {
+    /// Checks the sizes of everything in the transaction, so that a transaction is either
+    /// applied whole or refused before anything changes.
+    pub fn check_limits(&self) -> Result<(), Rejection> {
+        let count = self.compare.len() + self.success.len() + self.failure.len();
+        if count > MAX_TXN_OPS {
+            return Err(Rejection::TooManyOps { count, limit: MAX_TXN_OPS });
+        }
+        for compare in &self.compare {
+            check_key(&compare.key, false)?;
+            if let CompareTarget::Value(value) = &compare.target {
+                check_value(&compare.key, value)?;
+            }
+        }
+        for op in self.success.iter().chain(&self.failure) {
+            match op {
+                Op::Put { key, value } => {
+                    check_key(key, false)?;
+                    check_value(key, value)?;
+                }
+                Op::Get { key, prefix, .. } => check_key(key, *prefix)?,
+                Op::Delete { key } => check_key(key, false)?,
+                Op::DeletePrefix { prefix } => check_key(prefix, true)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_key(key: &[u8], may_be_empty: bool) -> Result<(), Rejection> {
+    if key.is_empty() && !may_be_empty {
+        return Err(Rejection::EmptyKey);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Rejection::KeyTooLarge { size: key.len(), limit: MAX_KEY_BYTES });
+    }
+    Ok(())
+}
+
+fn check_value(key: &[u8], value: &[u8]) -> Result<(), Rejection> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Rejection::ValueTooLarge {
+            key: String::from_utf8_lossy(key).into_owned(),
+            size: value.len(),
+            limit: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}

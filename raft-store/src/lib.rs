@@ -1,0 +1,63 @@
+//! Xene's replicated store: openraft's storage over one RocksDB database per server.
+//!
+//! - [`types`]: the openraft type configuration ([`TypeConfig`]) and identifiers.
+//! - [`command`]: the Raft command ([`ClientRequest`]) and its answers; stored forever.
+//! - [`codec`]: versioned byte encodings of everything written or sent.
+//! - [`LogStore`]: the Raft log, vote and committed index (`log` and `meta` column families).
+//! - [`StateMachineStore`]: the revisioned key-value store with transactions, deduplication,
+//!   watch events and snapshots (`sm` column family).
+//! - [`KvReader`]: local reads and watches of the applied state.
+//!
+//! This crate knows nothing about the network, tonic, axum or Docker (DESIGN §3).
+
+mod blocking;
+pub mod codec;
+pub mod command;
+mod db;
+mod dedup;
+mod error;
+mod log_store;
+mod overlay;
+mod reader;
+mod state_machine;
+pub mod types;
+mod watch;
+
+use std::path::Path;
+
+pub use command::{
+    ClientRequest, ClientResponse, Command, Compare, CompareOp, CompareTarget, DuplicateResponse, Event, EventKind,
+    KeyValue, Op, OpResult, Rejection, Txn, TxnResponse,
+};
+pub use error::{Result, StoreError};
+pub use log_store::LogStore;
+pub use reader::{KvReader, RangeResult};
+pub use state_machine::StateMachineStore;
+pub use types::{NodeId, NodeInfo, Raft, Revision, TypeConfig};
+pub use watch::Watcher;
+
+/// Tunables of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// How many recent events each server keeps for watchers (DESIGN §4.6).
+    pub watch_window_events: usize,
+    /// How many recent request outcomes are remembered per client (DESIGN §4.4).
+    pub dedup_per_client: usize,
+    /// How long a client may be silent before its outcomes are forgotten, in milliseconds of
+    /// proposer time.
+    pub dedup_client_idle_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { watch_window_events: 10_000, dedup_per_client: 1_024, dedup_client_idle_ms: 15 * 60 * 1000 }
+    }
+}
+
+/// Opens the database in `dir` and returns the log storage and the state machine that
+/// openraft drives. Both share the one database.
+pub fn open(dir: &Path, config: &StoreConfig) -> Result<(LogStore, StateMachineStore)> {
+    let db = db::Db::open(dir)?;
+    let state_machine = StateMachineStore::open(db.clone(), config)?;
+    Ok((LogStore::new(db), state_machine))
+}

@@ -1,0 +1,223 @@
+//! openraft's log storage over the `log` and `meta` column families.
+//!
+//! Durability rules (DESIGN §4.2, STYLE 11): the vote is synced before `save_vote` returns,
+//! and the append callback fires only after the batch holding the entries is in the synced
+//! write-ahead log. Every RocksDB call runs on the blocking pool.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader, StorageIOError};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use crate::blocking;
+use crate::codec;
+use crate::db::{meta_key, Db, CF_LOG, CF_META};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// The Raft log of one server. Cloning shares the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Db,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Db) -> Self {
+        LogStore { db }
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &'static [u8]) -> Result<Option<T>, StorageError> {
+        let bytes = self
+            .db
+            .raw()
+            .get_cf(self.db.cf(CF_META), key)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        match bytes {
+            None => Ok(None),
+            Some(bytes) => codec::decode("raft metadata", &bytes)
+                .map(Some)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e)),
+        }
+    }
+
+    fn entries_in(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+        let db = self.db.raw();
+        let mut entries = Vec::new();
+        let from = index_key(start);
+        for item in db.iterator_cf(self.db.cf(CF_LOG), IteratorMode::From(&from, Direction::Forward)) {
+            let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let index = decode_index(&key)?;
+            if end.is_some_and(|end| index >= end) {
+                break;
+            }
+            let entry: Entry = codec::decode("raft log entry", &value)
+                .map_err(|e| StorageError::from(StorageIOError::read_log_at_index(index, AnyError::new(&e))))?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        let mut iter = self.db.raw().iterator_cf(self.db.cf(CF_LOG), IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let index = decode_index(&key)?;
+                let entry = codec::decode("raft log entry", &value)
+                    .map_err(|e| StorageError::from(StorageIOError::read_log_at_index(index, AnyError::new(&e))))?;
+                Ok(Some(entry))
+            }
+        }
+    }
+}
+
+fn decode_index(key: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| {
+        StorageError::from(StorageIOError::read_logs(AnyError::error(format!(
+            "log key of {} bytes, expected 8",
+            key.len()
+        ))))
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Some(i.saturating_add(1)),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        let this = self.clone();
+        blocking::run(ErrorSubject::Logs, ErrorVerb::Read, move || this.entries_in(start, end)).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let this = self.clone();
+        blocking::run(ErrorSubject::Logs, ErrorVerb::Read, move || {
+            let last_purged_log_id: Option<LogId> = this.read_meta(meta_key::LAST_PURGED)?;
+            let last_log_id = match this.last_entry()? {
+                Some(entry) => Some(entry.log_id),
+                None => last_purged_log_id,
+            };
+            Ok(LogState { last_purged_log_id, last_log_id })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let this = self.clone();
+        let bytes = codec::encode(vote);
+        blocking::run(ErrorSubject::Vote, ErrorVerb::Write, move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(this.db.cf(CF_META), meta_key::VOTE, bytes);
+            // Synced before returning: a vote granted and then forgotten in a crash would let
+            // this node vote twice in one term.
+            this.db.write_durable(batch).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        let this = self.clone();
+        blocking::run(ErrorSubject::Vote, ErrorVerb::Read, move || this.read_meta(meta_key::VOTE)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let this = self.clone();
+        let bytes = codec::encode(&committed);
+        blocking::run(ErrorSubject::Store, ErrorVerb::Write, move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(this.db.cf(CF_META), meta_key::COMMITTED, bytes);
+            // Not synced on its own: the committed index is a hint that saves re-applying after a
+            // restart, and losing the latest value only means learning it again from the leader.
+            this.db.write_buffered(batch).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let this = self.clone();
+        blocking::run(ErrorSubject::Store, ErrorVerb::Read, move || {
+            Ok(this.read_meta::<Option<LogId>>(meta_key::COMMITTED)?.flatten())
+        })
+        .await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let cf = self.db.cf(CF_LOG);
+        for entry in entries {
+            batch.put_cf(cf, index_key(entry.log_id.index), codec::encode(&entry));
+        }
+        let this = self.clone();
+        let result = blocking::run(ErrorSubject::Logs, ErrorVerb::Write, move || {
+            // Synced before the callback: openraft counts an entry towards a quorum once the
+            // callback fires, so it must survive a crash from then on.
+            this.db.write_durable(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+        })
+        .await;
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(io::Error::other(e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let this = self.clone();
+        blocking::run(ErrorSubject::Logs, ErrorVerb::Delete, move || {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(this.db.cf(CF_LOG), index_key(log_id.index), index_key(u64::MAX));
+            // Synced so that conflicting entries cannot reappear after a crash.
+            this.db.write_durable(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let this = self.clone();
+        blocking::run(ErrorSubject::Logs, ErrorVerb::Delete, move || {
+            // The state machine is written without syncing because the log can rebuild it.
+            // Before entries leave the log, sync everything written so far, so the applied
+            // state that replaces them is on disk.
+            this.db.raw().flush_wal(true).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(this.db.cf(CF_META), meta_key::LAST_PURGED, codec::encode(&log_id));
+            batch.delete_range_cf(this.db.cf(CF_LOG), index_key(0), index_key(log_id.index.saturating_add(1)));
+            this.db.write_durable(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        })
+        .await
+    }
+}

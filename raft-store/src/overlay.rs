@@ -1,0 +1,117 @@
+//! A write set over the `sm` column family: the state machine applies a whole batch of log
+//! entries against it, so later operations read earlier writes of the same batch, and then
+//! writes it to RocksDB in one atomic batch.
+
+use std::collections::BTreeMap;
+use std::iter::Peekable;
+
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use crate::codec;
+use crate::command::KeyValue;
+use crate::db::{sm_key, Db, CF_SM};
+use crate::error::Result;
+
+/// Pending writes: `Some` is a put, `None` a delete.
+pub(crate) struct Overlay<'a> {
+    db: &'a Db,
+    writes: BTreeMap<Vec<u8>, Option<KeyValue>>,
+}
+
+pub(crate) fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sm_key::DATA.len() + key.len());
+    out.extend_from_slice(sm_key::DATA);
+    out.extend_from_slice(key);
+    out
+}
+
+impl<'a> Overlay<'a> {
+    pub(crate) fn new(db: &'a Db) -> Self {
+        Overlay { db, writes: BTreeMap::new() }
+    }
+
+    /// The current value of `key`, pending writes first.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        if let Some(pending) = self.writes.get(key) {
+            return Ok(pending.clone());
+        }
+        read_key(self.db, key)
+    }
+
+    /// Up to `limit` keys starting with `prefix` in key order (0 = all), and whether more exist.
+    pub(crate) fn scan(&self, prefix: &[u8], limit: u64) -> Result<(Vec<KeyValue>, bool)> {
+        let start = data_key(prefix);
+        let stored = self
+            .db
+            .raw()
+            .iterator_cf(self.db.cf(CF_SM), IteratorMode::From(&start, Direction::Forward))
+            .map(|item| item.map_err(crate::error::StoreError::from))
+            .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&start)))
+            .map(|item| {
+                let (_, value) = item?;
+                codec::decode::<KeyValue>("stored key", &value).map_err(Into::into)
+            });
+        let pending = self.writes.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix));
+        merge(stored.peekable(), pending.peekable(), limit)
+    }
+
+    pub(crate) fn put(&mut self, kv: KeyValue) {
+        self.writes.insert(kv.key.clone(), Some(kv));
+    }
+
+    pub(crate) fn delete(&mut self, key: &[u8]) {
+        self.writes.insert(key.to_vec(), None);
+    }
+
+    /// Moves the pending writes into `batch`.
+    pub(crate) fn write_into(self, batch: &mut WriteBatch) {
+        let cf = self.db.cf(CF_SM);
+        for (key, value) in self.writes {
+            match value {
+                Some(kv) => batch.put_cf(cf, data_key(&key), codec::encode(&kv)),
+                None => batch.delete_cf(cf, data_key(&key)),
+            }
+        }
+    }
+}
+
+/// Reads one key straight from the database.
+pub(crate) fn read_key(db: &Db, key: &[u8]) -> Result<Option<KeyValue>> {
+    match db.raw().get_pinned_cf(db.cf(CF_SM), data_key(key))? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(codec::decode("stored key", &bytes)?)),
+    }
+}
+
+/// Merges stored keys with pending writes (which win on equal keys and hide deleted keys).
+fn merge<'p, S, P>(mut stored: Peekable<S>, mut pending: Peekable<P>, limit: u64) -> Result<(Vec<KeyValue>, bool)>
+where
+    S: Iterator<Item = Result<KeyValue>>,
+    P: Iterator<Item = (&'p Vec<u8>, &'p Option<KeyValue>)>,
+{
+    let limit = if limit == 0 { usize::MAX } else { usize::try_from(limit).unwrap_or(usize::MAX) };
+    let mut out = Vec::new();
+    loop {
+        let next = match (stored.peek(), pending.peek()) {
+            (None, None) => break,
+            (Some(Err(_)), _) => match stored.next() {
+                Some(Err(e)) => return Err(e),
+                _ => continue,
+            },
+            (Some(Ok(s)), Some((p, _))) if s.key.as_slice() < p.as_slice() => stored.next().transpose()?,
+            (Some(Ok(s)), Some((p, _))) if s.key == **p => {
+                stored.next();
+                pending.next().and_then(|(_, v)| v.clone())
+            }
+            (None, Some(_)) | (Some(Ok(_)), Some(_)) => pending.next().and_then(|(_, v)| v.clone()),
+            (Some(Ok(_)), None) => stored.next().transpose()?,
+        };
+        if let Some(kv) = next {
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(kv);
+        }
+    }
+    Ok((out, false))
+}

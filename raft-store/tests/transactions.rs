@@ -1,0 +1,197 @@
+//! The revisioned key-value store: every compare and op of a transaction, revisions after
+//! each write, delete-range, limits (DESIGN §4.3).
+
+mod common;
+
+use common::{get, get_prefix, open, put, request, txn};
+use xene_raft_store::command::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use xene_raft_store::{ClientResponse, Compare, CompareOp, CompareTarget, KeyValue, Op, OpResult, Rejection, Txn};
+
+fn kv(key: &str, value: &str, create: u64, modified: u64, version: u64) -> KeyValue {
+    KeyValue { key: key.into(), value: value.into(), create_revision: create, mod_revision: modified, version }
+}
+
+#[tokio::test]
+async fn revisions_follow_the_log_index() {
+    let mut store = open();
+    let first = store.txn(txn(vec![put("a", "1")])).await;
+    assert_eq!(first.revision, 1);
+    assert_eq!(first.results, vec![OpResult::Put { prev: None }]);
+    let second = store.txn(txn(vec![put("a", "2")])).await;
+    assert_eq!(second.results, vec![OpResult::Put { prev: Some(kv("a", "1", 1, 1, 1)) }]);
+    let read = store.txn(txn(vec![get("a")])).await;
+    assert_eq!(read.results, vec![OpResult::Get { kvs: vec![kv("a", "2", 1, 2, 2)], more: false }]);
+    // Delete then recreate: create revision and version start again.
+    store.txn(txn(vec![Op::Delete { key: "a".into() }])).await;
+    store.txn(txn(vec![put("a", "3")])).await;
+    let read = store.txn(txn(vec![get("a")])).await;
+    assert_eq!(read.results, vec![OpResult::Get { kvs: vec![kv("a", "3", 5, 5, 1)], more: false }]);
+    assert_eq!(store.sm.reader().applied_revision(), 6);
+}
+
+/// Each compare target and operator against a present key (`k` = "m", create 1, mod 2,
+/// version 2) and an absent one.
+#[tokio::test]
+async fn every_compare_target_and_operator() {
+    let mut store = open();
+    store.txn(txn(vec![put("k", "a")])).await;
+    store.txn(txn(vec![put("k", "m")])).await;
+    use CompareOp::*;
+    use CompareTarget::*;
+    let cases: Vec<(&str, CompareOp, CompareTarget, bool)> = vec![
+        ("k", Equal, Version(2), true),
+        ("k", NotEqual, Version(2), false),
+        ("k", Less, Version(3), true),
+        ("k", Greater, Version(1), true),
+        ("k", Greater, Version(2), false),
+        ("k", Equal, CreateRevision(1), true),
+        ("k", Less, CreateRevision(1), false),
+        ("k", Equal, ModRevision(2), true),
+        ("k", Equal, ModRevision(1), false),
+        ("k", Greater, ModRevision(1), true),
+        ("k", Equal, Value(b"m".to_vec()), true),
+        ("k", Equal, Value(b"x".to_vec()), false),
+        ("k", Less, Value(b"z".to_vec()), true),
+        ("k", Greater, Value(b"a".to_vec()), true),
+        ("k", NotEqual, Value(b"m".to_vec()), false),
+        ("absent", Equal, Version(0), true),
+        ("absent", Equal, CreateRevision(0), true),
+        ("absent", Equal, ModRevision(0), true),
+        ("absent", Equal, Value(vec![]), false),
+        ("absent", NotEqual, Value(b"m".to_vec()), false),
+    ];
+    for (key, op, target, expected) in cases {
+        let compare = Compare { key: key.into(), op, target: target.clone() };
+        let response = store
+            .txn(Txn { compare: vec![compare], success: vec![get("k")], failure: vec![get_prefix("", 0)] })
+            .await;
+        assert_eq!(response.succeeded, expected, "{key} {op:?} {target:?}");
+        // The branch that ran produced its results: one key for success, all keys for failure.
+        match &response.results[..] {
+            [OpResult::Get { kvs, .. }] => assert_eq!(kvs.len(), 1),
+            other => panic!("unexpected results {other:?}"),
+        }
+    }
+    // The helpers mean what they say.
+    for (compare, expected) in [
+        (Compare::absent("k"), false),
+        (Compare::absent("nope"), true),
+        (Compare::present("k"), true),
+        (Compare::mod_revision("k", 2), true),
+        (Compare::value("k", "m"), true),
+    ] {
+        let response = store.txn(Txn { compare: vec![compare.clone()], ..Txn::default() }).await;
+        assert_eq!(response.succeeded, expected, "{compare:?}");
+    }
+}
+
+#[tokio::test]
+async fn failed_compare_runs_the_else_branch_only() {
+    let mut store = open();
+    store.txn(txn(vec![put("k", "1")])).await;
+    let response = store
+        .txn(Txn { compare: vec![Compare::absent("k")], success: vec![put("k", "then")], failure: vec![put("other", "else")] })
+        .await;
+    assert!(!response.succeeded);
+    assert_eq!(store.value("k").await.as_deref(), Some("1"));
+    assert_eq!(store.value("other").await.as_deref(), Some("else"));
+    // All compares must hold: one false compare among true ones fails the transaction.
+    let response = store
+        .txn(Txn {
+            compare: vec![Compare::present("k"), Compare::value("k", "2")],
+            success: vec![put("k", "then")],
+            failure: vec![],
+        })
+        .await;
+    assert!(!response.succeeded);
+    assert_eq!(store.value("k").await.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn operations_see_earlier_writes_of_the_same_transaction_and_batch() {
+    let mut store = open();
+    let response = store
+        .txn(txn(vec![put("p/a", "1"), put("p/b", "2"), get("p/a"), Op::Delete { key: "p/a".into() }, get_prefix("p/", 0)]))
+        .await;
+    assert_eq!(
+        response.results[2],
+        OpResult::Get { kvs: vec![kv("p/a", "1", 1, 1, 1)], more: false },
+        "a get sees the put before it"
+    );
+    assert_eq!(response.results[4], OpResult::Get { kvs: vec![kv("p/b", "2", 1, 1, 1)], more: false });
+
+    // Several entries in one apply call: the second reads the first's write.
+    use openraft::storage::RaftStateMachine;
+    let entries = vec![
+        common::entry(2, request(txn(vec![put("x", "1")]))),
+        common::entry(3, request(Txn { compare: vec![Compare::value("x", "1")], success: vec![put("y", "seen")], failure: vec![] })),
+    ];
+    let responses = store.sm.apply(entries).await.expect("apply");
+    assert!(matches!(&responses[1], ClientResponse::Txn(t) if t.succeeded));
+    assert_eq!(store.value("y").await.as_deref(), Some("seen"));
+}
+
+#[tokio::test]
+async fn prefix_ranges_with_limits_and_delete_prefix() {
+    let mut store = open();
+    store.txn(txn(vec![put("a/1", "x"), put("a/2", "x"), put("a/3", "x"), put("ab", "x"), put("b/1", "x")])).await;
+    let reader = store.sm.reader();
+    let all = reader.range(b"a/".to_vec(), true, 0).await.expect("range");
+    assert_eq!(all.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), vec![b"a/1".to_vec(), b"a/2".into(), b"a/3".into()]);
+    assert!(!all.more);
+    let two = reader.range(b"a/".to_vec(), true, 2).await.expect("range");
+    assert_eq!(two.kvs.len(), 2);
+    assert!(two.more);
+    let exact = reader.range(b"a/".to_vec(), true, 3).await.expect("range");
+    assert!(!exact.more, "no more when the limit equals the count");
+
+    // The same through a transaction, where pending writes merge with stored keys.
+    let response = store.txn(txn(vec![put("a/0", "new"), Op::Delete { key: "a/2".into() }, get_prefix("a/", 2)])).await;
+    match &response.results[2] {
+        OpResult::Get { kvs, more } => {
+            assert_eq!(kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), vec![b"a/0".to_vec(), b"a/1".into()]);
+            assert!(*more);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let response = store.txn(txn(vec![Op::DeletePrefix { prefix: "a/".into() }])).await;
+    match &response.results[0] {
+        OpResult::Delete { deleted } => assert_eq!(deleted.len(), 3, "a/0, a/1, a/3"),
+        other => panic!("{other:?}"),
+    }
+    let left = reader.range(Vec::new(), true, 0).await.expect("range");
+    assert_eq!(left.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), vec![b"ab".to_vec(), b"b/1".to_vec()]);
+    assert_eq!(left.revision, 3);
+    // Deleting what is not there deletes nothing and is not an error.
+    let response = store.txn(txn(vec![Op::Delete { key: "nope".into() }])).await;
+    assert_eq!(response.results, vec![OpResult::Delete { deleted: vec![] }]);
+}
+
+#[tokio::test]
+async fn oversized_or_malformed_commands_are_rejected_whole() {
+    let mut store = open();
+    store.txn(txn(vec![put("keep", "1")])).await;
+    let cases: Vec<(Txn, fn(&Rejection) -> bool)> = vec![
+        (
+            txn(vec![put("fine", "1"), Op::Put { key: "big".into(), value: vec![0; MAX_VALUE_BYTES + 1] }]),
+            |r| matches!(r, Rejection::ValueTooLarge { .. }),
+        ),
+        (txn(vec![put("fine", "1"), Op::Put { key: vec![b'k'; MAX_KEY_BYTES + 1], value: vec![] }]), |r| {
+            matches!(r, Rejection::KeyTooLarge { .. })
+        }),
+        (txn(vec![put("fine", "1"), Op::Put { key: vec![], value: vec![] }]), |r| matches!(r, Rejection::EmptyKey)),
+        (txn((0..2000).map(|i| put(&format!("k{i}"), "v")).collect()), |r| matches!(r, Rejection::TooManyOps { .. })),
+    ];
+    for (txn, expected) in cases {
+        match store.apply(request(txn)).await {
+            ClientResponse::Rejected(rejection) => {
+                assert!(expected(&rejection), "unexpected rejection {rejection:?}");
+                assert!(!rejection.to_string().is_empty());
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+    let all = store.sm.reader().range(Vec::new(), true, 0).await.expect("range");
+    assert_eq!(all.kvs.len(), 1, "nothing of a rejected transaction was applied");
+}

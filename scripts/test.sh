@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (README "Tests"): installs what the build needs, checks formatting and
+# lints, builds everything and runs every test, printing the test runner's summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+start=$(date +%s)
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (binaries the process tests start)"
+cargo build --workspace --bins --locked
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast --profile ci
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+echo "== done in $(( $(date +%s) - start )) s"

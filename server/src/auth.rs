@@ -1,0 +1,215 @@
+//! Bearer tokens (DESIGN §11.2): their format, how they are stored (hashed, through Raft),
+//! and the in-memory view every server keeps of them to check calls without a disk read.
+//!
+//! A token reads `xene_<id>_<secret>`. The store keeps only SHA-256 of the secret under
+//! `/xene/tokens/<id>`; checking a call is a map lookup and a constant-time comparison.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use xene_raft_store::{EventKind, KvReader, StoreError};
+
+use crate::error::{Result, ServerError};
+use crate::keys;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Reads only.
+    Viewer,
+    /// The agent API and nothing else.
+    Agent,
+}
+
+impl Role {
+    /// Whether a caller holding `self` may call something that requires `required`.
+    pub fn allows(self, required: Role) -> bool {
+        match (self, required) {
+            (Role::Admin, _) => true,
+            (Role::Viewer, Role::Viewer) => true,
+            (Role::Agent, Role::Agent) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A token as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub role: Role,
+    /// Hex SHA-256 of the secret part.
+    pub secret_sha256: String,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A freshly minted token: the text to hand out once, and the record to store.
+pub struct NewToken {
+    pub text: String,
+    pub record: TokenRecord,
+}
+
+/// Mints a token with a random ID and secret.
+pub fn mint(role: Role, description: &str, now_ms: u64) -> NewToken {
+    let mut rng = rand::rng();
+    let mut id = [0u8; 6];
+    let mut secret = [0u8; 24];
+    rng.fill_bytes(&mut id);
+    rng.fill_bytes(&mut secret);
+    let id = hex::encode(id);
+    let secret = hex::encode(secret);
+    let record = TokenRecord {
+        id: id.clone(),
+        role,
+        secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+        created_ms: now_ms,
+        description: description.to_string(),
+    };
+    NewToken { text: format!("xene_{id}_{secret}"), record }
+}
+
+/// The caller a valid token identifies.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: String,
+    pub role: Role,
+}
+
+/// Every server's view of the stored tokens, kept current by watching `/xene/tokens/`.
+#[derive(Clone, Default)]
+pub struct TokenCache {
+    tokens: Arc<RwLock<HashMap<String, TokenRecord>>>,
+}
+
+impl TokenCache {
+    /// Checks the `authorization: Bearer …` metadata of a call and the role it needs.
+    pub fn authorize(&self, metadata: &tonic::metadata::MetadataMap, required: Role) -> Result<Caller> {
+        let header = metadata
+            .get("authorization")
+            .ok_or_else(|| ServerError::Unauthenticated("missing bearer token: pass --token or set XENE_TOKEN".into()))?;
+        let header = header
+            .to_str()
+            .map_err(|_| ServerError::Unauthenticated("authorization metadata is not valid text".into()))?;
+        let text = header.strip_prefix("Bearer ").unwrap_or(header).trim();
+        self.check(text, required)
+    }
+
+    /// Checks a token's text and the role it needs.
+    pub fn check(&self, text: &str, required: Role) -> Result<Caller> {
+        let invalid = || ServerError::Unauthenticated("invalid token: check --token or XENE_TOKEN".into());
+        let rest = text.strip_prefix("xene_").ok_or_else(invalid)?;
+        let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let record = tokens.get(id).ok_or_else(invalid)?;
+        let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+        if !bool::from(digest.as_bytes().ct_eq(record.secret_sha256.as_bytes())) {
+            return Err(invalid());
+        }
+        if !record.role.allows(required) {
+            return Err(ServerError::PermissionDenied(format!(
+                "token {} has role {:?}, this call needs {:?}",
+                record.id, record.role, required
+            )));
+        }
+        Ok(Caller { token_id: record.id.clone(), role: record.role })
+    }
+
+    fn replace_all(&self, records: Vec<TokenRecord>) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        tokens.clear();
+        tokens.extend(records.into_iter().map(|r| (r.id.clone(), r)));
+    }
+
+    fn upsert(&self, record: TokenRecord) {
+        self.tokens.write().unwrap_or_else(|p| p.into_inner()).insert(record.id.clone(), record);
+    }
+
+    fn remove(&self, id: &str) {
+        self.tokens.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Keeps the cache equal to the stored tokens until `stop`: lists them, then follows the
+    /// watch; if the watch falls behind the window it lists again (level-triggered).
+    pub async fn follow(self, reader: KvReader, stop: CancellationToken) {
+        let prefix = keys::TOKENS.as_bytes().to_vec();
+        loop {
+            let listed = match reader.range(prefix.clone(), true, 0).await {
+                Ok(listed) => listed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing tokens failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
+                }
+            };
+            let records = listed.kvs.iter().filter_map(|kv| serde_json::from_slice::<TokenRecord>(&kv.value).ok());
+            self.replace_all(records.collect());
+            let mut watcher = match reader.watch(listed.revision + 1, prefix.clone()) {
+                Ok(watcher) => watcher,
+                Err(_) => continue,
+            };
+            loop {
+                let events = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    events = watcher.next() => events,
+                };
+                match events {
+                    Ok(events) => {
+                        for event in events {
+                            let id = String::from_utf8_lossy(&event.kv.key[prefix.len()..]).into_owned();
+                            match event.kind {
+                                EventKind::Put => match serde_json::from_slice::<TokenRecord>(&event.kv.value) {
+                                    Ok(record) => self.upsert(record),
+                                    Err(e) => tracing::warn!(token = %id, error = %e, "unreadable token record"),
+                                },
+                                EventKind::Delete => self.remove(&id),
+                            }
+                        }
+                    }
+                    Err(StoreError::Compacted { .. }) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "token watch ended; listing again");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_check_and_wrong_ones_do_not() {
+        let cache = TokenCache::default();
+        let admin = mint(Role::Admin, "first", 1);
+        let viewer = mint(Role::Viewer, "ro", 1);
+        cache.replace_all(vec![admin.record.clone(), viewer.record.clone()]);
+        assert_eq!(cache.check(&admin.text, Role::Admin).expect("admin").role, Role::Admin);
+        assert!(cache.check(&admin.text, Role::Viewer).is_ok(), "admin may read");
+        assert!(cache.check(&viewer.text, Role::Viewer).is_ok());
+        assert!(matches!(cache.check(&viewer.text, Role::Admin), Err(ServerError::PermissionDenied(_))));
+        let mut wrong = admin.text.clone();
+        wrong.pop();
+        wrong.push('x');
+        for bad in [wrong.as_str(), "", "xene_", "xene_nope_nope", "Bearer", "xene_abc"] {
+            assert!(matches!(cache.check(bad, Role::Viewer), Err(ServerError::Unauthenticated(_))), "{bad:?}");
+        }
+        assert!(!Role::Agent.allows(Role::Viewer));
+        assert!(!Role::Viewer.allows(Role::Agent));
+    }
+}

@@ -1,0 +1,182 @@
+//! `xene-server`'s configuration: flags, then `XENE_*` environment variables, then a YAML
+//! config file (`--config`), then defaults (DESIGN §5.1).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags; each also reads the environment variable it names.
+#[derive(Debug, Parser)]
+#[command(name = "xene-server", version, about = "A Xene control-plane server (a Raft member).")]
+pub struct Flags {
+    /// YAML file with any of the settings below (keys in snake_case); flags and XENE_*
+    /// variables override it.
+    #[arg(long, env = "XENE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This server's Raft node ID (1 or more; never reuse an ID).
+    #[arg(long, env = "XENE_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Directory for the database, the admin token and other state.
+    #[arg(long, env = "XENE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address, HOST:PORT [default: 127.0.0.1:7400].
+    #[arg(long, env = "XENE_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
+    /// REST listen address (webhooks, health, metrics), HOST:PORT [default: 127.0.0.1:7401].
+    #[arg(long, env = "XENE_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// gRPC address other servers and clients use to reach this one [default: --grpc-addr].
+    #[arg(long, env = "XENE_ADVERTISE_GRPC_ADDR")]
+    pub advertise_grpc_addr: Option<String>,
+    /// REST address others use to reach this one [default: --http-addr].
+    #[arg(long, env = "XENE_ADVERTISE_HTTP_ADDR")]
+    pub advertise_http_addr: Option<String>,
+    /// Secret shared by every server of the cluster; peers without it are refused.
+    #[arg(long, env = "XENE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Start a new cluster with this server as its first member (fresh data directory only).
+    #[arg(long, env = "XENE_BOOTSTRAP")]
+    pub bootstrap: bool,
+    /// Join the cluster through any of these members' gRPC addresses (fresh data directory only).
+    #[arg(long, env = "XENE_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Raft heartbeat interval in milliseconds [default: 100].
+    #[arg(long, env = "XENE_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Smallest Raft election timeout in milliseconds [default: 400]; the largest is twice it.
+    #[arg(long, env = "XENE_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Log entries between snapshots [default: 10000].
+    #[arg(long, env = "XENE_SNAPSHOT_LOGS")]
+    pub snapshot_logs: Option<u64>,
+    /// Log output: `pretty` or `json` [default: pretty].
+    #[arg(long, env = "XENE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The same settings as read from `--config`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<String>,
+    pub http_addr: Option<String>,
+    pub advertise_grpc_addr: Option<String>,
+    pub advertise_http_addr: Option<String>,
+    pub cluster_secret: Option<String>,
+    pub bootstrap: Option<bool>,
+    pub join: Option<Vec<String>>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_ms: Option<u64>,
+    pub snapshot_logs: Option<u64>,
+    pub log_format: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub advertise_grpc_addr: String,
+    pub advertise_http_addr: String,
+    pub cluster_secret: String,
+    pub bootstrap: bool,
+    pub join: Vec<String>,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub snapshot_logs: u64,
+    pub log_format: LogFormat,
+}
+
+/// A configuration problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })
+}
+
+impl ServerConfig {
+    /// Merges flags (and their environment variables) over the config file over defaults,
+    /// and checks the result.
+    pub fn resolve(flags: Flags) -> Result<ServerConfig, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let node_id = flags.node_id.or(file.node_id).ok_or_else(|| {
+            ConfigError::Invalid("--node-id is required (or XENE_NODE_ID, or node_id in --config)".into())
+        })?;
+        if node_id == 0 {
+            return Err(ConfigError::Invalid("--node-id must be 1 or more".into()));
+        }
+        let data_dir = flags.data_dir.or(file.data_dir).ok_or_else(|| {
+            ConfigError::Invalid("--data-dir is required (or XENE_DATA_DIR, or data_dir in --config)".into())
+        })?;
+        let cluster_secret = flags.cluster_secret.or(file.cluster_secret).ok_or_else(|| {
+            ConfigError::Invalid("--cluster-secret is required (or XENE_CLUSTER_SECRET, or cluster_secret in --config)".into())
+        })?;
+        if cluster_secret.len() < 8 {
+            return Err(ConfigError::Invalid("--cluster-secret must be at least 8 characters".into()));
+        }
+        let grpc_addr = flags.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:7400".into());
+        let http_addr = flags.http_addr.or(file.http_addr).unwrap_or_else(|| "127.0.0.1:7401".into());
+        let bootstrap = flags.bootstrap || file.bootstrap.unwrap_or(false);
+        let join = if flags.join.is_empty() { file.join.unwrap_or_default() } else { flags.join };
+        if bootstrap && !join.is_empty() {
+            return Err(ConfigError::Invalid("--bootstrap and --join exclude each other: bootstrap the first server, join the others".into()));
+        }
+        let log_format = match flags.log_format.or(file.log_format).as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!("--log-format {other:?}: use \"pretty\" or \"json\"")));
+            }
+        };
+        let heartbeat = Duration::from_millis(flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100));
+        let election_timeout = Duration::from_millis(flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(400));
+        if election_timeout <= heartbeat * 2 {
+            return Err(ConfigError::Invalid(format!(
+                "--election-timeout-ms ({}) must be more than twice --heartbeat-ms ({})",
+                election_timeout.as_millis(),
+                heartbeat.as_millis()
+            )));
+        }
+        Ok(ServerConfig {
+            node_id,
+            advertise_grpc_addr: flags.advertise_grpc_addr.or(file.advertise_grpc_addr).unwrap_or_else(|| grpc_addr.clone()),
+            advertise_http_addr: flags.advertise_http_addr.or(file.advertise_http_addr).unwrap_or_else(|| http_addr.clone()),
+            data_dir,
+            grpc_addr,
+            http_addr,
+            cluster_secret,
+            bootstrap,
+            join,
+            heartbeat,
+            election_timeout,
+            snapshot_logs: flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000).max(1),
+            log_format,
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! Conversions between the wire types of `xene-proto` and the store's command types, in one
+//! place per type (STYLE 4).
+
+use xene_proto as pb;
+use xene_raft_store::{Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, Op, OpResult, Txn};
+
+use crate::error::{Result, ServerError};
+
+pub fn kv_to_pb(kv: KeyValue) -> pb::KeyValue {
+    pb::KeyValue {
+        key: kv.key,
+        value: kv.value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+    }
+}
+
+pub fn event_to_pb(event: Event) -> pb::Event {
+    let kind = match event.kind {
+        EventKind::Put => pb::event::EventType::Put,
+        EventKind::Delete => pb::event::EventType::Delete,
+    };
+    pb::Event { r#type: kind as i32, kv: Some(kv_to_pb(event.kv)) }
+}
+
+pub fn compare_from_pb(compare: pb::Compare, path: &str) -> Result<Compare> {
+    let op = match pb::compare::Result::try_from(compare.result) {
+        Ok(pb::compare::Result::Equal) => CompareOp::Equal,
+        Ok(pb::compare::Result::NotEqual) => CompareOp::NotEqual,
+        Ok(pb::compare::Result::Less) => CompareOp::Less,
+        Ok(pb::compare::Result::Greater) => CompareOp::Greater,
+        Err(_) => {
+            return Err(ServerError::InvalidArgument(format!(
+                "{path}.result: unknown comparison {}; use EQUAL, NOT_EQUAL, LESS or GREATER",
+                compare.result
+            )))
+        }
+    };
+    let target = match compare.target {
+        Some(pb::compare::Target::Version(v)) => CompareTarget::Version(v),
+        Some(pb::compare::Target::CreateRevision(r)) => CompareTarget::CreateRevision(r),
+        Some(pb::compare::Target::ModRevision(r)) => CompareTarget::ModRevision(r),
+        Some(pb::compare::Target::Value(v)) => CompareTarget::Value(v),
+        None => {
+            return Err(ServerError::InvalidArgument(format!(
+                "{path}: no target; set one of version, create_revision, mod_revision or value"
+            )))
+        }
+    };
+    Ok(Compare { key: compare.key, op, target })
+}
+
+pub fn op_from_pb(op: pb::RequestOp, path: &str) -> Result<Op> {
+    match op.request {
+        Some(pb::request_op::Request::Put(put)) => Ok(Op::Put { key: put.key, value: put.value }),
+        Some(pb::request_op::Request::Range(range)) => {
+            Ok(Op::Get { key: range.key, prefix: range.prefix, limit: range.limit })
+        }
+        Some(pb::request_op::Request::Delete(delete)) if delete.prefix => Ok(Op::DeletePrefix { prefix: delete.key }),
+        Some(pb::request_op::Request::Delete(delete)) => Ok(Op::Delete { key: delete.key }),
+        None => Err(ServerError::InvalidArgument(format!("{path}: empty operation; set put, range or delete"))),
+    }
+}
+
+pub fn txn_from_pb(request: pb::TxnRequest) -> Result<Txn> {
+    let compare = request
+        .compare
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| compare_from_pb(c, &format!("compare[{i}]")))
+        .collect::<Result<_>>()?;
+    let success =
+        request.success.into_iter().enumerate().map(|(i, op)| op_from_pb(op, &format!("success[{i}]"))).collect::<Result<_>>()?;
+    let failure =
+        request.failure.into_iter().enumerate().map(|(i, op)| op_from_pb(op, &format!("failure[{i}]"))).collect::<Result<_>>()?;
+    Ok(Txn { compare, success, failure })
+}
+
+pub fn result_to_pb(result: OpResult, header: &pb::ResponseHeader) -> pb::ResponseOp {
+    let response = match result {
+        OpResult::Put { prev } => pb::response_op::Response::Put(pb::PutResponse {
+            header: Some(*header),
+            prev_kv: prev.map(kv_to_pb),
+            replayed: false,
+        }),
+        OpResult::Get { kvs, more } => pb::response_op::Response::Range(pb::RangeResponse {
+            header: Some(*header),
+            kvs: kvs.into_iter().map(kv_to_pb).collect(),
+            more,
+        }),
+        OpResult::Delete { deleted } => pb::response_op::Response::Delete(pb::DeleteResponse {
+            header: Some(*header),
+            deleted: deleted.len() as u64,
+            prev_kvs: deleted.into_iter().map(kv_to_pb).collect(),
+            replayed: false,
+        }),
+    };
+    pb::ResponseOp { response: Some(response) }
+}

@@ -1,0 +1,18 @@
+//! Where the server keeps its own records in the key space. Everything Xene stores is a key
+//! under `/xene/`; the raw `KvService` sees the same keys.
+
+/// Join and API tokens, one key per token ID: `/xene/tokens/<id>`.
+pub const TOKENS: &str = "/xene/tokens/";
+/// Every node ID ever admitted, one key each: `/xene/cluster/nodes/<id>`. Never deleted, so
+/// node IDs are never reused (DESIGN §5.1).
+pub const NODES: &str = "/xene/cluster/nodes/";
+/// Present once the cluster's first admin token was created.
+pub const BOOTSTRAPPED: &str = "/xene/cluster/bootstrapped";
+
+pub fn token(id: &str) -> String {
+    format!("{TOKENS}{id}")
+}
+
+pub fn node(id: u64) -> String {
+    format!("{NODES}{id:020}")
+}

@@ -1,0 +1,24 @@
+//! `xene-server`: a Raft member that serves Xene's API.
+//!
+//! - [`config`]: flags, environment and config file.
+//! - [`server`]: wiring, start-up (bootstrap or join) and ordered shutdown.
+//! - [`node`]: this server's place in the cluster: proposals forwarded to the leader, read
+//!   barriers, membership.
+//! - [`network`], [`peers`]: openraft's network over tonic and the reused peer channels.
+//! - [`services`]: the gRPC services (`RaftService`, `KvService`, `ClusterService`).
+//! - [`auth`]: bearer tokens and roles.
+//! - [`http`]: health, readiness and metrics over REST; [`metrics`]: the Prometheus registry.
+//! - [`convert`]: wire ↔ store type conversions; [`error`]: errors and their gRPC status.
+
+pub mod auth;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod peers;
+pub mod server;
+pub mod services;

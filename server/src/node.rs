@@ -1,0 +1,506 @@
+//! One server's place in the cluster: proposing commands (forwarded to the leader when this
+//! server is not it), linearizable read barriers, and membership changes (DESIGN §5).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use xene_proto::{JoinRequest, Member, RaftPayload, ReadIndexRequest, TimeoutNowRequest};
+use xene_raft_store::{
+    codec, ClientRequest, ClientResponse, Command, Compare, KvReader, NodeId, NodeInfo, Op, OpResult, Raft, Txn,
+};
+
+use crate::error::{Result, ServerError};
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::peers::PeerPool;
+
+/// Timing of the cluster, shared by Raft's config and the operations that wait on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// How long a proposal or read keeps retrying through leader changes.
+    pub request_deadline: Duration,
+}
+
+/// The answer a leader sends back for a forwarded proposal.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Applied(ClientResponse),
+    NotLeader { leader: Option<NodeId> },
+    Unavailable(String),
+}
+
+/// A node ID's record, kept forever so IDs are never reused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub removed: bool,
+}
+
+/// This server's handle on the cluster.
+pub struct ClusterNode {
+    pub id: NodeId,
+    pub info: NodeInfo,
+    pub raft: Raft,
+    pub reader: KvReader,
+    pub peers: PeerPool,
+    pub metrics: Arc<Metrics>,
+    pub timing: Timing,
+    /// The identity this server proposes under, so its own retries are deduplicated.
+    client_id: String,
+    next_request: AtomicU64,
+    /// Set on the leader while it hands leadership over: writes and reads wait.
+    transferring: AtomicBool,
+}
+
+/// Milliseconds since the Unix epoch by this server's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ClusterNode {
+    pub fn new(
+        id: NodeId,
+        info: NodeInfo,
+        raft: Raft,
+        reader: KvReader,
+        peers: PeerPool,
+        metrics: Arc<Metrics>,
+        timing: Timing,
+    ) -> Self {
+        let mut nonce = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+        ClusterNode {
+            id,
+            info,
+            raft,
+            reader,
+            peers,
+            metrics,
+            timing,
+            client_id: format!("server-{id}-{}", hex::encode(nonce)),
+            next_request: AtomicU64::new(1),
+            transferring: AtomicBool::new(false),
+        }
+    }
+
+    /// The leader as this server knows it, with its address.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let info = metrics.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.clone())?;
+        Some((leader, info))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    fn no_leader(&self) -> ServerError {
+        ServerError::Unavailable {
+            message: "no leader is known yet (election in progress or no quorum); retry".into(),
+            leader: None,
+        }
+    }
+
+    /// Wraps a command with this server's client identity and a fresh request ID.
+    pub fn request(&self, command: Command) -> ClientRequest {
+        ClientRequest {
+            client_id: self.client_id.clone(),
+            request_id: self.next_request.fetch_add(1, Ordering::Relaxed),
+            timestamp_ms: now_ms(),
+            command,
+        }
+    }
+
+    /// Proposes a request and returns the state machine's answer, forwarding to the leader
+    /// and retrying through leader changes until the deadline. Retrying is safe because every
+    /// request carries an ID the state machine deduplicates on.
+    pub async fn propose(&self, request: ClientRequest) -> Result<ClientResponse> {
+        let started = Instant::now();
+        let deadline = started + self.timing.request_deadline;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.id => self.propose_local(request.clone()).await,
+                Some((_, info)) => self.forward(&info, &request).await,
+                None => Err(self.no_leader()),
+            };
+            match attempt {
+                Ok(response) => {
+                    self.metrics.proposal_seconds.observe(started.elapsed().as_secs_f64());
+                    return Ok(response);
+                }
+                Err(e) if e.is_retryable() && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Proposes on this server, which must be the leader.
+    pub async fn propose_local(&self, request: ClientRequest) -> Result<ClientResponse> {
+        if self.transferring.load(Ordering::Acquire) {
+            return Err(ServerError::unavailable("leadership is being transferred; retry"));
+        }
+        match self.raft.client_write(request).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ServerError::Unavailable {
+                message: "this server is no longer the leader; retry".into(),
+                leader: f.leader_node.map(|n| n.grpc_addr),
+            }),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ServerError::FailedPrecondition(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ServerError::unavailable(format!("raft stopped: {e}"))),
+        }
+    }
+
+    async fn forward(&self, leader: &NodeInfo, request: &ClientRequest) -> Result<ClientResponse> {
+        let mut client = self.peers.client(&leader.grpc_addr)?;
+        let payload = RaftPayload { data: codec::encode(request) };
+        let reply = client
+            .propose(self.peers.request(payload, self.timing.request_deadline))
+            .await
+            .map_err(|s| ServerError::unavailable(format!("forwarding to the leader: {}", s.message())))?;
+        let reply: ForwardReply = codec::decode("forwarded reply", &reply.into_inner().data)
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        match reply {
+            ForwardReply::Applied(response) => Ok(response),
+            ForwardReply::NotLeader { .. } => Err(ServerError::unavailable("the leader changed; retry")),
+            ForwardReply::Unavailable(message) => Err(ServerError::unavailable(message)),
+        }
+    }
+
+    /// Runs a transaction built by the server itself.
+    pub async fn txn(&self, txn: Txn) -> Result<xene_raft_store::TxnResponse> {
+        match self.propose(self.request(Command::Txn(txn))).await? {
+            ClientResponse::Txn(response) => Ok(response),
+            ClientResponse::Rejected(rejection) => Err(rejection.into()),
+            ClientResponse::Duplicate(d) => {
+                Ok(xene_raft_store::TxnResponse { revision: d.revision, succeeded: d.succeeded, results: vec![] })
+            }
+            ClientResponse::Empty => Err(ServerError::Internal("empty answer to a transaction".into())),
+        }
+    }
+
+    /// Returns once a read on this server sees every write acknowledged before the call
+    /// (ReadIndex, DESIGN §4.5): the leader confirms its leadership with a quorum, and this
+    /// server waits until it has applied up to the leader's read index.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let deadline = Instant::now() + self.timing.request_deadline;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.id => self.read_index_local().await.map(|_| ()),
+                Some((_, info)) => match self.remote_read_index(&info).await {
+                    Ok(index) => self.wait_applied(index, deadline).await,
+                    Err(e) => Err(e),
+                },
+                None => Err(self.no_leader()),
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// On the leader: confirms leadership and returns the index a read must see.
+    pub async fn read_index_local(&self) -> Result<u64> {
+        if self.transferring.load(Ordering::Acquire) {
+            return Err(ServerError::unavailable("leadership is being transferred; retry"));
+        }
+        match self.raft.ensure_linearizable().await {
+            Ok(read_log_id) => Ok(read_log_id.map_or(0, |id| id.index)),
+            Err(e) => Err(ServerError::unavailable(format!("confirming leadership: {e}"))),
+        }
+    }
+
+    async fn remote_read_index(&self, leader: &NodeInfo) -> Result<u64> {
+        let mut client = self.peers.client(&leader.grpc_addr)?;
+        let reply = client
+            .read_index(self.peers.request(ReadIndexRequest {}, self.timing.request_deadline))
+            .await
+            .map_err(|s| ServerError::unavailable(format!("asking the leader for a read index: {}", s.message())))?;
+        Ok(reply.into_inner().read_index)
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, self.reader.wait_applied(index)).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(ServerError::unavailable(format!("this server has not applied index {index} yet; retry"))),
+        }
+    }
+
+    /// Whether this server can serve: a leader is known and this server has applied
+    /// everything the leader had committed when asked.
+    pub async fn readiness(&self) -> std::result::Result<String, String> {
+        let (leader, info) = self.leader().ok_or("no leader is known")?;
+        let index = if leader == self.id {
+            self.read_index_local().await.map_err(|e| e.to_string())?
+        } else {
+            self.remote_read_index(&info).await.map_err(|e| e.to_string())?
+        };
+        let applied = self.reader.applied_revision();
+        if applied >= index {
+            Ok(format!("ready: leader {leader}, applied {applied}\n"))
+        } else {
+            Err(format!("applied {applied} of {index} committed"))
+        }
+    }
+
+    /// The members as this server knows them.
+    pub fn members(&self) -> Vec<Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, info)| Member {
+                node_id: *id,
+                grpc_addr: info.grpc_addr.clone(),
+                http_addr: info.http_addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+            })
+            .collect()
+    }
+
+    /// Adds a server: records its ID (refusing an ID used before by another server), adds it
+    /// as a learner, waits until it has caught up, then makes it a voter. Idempotent, so a
+    /// server that restarts half-way through joining can simply ask again.
+    pub async fn add_member(&self, id: NodeId, info: NodeInfo) -> Result<Vec<Member>> {
+        if !self.is_leader() {
+            let (_, leader) = self.leader().ok_or_else(|| self.no_leader())?;
+            let mut client = self.peers.client(&leader.grpc_addr)?;
+            let request = JoinRequest { node_id: id, grpc_addr: info.grpc_addr, http_addr: info.http_addr };
+            let reply = client
+                .join(self.peers.request(request, Duration::from_secs(60)))
+                .await
+                .map_err(status_to_error)?;
+            return Ok(reply.into_inner().members);
+        }
+        if id == 0 {
+            return Err(ServerError::InvalidArgument("node ID 0 is reserved; use 1 or more".into()));
+        }
+        let record = NodeRecord { grpc_addr: info.grpc_addr.clone(), http_addr: info.http_addr.clone(), removed: false };
+        let key = keys::node(id);
+        let encoded = serde_json::to_vec(&record).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let response = self
+            .txn(Txn {
+                compare: vec![Compare::absent(key.clone())],
+                success: vec![Op::Put { key: key.clone().into(), value: encoded.clone() }],
+                failure: vec![Op::Get { key: key.clone().into(), prefix: false, limit: 0 }],
+            })
+            .await?;
+        if !response.succeeded {
+            let existing = match response.results.first() {
+                Some(OpResult::Get { kvs, .. }) => kvs.first().and_then(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok()),
+                _ => None,
+            };
+            if let Some(existing) = existing {
+                if existing.removed {
+                    return Err(ServerError::FailedPrecondition(format!(
+                        "node ID {id} belonged to a server that was removed, and node IDs are never reused; start the new server with another --node-id"
+                    )));
+                }
+                let is_member = self.members().iter().any(|m| m.node_id == id);
+                if is_member && existing.grpc_addr != record.grpc_addr {
+                    return Err(ServerError::AlreadyExists(format!(
+                        "node ID {id} is already a member at {}; pick another --node-id",
+                        existing.grpc_addr
+                    )));
+                }
+                if existing != record {
+                    self.txn(Txn { success: vec![Op::Put { key: key.into(), value: encoded }], ..Txn::default() }).await?;
+                }
+            }
+        }
+        let already_voter = self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        if !already_voter {
+            tracing::info!(node = id, addr = %info.grpc_addr, "adding a learner and waiting for it to catch up");
+            self.raft.add_learner(id, info, true).await.map_err(change_error)?;
+            let mut voters: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
+            voters.insert(id);
+            tracing::info!(node = id, "promoting the learner to voter");
+            self.raft.change_membership(voters, false).await.map_err(change_error)?;
+        }
+        Ok(self.members())
+    }
+
+    /// Removes a server from the cluster and marks its ID as used for good. Removing the
+    /// leader first hands leadership to another voter.
+    pub async fn remove_member(&self, id: NodeId) -> Result<Vec<Member>> {
+        let members = self.members();
+        let Some(member) = members.iter().find(|m| m.node_id == id) else {
+            let known: Vec<String> = members.iter().map(|m| m.node_id.to_string()).collect();
+            return Err(ServerError::NotFound(format!(
+                "node {id} is not a member; the members are {}",
+                known.join(", ")
+            )));
+        };
+        let voters: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
+        if member.role == "voter" && voters.len() == 1 {
+            return Err(ServerError::FailedPrecondition(format!(
+                "node {id} is the only voter; add another server before removing it"
+            )));
+        }
+        if self.is_leader() && id == self.id {
+            let Some(successor) = voters.iter().copied().find(|v| *v != id) else {
+                return Err(ServerError::FailedPrecondition("no other voter to hand leadership to".into()));
+            };
+            self.transfer_leader(successor).await?;
+        }
+        if !self.is_leader() {
+            return Err(ServerError::Unavailable {
+                message: "membership changes are made on the leader; retry there".into(),
+                leader: self.leader().map(|(_, info)| info.grpc_addr),
+            });
+        }
+        let change = if member.role == "voter" {
+            let mut remaining = voters.clone();
+            remaining.remove(&id);
+            ChangeMembers::ReplaceAllVoters(remaining)
+        } else {
+            ChangeMembers::RemoveNodes([id].into_iter().collect())
+        };
+        self.raft.change_membership(change, false).await.map_err(change_error)?;
+        let record = NodeRecord { grpc_addr: member.grpc_addr.clone(), http_addr: member.http_addr.clone(), removed: true };
+        let encoded = serde_json::to_vec(&record).map_err(|e| ServerError::Internal(e.to_string()))?;
+        self.txn(Txn { success: vec![Op::Put { key: keys::node(id).into(), value: encoded }], ..Txn::default() }).await?;
+        Ok(self.members())
+    }
+
+    /// Hands leadership to `to`. openraft 0.9 has no transfer call, so the leader pauses
+    /// heartbeats and writes, waits until `to` has every entry, and asks it to start an
+    /// election as soon as the followers' leader leases run out (ARCHITECTURE.md).
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<NodeId> {
+        if to == self.id && self.is_leader() {
+            return Ok(to);
+        }
+        if !self.is_leader() {
+            return Err(ServerError::Unavailable {
+                message: "leadership is transferred by the leader; retry there".into(),
+                leader: self.leader().map(|(_, info)| info.grpc_addr),
+            });
+        }
+        let target = self
+            .members()
+            .into_iter()
+            .find(|m| m.node_id == to && m.role == "voter")
+            .ok_or_else(|| ServerError::NotFound(format!("node {to} is not a voter of this cluster")))?;
+        // Wait until the target has every entry, so it can win the election.
+        let caught_up = Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = self.raft.metrics().borrow().clone();
+            let last = metrics.last_log_index.unwrap_or(0);
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to).cloned().flatten())
+                .map_or(0, |id| id.index);
+            if matched >= last {
+                break;
+            }
+            if Instant::now() > caught_up {
+                return Err(ServerError::unavailable(format!("node {to} is not caught up ({matched} of {last}); retry")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.transferring.store(true, Ordering::Release);
+        self.raft.runtime_config().heartbeat(false);
+        let deadline = self.timing.election_max * 4;
+        let result = async {
+            let mut client = self.peers.client(&target.grpc_addr)?;
+            let request = TimeoutNowRequest { deadline_ms: deadline.as_millis() as u64 };
+            client
+                .timeout_now(self.peers.request(request, deadline + Duration::from_secs(1)))
+                .await
+                .map_err(|s| ServerError::unavailable(format!("asking node {to} to take over: {}", s.message())))
+        }
+        .await;
+        self.raft.runtime_config().heartbeat(true);
+        self.transferring.store(false, Ordering::Release);
+        let reply = result?.into_inner();
+        if !reply.became_leader {
+            return Err(ServerError::unavailable(format!("node {to} did not win the election in time; retry")));
+        }
+        Ok(to)
+    }
+
+    /// On the transfer target: waits for the leader lease to run out, then starts elections
+    /// until this server leads or the deadline passes.
+    pub async fn timeout_now(&self, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        tokio::time::sleep(self.timing.election_max).await;
+        while Instant::now() < until {
+            if self.is_leader() {
+                return true;
+            }
+            if self.raft.trigger().elect().await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(self.timing.heartbeat * 2).await;
+        }
+        self.is_leader()
+    }
+
+    /// Level-triggered leader duty: a membership left joint by a crashed leader is finished,
+    /// so the cluster never stays in a joint configuration (DESIGN §5.2).
+    pub async fn finish_joint_membership(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let configs = membership.membership().get_joint_config();
+        if configs.len() > 1 {
+            if let Some(last) = configs.last().cloned() {
+                tracing::info!(?last, "finishing a joint membership left by an earlier leader");
+                if let Err(e) = self.raft.change_membership(last, false).await {
+                    tracing::warn!(error = %e, "finishing the joint membership failed; will retry");
+                }
+            }
+        }
+    }
+}
+
+fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ServerError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ServerError::Unavailable {
+            message: "the leader changed during the membership change; retry".into(),
+            leader: f.leader_node.map(|n| n.grpc_addr),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ServerError::FailedPrecondition(e.to_string()),
+        RaftError::Fatal(e) => ServerError::unavailable(format!("raft stopped: {e}")),
+    }
+}
+
+/// Turns a peer's gRPC answer back into an error of the same kind.
+pub fn status_to_error(status: tonic::Status) -> ServerError {
+    let message = status.message().to_string();
+    match status.code() {
+        tonic::Code::InvalidArgument => ServerError::InvalidArgument(message),
+        tonic::Code::NotFound => ServerError::NotFound(message),
+        tonic::Code::AlreadyExists => ServerError::AlreadyExists(message),
+        tonic::Code::FailedPrecondition => ServerError::FailedPrecondition(message),
+        tonic::Code::Unauthenticated => ServerError::Unauthenticated(message),
+        tonic::Code::PermissionDenied => ServerError::PermissionDenied(message),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ServerError::unavailable(message),
+        _ => ServerError::Internal(message),
+    }
+}

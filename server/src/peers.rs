@@ -1,0 +1,62 @@
+//! Connections to other servers, reused across calls (one lazily connected channel per
+//! address), with the cluster secret attached to every call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use xene_proto::raft_service_client::RaftServiceClient;
+
+use crate::error::{Result, ServerError};
+
+/// A pool of channels to peers, keyed by gRPC address.
+#[derive(Clone)]
+pub struct PeerPool {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    secret: Arc<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl PeerPool {
+    pub fn new(cluster_secret: &str) -> Result<Self> {
+        let secret = cluster_secret.parse().map_err(|_| {
+            ServerError::InvalidArgument("--cluster-secret must be printable ASCII without newlines".into())
+        })?;
+        Ok(PeerPool { channels: Arc::default(), secret: Arc::new(secret) })
+    }
+
+    /// A client for the peer at `addr`; the channel connects on first use and reconnects by
+    /// itself after failures.
+    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>> {
+        Ok(RaftServiceClient::new(self.channel(addr)?).max_decoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// The shared channel to `addr`, for any service.
+    pub fn channel(&self, addr: &str) -> Result<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| ServerError::InvalidArgument(format!("peer address {addr:?}: {e}")))?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let channel = endpoint.connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(channel)
+    }
+
+    /// Wraps `message` in a request carrying the cluster secret and a deadline.
+    pub fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(xene_proto::CLUSTER_SECRET_HEADER, (*self.secret).clone());
+        request.set_timeout(timeout);
+        request
+    }
+}

@@ -1,0 +1,273 @@
+//! Builds a server's parts from its configuration, runs them, and tears them down in order
+//! on shutdown: API listeners, then background tasks, then Raft, then storage (STYLE 8).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use xene_proto::cluster_service_server::ClusterServiceServer;
+use xene_proto::kv_service_server::KvServiceServer;
+use xene_proto::raft_service_server::RaftServiceServer;
+use xene_proto::JoinRequest;
+use xene_raft_store::{Compare, NodeInfo, Op, Raft, StoreConfig, Txn};
+
+use crate::auth::{self, Role, TokenCache};
+use crate::config::ServerConfig;
+use crate::keys;
+use crate::metrics::{GrpcMetricsLayer, Metrics};
+use crate::network::NetworkFactory;
+use crate::node::{now_ms, ClusterNode, NodeRecord, Timing};
+use crate::peers::PeerPool;
+use crate::services::{cluster::ClusterApi, kv::KvApi, raft::RaftApi};
+
+/// Largest gRPC message a client may send (a 1 MiB value plus its envelope).
+const MAX_CLIENT_MESSAGE: usize = 2 * 1024 * 1024;
+/// Largest message between servers (snapshot chunks, batches of log entries).
+const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Runs a server until `shutdown` is cancelled.
+pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let (log_store, state_machine) = xene_raft_store::open(&config.data_dir.join("raft"), &StoreConfig::default())
+        .context("opening the store")?;
+    let reader = state_machine.reader();
+    let peers = PeerPool::new(&config.cluster_secret)?;
+    let timing = Timing {
+        heartbeat: config.heartbeat,
+        election_min: config.election_timeout,
+        election_max: config.election_timeout * 2,
+        request_deadline: Duration::from_secs(10),
+    };
+    let raft_config = openraft::Config {
+        cluster_name: "xene".into(),
+        heartbeat_interval: timing.heartbeat.as_millis() as u64,
+        election_timeout_min: timing.election_min.as_millis() as u64,
+        election_timeout_max: timing.election_max.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        // Keep enough entries behind a snapshot that a briefly slow follower catches up from
+        // the log instead of needing the whole snapshot (DESIGN §4.7).
+        max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")?;
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        NetworkFactory::new(peers.clone()),
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
+
+    let info = NodeInfo { grpc_addr: config.advertise_grpc_addr.clone(), http_addr: config.advertise_http_addr.clone() };
+    let metrics = Arc::new(Metrics::new());
+    let node = Arc::new(ClusterNode::new(config.node_id, info.clone(), raft.clone(), reader.clone(), peers, metrics.clone(), timing));
+    let tokens = TokenCache::default();
+    let tasks = TaskTracker::new();
+    let stop = shutdown.child_token();
+
+    let grpc_listener = TcpListener::bind(&config.grpc_addr)
+        .await
+        .with_context(|| format!("binding --grpc-addr {}; is the port in use?", config.grpc_addr))?;
+    let http_listener = TcpListener::bind(&config.http_addr)
+        .await
+        .with_context(|| format!("binding --http-addr {}; is the port in use?", config.http_addr))?;
+
+    tasks.spawn(tokens.clone().follow(reader.clone(), stop.clone()));
+    {
+        let grpc = tonic::transport::Server::builder()
+            .layer(GrpcMetricsLayer { metrics: metrics.clone() })
+            .add_service(
+                RaftServiceServer::new(RaftApi::new(node.clone(), &config.cluster_secret))
+                    .max_decoding_message_size(MAX_PEER_MESSAGE)
+                    .max_encoding_message_size(MAX_PEER_MESSAGE),
+            )
+            .add_service(
+                KvServiceServer::new(KvApi::new(node.clone(), tokens.clone(), stop.clone()))
+                    .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+            )
+            .add_service(ClusterServiceServer::new(ClusterApi::new(node.clone(), tokens.clone())));
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let incoming = TcpListenerStream::new(grpc_listener);
+            if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
+                tracing::error!(error = %e, "the gRPC server failed");
+            }
+        });
+    }
+    {
+        let router = crate::http::router(node.clone());
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(http_listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "the REST server failed");
+            }
+        });
+    }
+    tracing::info!(node = config.node_id, grpc = %config.grpc_addr, http = %config.http_addr, "listening");
+
+    let initialized = raft.is_initialized().await.context("reading raft state")?;
+    if !initialized {
+        if config.bootstrap {
+            tracing::info!(node = config.node_id, "bootstrapping a new cluster");
+            raft.initialize(BTreeMap::from([(config.node_id, info.clone())])).await.context("bootstrapping")?;
+            let node = node.clone();
+            let data_dir = config.data_dir.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    result = bootstrap_cluster(&node, &data_dir) => if let Err(e) = result {
+                        tracing::error!(error = %e, "creating the first admin token failed");
+                    }
+                }
+            });
+        } else if !config.join.is_empty() {
+            let node = node.clone();
+            let join = config.join.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move { join_cluster(&node, &join, stop).await });
+        } else {
+            bail!(
+                "the data directory {} holds no cluster: start the first server with --bootstrap and the others with --join HOST:PORT",
+                config.data_dir.display()
+            );
+        }
+    }
+
+    {
+        let node = node.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        node.metrics.observe_raft(&node.raft);
+                        node.finish_joint_membership().await;
+                    }
+                }
+            }
+        });
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: API, background tasks, raft, storage");
+    stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop within 10 s");
+    }
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(10), raft.shutdown()).await {
+        tracing::warn!(error = %e, "raft did not stop within 10 s");
+    }
+    drop(node);
+    drop(reader);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// On the first server: once it leads, records its node ID and creates the first admin
+/// token, written to `DATA_DIR/admin.token` (mode 0600) and printed once.
+async fn bootstrap_cluster(node: &ClusterNode, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    node.raft
+        .wait(Some(Duration::from_secs(60)))
+        .state(openraft::ServerState::Leader, "bootstrap leader")
+        .await
+        .context("waiting to become leader")?;
+    let path = data_dir.join("admin.token");
+    let token = auth::mint(Role::Admin, "created at bootstrap", now_ms());
+    let record = serde_json::to_vec(&token.record)?;
+    let node_record = serde_json::to_vec(&NodeRecord {
+        grpc_addr: node.info.grpc_addr.clone(),
+        http_addr: node.info.http_addr.clone(),
+        removed: false,
+    })?;
+    // The file is written before the token is stored: if this server dies in between, the
+    // token is simply never valid, rather than valid and lost.
+    write_private(&path, format!("{}\n", token.text).as_bytes())?;
+    let response = node
+        .txn(Txn {
+            compare: vec![Compare::absent(keys::BOOTSTRAPPED)],
+            success: vec![
+                Op::Put { key: keys::token(&token.record.id).into(), value: record },
+                Op::Put { key: keys::node(node.id).into(), value: node_record },
+                Op::Put { key: keys::BOOTSTRAPPED.into(), value: token.record.id.clone().into() },
+            ],
+            failure: vec![],
+        })
+        .await?;
+    if response.succeeded {
+        tracing::info!(path = %path.display(), "created the first admin token");
+        // Printed once, as DESIGN §5.1 asks; it is also in the file above.
+        println!("xene: admin token (also in {}): {}", path.display(), token.text);
+    } else {
+        std::fs::remove_file(&path).ok();
+    }
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// On a new server: asks the members named by `--join` to admit it until one does.
+async fn join_cluster(node: &ClusterNode, addrs: &[String], stop: CancellationToken) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        for addr in addrs {
+            let request = JoinRequest {
+                node_id: node.id,
+                grpc_addr: node.info.grpc_addr.clone(),
+                http_addr: node.info.http_addr.clone(),
+            };
+            let attempt = async {
+                let mut client = node.peers.client(addr)?;
+                client
+                    .join(node.peers.request(request, Duration::from_secs(60)))
+                    .await
+                    .map_err(crate::node::status_to_error)
+            };
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                result = attempt => result,
+            };
+            match result {
+                Ok(reply) => {
+                    tracing::info!(via = %addr, leader = reply.into_inner().leader_id, "joined the cluster");
+                    return;
+                }
+                Err(e) if !e.is_retryable() && !matches!(e, crate::error::ServerError::Internal(_)) => {
+                    tracing::error!(via = %addr, error = %e, "the cluster refused to admit this server");
+                    return;
+                }
+                Err(e) => tracing::warn!(via = %addr, error = %e, "joining failed; retrying"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,5 @@
+//! The gRPC services this server offers; each file is one service.
+
+pub mod cluster;
+pub mod kv;
+pub mod raft;

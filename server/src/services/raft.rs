@@ -1,0 +1,109 @@
+//! `RaftService`: the internal server-to-server service. Every call must carry the cluster
+//! secret; Raft messages are handed to openraft, proposals and read-index requests are
+//! answered by the leader, and joins are admitted through the leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+use xene_proto::raft_service_server::RaftService;
+use xene_proto::{
+    JoinRequest, JoinResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, TimeoutNowRequest, TimeoutNowResponse,
+};
+use xene_raft_store::{codec, ClientRequest, NodeInfo};
+
+use crate::error::ServerError;
+use crate::node::{ClusterNode, ForwardReply};
+
+/// The `RaftService` implementation.
+pub struct RaftApi {
+    node: Arc<ClusterNode>,
+    secret: Vec<u8>,
+}
+
+impl RaftApi {
+    pub fn new(node: Arc<ClusterNode>, cluster_secret: &str) -> Self {
+        RaftApi { node, secret: cluster_secret.as_bytes().to_vec() }
+    }
+
+    fn check_secret<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let given = request.metadata().get(xene_proto::CLUSTER_SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or(b"");
+        if bool::from(given.ct_eq(&self.secret)) {
+            Ok(())
+        } else {
+            Err(ServerError::Unauthenticated(
+                "wrong or missing cluster secret: every server of a cluster needs the same --cluster-secret".into(),
+            )
+            .into())
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, payload: &RaftPayload) -> Result<T, Status> {
+    codec::decode(what, &payload.data).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Response<RaftPayload> {
+    Response::new(RaftPayload { data: codec::encode(value) })
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftApi {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_secret(&request)?;
+        let rpc = decode("append entries request", request.get_ref())?;
+        Ok(reply(&self.node.raft.append_entries(rpc).await))
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_secret(&request)?;
+        let rpc = decode("vote request", request.get_ref())?;
+        Ok(reply(&self.node.raft.vote(rpc).await))
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_secret(&request)?;
+        let rpc = decode("snapshot chunk", request.get_ref())?;
+        Ok(reply(&self.node.raft.install_snapshot(rpc).await))
+    }
+
+    async fn propose(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_secret(&request)?;
+        let proposal: ClientRequest = decode("forwarded proposal", request.get_ref())?;
+        let answer = if !self.node.is_leader() {
+            ForwardReply::NotLeader { leader: self.node.leader().map(|(id, _)| id) }
+        } else {
+            match self.node.propose_local(proposal).await {
+                Ok(response) => ForwardReply::Applied(response),
+                Err(e) => ForwardReply::Unavailable(e.to_string()),
+            }
+        };
+        Ok(reply(&answer))
+    }
+
+    async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        self.check_secret(&request)?;
+        let read_index = self.node.read_index_local().await?;
+        Ok(Response::new(ReadIndexResponse { read_index }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        self.check_secret(&request)?;
+        let join = request.into_inner();
+        if join.grpc_addr.is_empty() {
+            return Err(ServerError::InvalidArgument("join: grpc_addr is empty".into()).into());
+        }
+        let info = NodeInfo { grpc_addr: join.grpc_addr, http_addr: join.http_addr };
+        let members = self.node.add_member(join.node_id, info).await?;
+        let leader_id = self.node.leader().map_or(0, |(id, _)| id);
+        Ok(Response::new(JoinResponse { leader_id, members }))
+    }
+
+    async fn timeout_now(&self, request: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowResponse>, Status> {
+        self.check_secret(&request)?;
+        let deadline = Duration::from_millis(request.get_ref().deadline_ms.min(60_000));
+        let became_leader = self.node.timeout_now(deadline).await;
+        Ok(Response::new(TimeoutNowResponse { became_leader }))
+    }
+}
