@@ -64,8 +64,9 @@ impl FromStr for Cpu {
 
 impl fmt::Display for Cpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.millicores % 1000 == 0 {
-            write!(f, "{}", self.millicores / 1000)
+        let (cores, rest) = (self.millicores / 1000, self.millicores % 1000);
+        if rest == 0 {
+            write!(f, "{cores}")
         } else {
             write!(f, "{}m", self.millicores)
         }

@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -87,9 +87,41 @@ pub(crate) fn parse_cron(expression: &str) -> Result<Cron, ScheduleError> {
         return Err(ScheduleError::FieldCount { expression: expression.to_string(), fields });
     }
     let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
-    parser.parse(expression).map_err(|error| ScheduleError::Expression {
+    let cron = parser.parse(expression).map_err(|error| ScheduleError::Expression {
         expression: expression.to_string(),
         reason: bad_field(&parser, expression).unwrap_or_else(|| error.to_string()),
+    })?;
+    if !fires_ever(&cron) {
+        return Err(ScheduleError::Expression {
+            expression: expression.to_string(),
+            reason: "it never fires, because no date matches its day and month fields".to_string(),
+        });
+    }
+    Ok(cron)
+}
+
+/// Whether the schedule matches any time at all.
+///
+/// croner searches up to the year 5000 for the next fire of an expression
+/// such as `0 0 30 2 *`, which takes a minute; an agent must never be handed
+/// one. Days repeat with the 400-year Gregorian cycle (146,097 days, a whole
+/// number of weeks), so one cycle decides it; a possible schedule stops at
+/// its first matching day.
+fn fires_ever(cron: &Cron) -> bool {
+    let pattern = &cron.pattern;
+    let any = |range: std::ops::Range<u32>, matches: &dyn Fn(u32) -> bool| range.into_iter().any(matches);
+    if !any(0..60, &|s| pattern.second_match(s).unwrap_or(false))
+        || !any(0..60, &|m| pattern.minute_match(m).unwrap_or(false))
+        || !any(0..24, &|h| pattern.hour_match(h).unwrap_or(false))
+    {
+        return false;
+    }
+    let Some(start) = NaiveDate::from_ymd_opt(2001, 1, 1) else {
+        return true;
+    };
+    start.iter_days().take(146_097).any(|date| {
+        pattern.month_match(date.month()).unwrap_or(false)
+            && pattern.day_match(date.year(), date.month(), date.day(), weekday(date)).unwrap_or(false)
     })
 }
 
@@ -101,6 +133,11 @@ const FIELDS: [(&str, &str); 5] = [
     ("month", "1-12 or JAN-DEC"),
     ("day-of-week", "0-7 or SUN-SAT"),
 ];
+
+/// A date's weekday as croner counts it.
+fn weekday(date: NaiveDate) -> croner::Weekday {
+    croner::Weekday::from_days_from_sunday(date.weekday().num_days_from_sunday())
+}
 
 /// Which field croner rejects, found by parsing each field alone among
 /// wildcards, since croner's own message does not say.
@@ -156,7 +193,19 @@ mod tests {
             "invalid cron expression \"0 3 * *\": it has 4 fields; use 5 (minute hour day-of-month \
              month day-of-week) or 6 with a leading seconds field"
         );
-        assert!(matches!(CronSchedule::new("0 25 * * *", None), Err(ScheduleError::Expression { .. })));
+        assert_eq!(
+            CronSchedule::new("0 25 * * *", None).unwrap_err().to_string(),
+            "invalid cron expression \"0 25 * * *\": the hour field \"25\" is not valid; it takes \
+             0-23, with * , - /"
+        );
+        assert_eq!(
+            CronSchedule::new("0 0 30 2 *", None).unwrap_err().to_string(),
+            "invalid cron expression \"0 0 30 2 *\": it never fires, because no date matches its \
+             day and month fields"
+        );
+        // February 29th comes round, and so does one that is a Monday.
+        assert!(CronSchedule::new("0 0 29 2 *", None).is_ok());
+        assert!(CronSchedule::new("0 0 29 2 +MON", None).is_ok());
         assert_eq!(
             CronSchedule::new("0 3 * * *", Some("Europe/Berln")).unwrap_err().to_string(),
             "unknown time zone \"Europe/Berln\"; did you mean \"Europe/Berlin\"?"

@@ -71,8 +71,9 @@ impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.bytes > 0 {
             for (unit, scale) in UNITS {
-                if self.bytes % scale == 0 {
-                    return write!(f, "{}{unit}", self.bytes / scale);
+                let (count, rest) = (self.bytes / scale, self.bytes % scale);
+                if rest == 0 {
+                    return write!(f, "{count}{unit}");
                 }
             }
         }

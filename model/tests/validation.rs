@@ -200,9 +200,11 @@ fn invalid_cron_expressions() {
          four: {type: cron, cron: '0 3 * *'}\n    \
          range: {type: cron, cron: '0 25 * * *'}\n    \
          seven: {type: cron, cron: '0 0 3 * * * 2030'}\n    \
-         words: {type: cron, cron: 'every day'}\n  \
+         words: {type: cron, cron: 'every day'}\n    \
+         feb30: {type: cron, cron: '0 0 30 2 *'}\n  \
          pipelines: {build: {tasks: {t: {steps: [{name: s, run: x}]}}}}\n",
         expect![[r#"
+            spec.triggers.feb30.cron: invalid cron expression "0 0 30 2 *": it never fires, because no date matches its day and month fields
             spec.triggers.four.cron: invalid cron expression "0 3 * *": it has 4 fields; use 5 (minute hour day-of-month month day-of-week) or 6 with a leading seconds field
             spec.triggers.range.cron: invalid cron expression "0 25 * * *": the hour field "25" is not valid; it takes 0-23, with * , - /
             spec.triggers.seven.cron: invalid cron expression "0 0 3 * * * 2030": it has 7 fields; use 5 (minute hour day-of-month month day-of-week) or 6 with a leading seconds field

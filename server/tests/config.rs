@@ -1,0 +1,76 @@
+//! `xene-server` settings come from flags, then `XENE_*` variables, then the config file,
+//! then defaults (DESIGN §5.1); bad settings are refused with a message naming the flag.
+
+use clap::Parser;
+use xene_server::config::{Flags, ServerConfig};
+
+fn resolve(args: &[&str]) -> Result<ServerConfig, String> {
+    let flags = Flags::try_parse_from(std::iter::once("xene-server").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+    ServerConfig::resolve(flags).map_err(|e| e.to_string())
+}
+
+/// One test, because it sets process-wide environment variables that the other checks would see.
+#[test]
+fn settings_precedence_and_refusals() {
+    flags_beat_environment_beat_file_beat_defaults();
+    bad_settings_are_refused_with_a_clear_message();
+}
+
+fn flags_beat_environment_beat_file_beat_defaults() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("server.yaml");
+    std::fs::write(
+        &file,
+        "node_id: 7\ndata_dir: /from/file\ncluster_secret: file-secret-123\ngrpc_addr: 127.0.0.1:9000\nheartbeat_ms: 80\n",
+    )
+    .expect("write config");
+    let file = file.display().to_string();
+
+    // The file alone.
+    let config = resolve(&["--config", &file]).expect("file config");
+    assert_eq!(config.node_id, 7);
+    assert_eq!(config.grpc_addr, "127.0.0.1:9000");
+    assert_eq!(config.http_addr, "127.0.0.1:7401", "default");
+    assert_eq!(config.advertise_grpc_addr, "127.0.0.1:9000", "advertised address defaults to the listener");
+    assert_eq!(config.heartbeat.as_millis(), 80);
+
+    // The environment beats the file; a flag beats the environment.
+    std::env::set_var("XENE_GRPC_ADDR", "127.0.0.1:9100");
+    std::env::set_var("XENE_NODE_ID", "8");
+    let config = resolve(&["--config", &file]).expect("env over file");
+    assert_eq!(config.grpc_addr, "127.0.0.1:9100");
+    assert_eq!(config.node_id, 8);
+    let config = resolve(&["--config", &file, "--node-id", "9"]).expect("flag over env");
+    assert_eq!(config.node_id, 9);
+    std::env::remove_var("XENE_GRPC_ADDR");
+    std::env::remove_var("XENE_NODE_ID");
+}
+
+fn bad_settings_are_refused_with_a_clear_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--data-dir", "/d", "--cluster-secret", "long-enough"], "--node-id is required"),
+        (&["--node-id", "0", "--data-dir", "/d", "--cluster-secret", "long-enough"], "--node-id must be 1 or more"),
+        (&["--node-id", "1", "--cluster-secret", "long-enough"], "--data-dir is required"),
+        (&["--node-id", "1", "--data-dir", "/d"], "--cluster-secret is required"),
+        (&["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "short"], "at least 8 characters"),
+        (
+            &["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--bootstrap", "--join", "a:1"],
+            "exclude each other",
+        ),
+        (&["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--log-format", "xml"], "--log-format"),
+        (
+            &["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--heartbeat-ms", "300"],
+            "more than twice --heartbeat-ms",
+        ),
+        (&["--config", "/nonexistent/xene.yaml"], "reading config file /nonexistent/xene.yaml"),
+    ];
+    for (args, expected) in cases {
+        let message = resolve(args).expect_err("must be refused");
+        assert!(message.contains(expected), "{args:?}: {message:?} should contain {expected:?}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "node_idd: 1\n").expect("write");
+    let message = resolve(&["--config", &file.display().to_string()]).expect_err("unknown key");
+    assert!(message.contains("node_idd"), "{message}");
+}
