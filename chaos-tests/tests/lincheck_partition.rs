@@ -4,23 +4,22 @@
 //! Protects DESIGN §14 "key-value operations are linearizable": the chaos report must say
 //! which key broke.
 
-use xene_chaos_tests::lincheck::{
-    check_kv_history, parse_kv_history, Budget, Key, Outcome, Verdict,
-};
+use xene_chaos_tests::lincheck::{check_kv_history, parse_kv_history, Budget, Cause, Key, Outcome, Verdict};
 
 #[test]
 fn a_violation_on_one_key_is_reported_with_that_key() {
-    // Keys are interleaved; "y" has a stale read, "x" and "z" are fine. Read across keys,
-    // the history would be fine too: partitioning must not mix keys' values.
+    // Keys are interleaved; on "y" two compare-and-sets from the same value both succeed,
+    // while "x" and "z" are fine. Partitioning must not mix keys' values either: read across
+    // keys, "z" would see "b" last.
     let history = parse_kv_history(
         "c1 0 1 x put a
          c2 0 1 y put a
          c3 2 3 z put a
          c1 2 3 x put b
-         c2 2 3 y put b
+         c2 2 9 y cas a b -> ok
+         c5 3 8 y cas a c -> ok
          c3 4 5 z get -> a
          c1 4 5 x get -> b
-         c2 4 5 y get -> a
          c4 6 7 x get -> b",
     )
     .expect("parses");
@@ -35,15 +34,18 @@ fn a_violation_on_one_key_is_reported_with_that_key() {
     assert_eq!(violations.len(), 1);
     let (key, explanation) = violations[0];
     assert_eq!(*key, Key::from("y"));
-    // Indices refer to the whole history, not to the key's sub-history.
-    assert_eq!(report.keys[1].operations, [1, 4, 7]);
-    assert_eq!(explanation.linearized, [1, 4]);
-    assert_eq!(explanation.blocked, Some(7));
+    // Indices refer to the whole history, not to the key's sub-history. The search tries
+    // the compare-and-set that returns first, then finds the other can never succeed.
+    assert_eq!(report.keys[1].operations, [1, 4, 5]);
+    assert_eq!(explanation.linearized, [1, 5]);
+    assert_eq!(explanation.blocked, Some(4));
+    assert_eq!(explanation.cause, Cause::Unreachable);
 
     let text = report.explain(&history);
     assert!(text.contains("key \"y\" is not linearizable (3 operations)"), "{text}");
     assert!(!text.contains("key \"x\""), "{text}");
-    assert!(text.contains("#7 c2 [4, 5] Get"), "{text}");
+    assert!(text.contains("#4 c2 [2, 9] CompareAndSet"), "{text}");
+    assert!(text.contains("the state it needs can no longer arise"), "{text}");
 }
 
 #[test]

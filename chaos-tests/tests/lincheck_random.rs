@@ -11,9 +11,9 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use xene_chaos_tests::lincheck::{
-    check_kv_history, format_kv_history, verify_witness, Budget, ClientId, Key, KeyedOperation,
-    KvOperation, Operation, Outcome, RegisterInput, RegisterModel, RegisterOperation,
-    RegisterOutput, RegisterState, Report, Time, Value, Verdict,
+    check_kv_history, format_kv_history, verify_witness, Budget, ClientId, Completion, Key, KeyedOperation,
+    KvOperation, Operation, Outcome, RegisterInput, RegisterModel, RegisterOperation, RegisterOutput, RegisterState,
+    Report, Time, Value, Verdict,
 };
 
 /// The shape of a simulated workload.
@@ -34,12 +34,8 @@ struct Shape {
 fn seeds() -> Vec<u64> {
     let mut seeds: Vec<u64> = (1..=12).collect();
     let extra = match std::env::var("XENE_LINCHECK_SEED") {
-        Ok(seed) => seed
-            .parse()
-            .unwrap_or_else(|_| panic!("XENE_LINCHECK_SEED={seed:?} is not a u64")),
-        Err(_) => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
+        Ok(seed) => seed.parse().unwrap_or_else(|_| panic!("XENE_LINCHECK_SEED={seed:?} is not a u64")),
+        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
     };
     seeds.push(extra);
     seeds
@@ -74,11 +70,7 @@ fn simulate(seed: u64, shape: Shape) -> Vec<KvOperation> {
                 0..35 => RegisterInput::Put(value()),
                 35..70 => RegisterInput::Get,
                 70..85 => RegisterInput::CompareAndSet {
-                    expected: if rng.random_bool(0.2) {
-                        None
-                    } else {
-                        written[key].choose(&mut rng).cloned()
-                    },
+                    expected: if rng.random_bool(0.2) { None } else { written[key].choose(&mut rng).cloned() },
                     new: value(),
                 },
                 _ => RegisterInput::Delete,
@@ -98,20 +90,11 @@ fn simulate(seed: u64, shape: Shape) -> Vec<KvOperation> {
                 now = ret;
                 (Some(ret), Some(effect))
             };
-            planned.push(Planned {
-                key,
-                client,
-                input,
-                call,
-                ret,
-                effect,
-            });
+            planned.push(Planned { key, client, input, call, ret, effect });
         }
     }
 
-    let mut by_effect: Vec<usize> = (0..planned.len())
-        .filter(|&i| planned[i].effect.is_some())
-        .collect();
+    let mut by_effect: Vec<usize> = (0..planned.len()).filter(|&i| planned[i].effect.is_some()).collect();
     by_effect.sort_by_key(|&i| (planned[i].effect, i));
     let mut store: Vec<RegisterState> = vec![None; shape.keys];
     let mut outputs: Vec<Option<RegisterOutput>> = vec![None; planned.len()];
@@ -130,9 +113,7 @@ fn simulate(seed: u64, shape: Shape) -> Vec<KvOperation> {
                 }
                 RegisterOutput::CompareAndSet(matched)
             }
-            RegisterInput::Delete => RegisterOutput::Delete {
-                existed: Some(state.take().is_some()),
-            },
+            RegisterInput::Delete => RegisterOutput::Delete { existed: Some(state.take().is_some()) },
         });
     }
 
@@ -143,15 +124,10 @@ fn simulate(seed: u64, shape: Shape) -> Vec<KvOperation> {
             let client = ClientId(p.client);
             let call = Time(p.call);
             let operation = match (p.ret, output) {
-                (Some(ret), Some(output)) => {
-                    Operation::returned(client, p.input, call, Time(ret), output)
-                }
+                (Some(ret), Some(output)) => Operation::returned(client, p.input, call, Time(ret), output),
                 _ => Operation::indeterminate(client, p.input, call),
             };
-            KeyedOperation {
-                key: Key::from(format!("k{}", p.key).as_str()),
-                operation,
-            }
+            KeyedOperation { key: Key::from(format!("k{}", p.key).as_str()), operation }
         })
         .collect()
 }
@@ -161,15 +137,9 @@ fn check(history: &[KvOperation], budget: &Budget) -> Report<Key, RegisterState>
     let report = check_kv_history(history, budget).expect("simulated history is well formed");
     for key in &report.keys {
         if let Outcome::Linearizable { order } = &key.outcome {
-            let ops: Vec<RegisterOperation> = key
-                .operations
-                .iter()
-                .map(|&i| history[i].operation.clone())
-                .collect();
-            let local: Vec<usize> = order
-                .iter()
-                .filter_map(|global| key.operations.iter().position(|i| i == global))
-                .collect();
+            let ops: Vec<RegisterOperation> = key.operations.iter().map(|&i| history[i].operation.clone()).collect();
+            let local: Vec<usize> =
+                order.iter().filter_map(|global| key.operations.iter().position(|i| i == global)).collect();
             assert_eq!(local.len(), order.len(), "witness strays off key {:?}", key.key);
             verify_witness(&RegisterModel, &ops, &local)
                 .unwrap_or_else(|e| panic!("bad witness for key {:?}: {e}", key.key));
@@ -178,55 +148,96 @@ fn check(history: &[KvOperation], budget: &Budget) -> Report<Key, RegisterState>
     report
 }
 
+/// The value a completed read returned, if it read one.
+fn read_value(operation: &RegisterOperation) -> Option<&Value> {
+    match operation.output() {
+        Some(RegisterOutput::Get(Some(value))) => Some(value),
+        _ => None,
+    }
+}
+
+/// Sets what a completed read returned.
+fn set_read(operation: &mut RegisterOperation, value: Value) {
+    if let Completion::Returned { output, .. } = &mut operation.completion {
+        *output = RegisterOutput::Get(Some(value));
+    }
+}
+
+/// The indices of `history` in an order drawn from `rng`.
+fn shuffled(history: &[KvOperation], rng: &mut StdRng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..history.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    order
+}
+
 /// Makes one completed read return the value of a write that was overwritten by a second
 /// completed write before the read was called. Values are unique, so no linearization can
 /// explain it. Returns the corrupted operation's index.
-fn corrupt_one_read(history: &mut [KvOperation], rng: &mut StdRng) -> Option<usize> {
-    let completed_put = |keyed: &KvOperation| match (&keyed.operation.input, keyed.operation.return_time()) {
-        (RegisterInput::Put(value), Some(ret)) => Some((value.clone(), keyed.operation.call, ret)),
+fn corrupt_stale_read(history: &mut [KvOperation], rng: &mut StdRng) -> Option<usize> {
+    let completed_put = |keyed: &KvOperation| match &keyed.operation.input {
+        RegisterInput::Put(value) => {
+            keyed.operation.return_time().map(|ret| (keyed.key.clone(), value.clone(), keyed.operation.call, ret))
+        }
         _ => None,
     };
-    let mut reads: Vec<usize> = (0..history.len())
-        .filter(|&i| {
-            matches!(history[i].operation.output(), Some(RegisterOutput::Get(_)))
-        })
-        .collect();
-    // Shuffle deterministically by drawing from the seeded generator.
-    for i in (1..reads.len()).rev() {
-        reads.swap(i, rng.random_range(0..=i));
-    }
-    for read in reads {
-        let key = &history[read].key;
-        let called = history[read].operation.call;
-        let puts: Vec<(Value, Time, Time)> = history
-            .iter()
-            .filter(|keyed| keyed.key == *key)
-            .filter_map(completed_put)
-            .collect();
+    let puts: Vec<(Key, Value, Time, Time)> = history.iter().filter_map(completed_put).collect();
+    for read in shuffled(history, rng) {
+        if !matches!(history[read].operation.output(), Some(RegisterOutput::Get(_))) {
+            continue;
+        }
+        let (key, called) = (&history[read].key, history[read].operation.call);
         // A first write, overwritten by a second that returned before the read was called.
-        let stale = puts.iter().find(|(_, _, first_ret)| {
-            puts.iter()
-                .any(|(_, second_call, second_ret)| first_ret < second_call && *second_ret < called)
+        let stale = puts.iter().find(|(first_key, _, _, first_ret)| {
+            first_key == key
+                && puts.iter().any(|(second_key, _, second_call, second_ret)| {
+                    second_key == key && first_ret < second_call && *second_ret < called
+                })
         });
-        if let Some((value, _, _)) = stale {
-            history[read].operation.completion = xene_chaos_tests::lincheck::Completion::Returned {
-                at: history[read].operation.return_time()?,
-                output: RegisterOutput::Get(Some(value.clone())),
-            };
+        if let Some((_, value, _, _)) = stale {
+            set_read(&mut history[read].operation, value.clone());
             return Some(read);
         }
     }
     None
 }
 
-const SHAPE: Shape = Shape {
-    clients: 16,
-    ops_per_client: 25,
-    keys: 3,
-    max_gap: 10,
-    max_latency: 60,
-    indeterminate: 0.05,
-};
+/// Makes a new-old inversion: reads a, b, c of one key follow each other in real time, a
+/// and b returned different values, and c is changed to return a's value again. Values are
+/// unique, so once b saw its value, a's can never come back. Unlike a stale read, the
+/// writes involved may overlap the reads, so it takes the search to find it. Returns the
+/// corrupted operation's index.
+fn corrupt_inversion(history: &mut [KvOperation], rng: &mut StdRng) -> Option<usize> {
+    let reads: Vec<usize> = (0..history.len()).filter(|&i| read_value(&history[i].operation).is_some()).collect();
+    let before = |x: usize, y: usize| {
+        history[x].key == history[y].key
+            && history[x].operation.return_time().is_some_and(|ret| ret < history[y].operation.call)
+    };
+    for c in shuffled(history, rng) {
+        if read_value(&history[c].operation).is_none() {
+            continue;
+        }
+        // The latest b before c and the latest a before b make the tightest, hardest case.
+        let latest_before = |y: usize, differs: &dyn Fn(usize) -> bool| {
+            reads.iter().copied().filter(|&x| before(x, y) && differs(x)).max_by_key(|&x| history[x].operation.call)
+        };
+        let Some(b) = latest_before(c, &|_| true) else {
+            continue;
+        };
+        let value = |x: usize| read_value(&history[x].operation).cloned();
+        let differs = |x: usize| value(x) != value(b) && value(x) != value(c);
+        if let Some(a) = latest_before(b, &differs) {
+            let old = value(a)?;
+            set_read(&mut history[c].operation, old);
+            return Some(c);
+        }
+    }
+    None
+}
+
+const SHAPE: Shape =
+    Shape { clients: 16, ops_per_client: 25, keys: 3, max_gap: 10, max_latency: 60, indeterminate: 0.05 };
 
 #[test]
 fn accepts_simulated_linearizable_histories() {
@@ -245,12 +256,12 @@ fn accepts_simulated_linearizable_histories() {
 }
 
 #[test]
-fn rejects_one_corrupted_read() {
+fn rejects_one_stale_read() {
     for seed in seeds() {
         println!("seed {seed}");
         let mut history = simulate(seed, SHAPE);
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-        let read = corrupt_one_read(&mut history, &mut rng)
+        let read = corrupt_stale_read(&mut history, &mut rng)
             .unwrap_or_else(|| panic!("seed {seed}: no read could be made stale"));
         let report = check(&history, &Budget::default());
         let violated: Vec<&Key> = report.violations().map(|(key, _)| key).collect();
@@ -265,6 +276,25 @@ fn rejects_one_corrupted_read() {
 }
 
 #[test]
+fn rejects_one_new_old_inversion() {
+    for seed in seeds() {
+        println!("seed {seed}");
+        let mut history = simulate(seed, SHAPE);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x1417);
+        let read = corrupt_inversion(&mut history, &mut rng)
+            .unwrap_or_else(|| panic!("seed {seed}: no read could be inverted"));
+        let report = check(&history, &Budget::default());
+        let violated: Vec<&Key> = report.violations().map(|(key, _)| key).collect();
+        assert_eq!(
+            violated,
+            [&history[read].key],
+            "seed {seed}: inverting #{read} should violate exactly its key\n{}",
+            report.explain(&history)
+        );
+    }
+}
+
+#[test]
 fn rejects_a_read_of_a_value_never_written() {
     for seed in seeds() {
         println!("seed {seed}");
@@ -274,70 +304,54 @@ fn rejects_a_read_of_a_value_never_written() {
             .filter(|&i| matches!(history[i].operation.output(), Some(RegisterOutput::Get(_))))
             .collect();
         let &read = reads.choose(&mut rng).expect("the workload has reads");
-        if let xene_chaos_tests::lincheck::Completion::Returned { output, .. } =
-            &mut history[read].operation.completion
-        {
-            *output = RegisterOutput::Get(Some(Value::from("never-written")));
-        }
+        set_read(&mut history[read].operation, Value::from("never-written"));
         let report = check(&history, &Budget::default());
         let violated: Vec<&Key> = report.violations().map(|(key, _)| key).collect();
         assert_eq!(violated, [&history[read].key], "seed {seed}");
     }
 }
 
-/// The largest histories: one key, many concurrent clients. A deterministic step budget
-/// guards against a slowdown; the elapsed time is printed (`--nocapture`).
+/// The largest histories: one key, many concurrent clients, checked as recorded and with
+/// each kind of corruption. A deterministic step budget guards against a slowdown; the
+/// elapsed times are printed (`--nocapture`).
 #[test]
 fn large_single_key_histories_are_fast() {
     let shapes = [
         // 500 operations by 50 clients, nearly all concurrent with each other.
-        Shape {
-            clients: 50,
-            ops_per_client: 10,
-            keys: 1,
-            max_gap: 5,
-            max_latency: 100,
-            indeterminate: 0.02,
-        },
+        Shape { clients: 50, ops_per_client: 10, keys: 1, max_gap: 5, max_latency: 100, indeterminate: 0.02 },
         // 800 operations by 20 clients, with more timeouts.
-        Shape {
-            clients: 20,
-            ops_per_client: 40,
-            keys: 1,
-            max_gap: 10,
-            max_latency: 50,
-            indeterminate: 0.1,
-        },
+        Shape { clients: 20, ops_per_client: 40, keys: 1, max_gap: 10, max_latency: 50, indeterminate: 0.1 },
     ];
-    let budget = Budget::steps(50_000_000);
+    type Corruption = fn(&mut [KvOperation], &mut StdRng) -> Option<usize>;
+    let corruptions: [(&str, Option<Corruption>, Verdict); 3] = [
+        ("as recorded", None, Verdict::Linearizable),
+        ("stale read", Some(corrupt_stale_read), Verdict::Violation),
+        ("inversion", Some(corrupt_inversion), Verdict::Violation),
+    ];
+    let budget = Budget::steps(1_000_000);
     for shape in shapes {
         for seed in [7, 8, 9] {
-            let mut history = simulate(seed, shape);
-            let started = Instant::now();
-            let report = check(&history, &budget);
-            let elapsed = started.elapsed();
-            let stats = report.keys[0].stats;
-            println!(
-                "seed {seed}, {} clients, {} operations: {:?} in {elapsed:?}, {} steps, {} cached states",
-                shape.clients,
-                history.len(),
-                report.verdict(),
-                stats.steps,
-                stats.cached_states
-            );
-            assert_eq!(report.verdict(), Verdict::Linearizable, "seed {seed}");
-
-            let mut rng = StdRng::seed_from_u64(seed);
-            corrupt_one_read(&mut history, &mut rng).expect("a read can be made stale");
-            let started = Instant::now();
-            let report = check(&history, &budget);
-            let elapsed = started.elapsed();
-            println!(
-                "  corrupted: {:?} in {elapsed:?}, {} steps",
-                report.verdict(),
-                report.keys[0].stats.steps
-            );
-            assert_eq!(report.verdict(), Verdict::Violation, "seed {seed}");
+            for (name, corrupt, expected) in corruptions {
+                let mut history = simulate(seed, shape);
+                if let Some(corrupt) = corrupt {
+                    let mut rng = StdRng::seed_from_u64(seed);
+                    corrupt(&mut history, &mut rng).expect("the history can be corrupted");
+                }
+                let started = Instant::now();
+                let report = check(&history, &budget);
+                let elapsed = started.elapsed();
+                let stats = report.keys[0].stats;
+                println!(
+                    "seed {seed}, {} clients, {} operations, {name}: {:?} in {elapsed:?}, \
+                     {} steps, {} cached states",
+                    shape.clients,
+                    history.len(),
+                    report.verdict(),
+                    stats.steps,
+                    stats.cached_states
+                );
+                assert_eq!(report.verdict(), expected, "seed {seed}, {name}");
+            }
         }
     }
 }

@@ -5,9 +5,9 @@
 //! violation would let the chaos tests pass on a broken store.
 
 use xene_chaos_tests::lincheck::{
-    check_kv_history, check_operations, parse_kv_history, verify_witness, Budget, ClientId,
-    HistoryError, Key, KvOperation, Outcome, RegisterInput, RegisterModel, RegisterOperation,
-    RegisterOutput, RegisterState, Report, Time, Value, Verdict,
+    check_kv_history, check_operations, parse_kv_history, verify_witness, Budget, Cause, ClientId, Excluded,
+    HistoryError, Key, KvOperation, Outcome, RegisterInput, RegisterModel, RegisterOperation, RegisterOutput,
+    RegisterState, Report, Time, Value, Verdict,
 };
 
 /// Checks a history in the text form and re-verifies every witness the checker returns.
@@ -16,18 +16,11 @@ fn check(text: &str) -> (Vec<KvOperation>, Report<Key, RegisterState>) {
     let report = check_kv_history(&history, &Budget::default()).expect("history is well formed");
     for key in &report.keys {
         if let Outcome::Linearizable { order } = &key.outcome {
-            let ops: Vec<RegisterOperation> = key
-                .operations
-                .iter()
-                .map(|&i| history[i].operation.clone())
-                .collect();
+            let ops: Vec<RegisterOperation> = key.operations.iter().map(|&i| history[i].operation.clone()).collect();
             let local: Vec<usize> = order
                 .iter()
                 .map(|global| {
-                    key.operations
-                        .iter()
-                        .position(|i| i == global)
-                        .expect("witness names this key's operations")
+                    key.operations.iter().position(|i| i == global).expect("witness names this key's operations")
                 })
                 .collect();
             verify_witness(&RegisterModel, &ops, &local)
@@ -223,11 +216,7 @@ const CASES: &[(&str, Verdict, &str)] = &[
          c1 2 3 x del -> existed
          c2 4 5 x get -> a",
     ),
-    (
-        "a delete reports a key that never existed",
-        Verdict::Violation,
-        "c1 0 1 x del -> existed",
-    ),
+    ("a delete reports a key that never existed", Verdict::Violation, "c1 0 1 x del -> existed"),
     (
         "a lost acknowledged write",
         Verdict::Violation,
@@ -256,17 +245,14 @@ fn known_histories() {
     for (name, expected, text) in CASES {
         let (history, report) = check(text);
         if report.verdict() != *expected {
-            wrong.push(format!(
-                "{name}: expected {expected:?}, got\n{}",
-                report.explain(&history)
-            ));
+            wrong.push(format!("{name}: expected {expected:?}, got\n{}", report.explain(&history)));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
-fn a_stale_read_is_explained() {
+fn a_stale_read_is_explained_before_searching() {
     let (history, report) = check(
         "c1 0 1 x put a
          c1 2 3 x put b
@@ -277,33 +263,95 @@ fn a_stale_read_is_explained() {
     assert_eq!(violations.len(), 1);
     let (key, explanation) = violations[0];
     assert_eq!(*key, Key::from("x"));
-    assert_eq!(explanation.linearized, [0, 1]);
-    assert_eq!(explanation.state, Some(Value::from("b")));
     assert_eq!(explanation.blocked, Some(2));
-    assert_eq!(explanation.unplaced, [2]);
+    assert_eq!(explanation.cause, Cause::Overwritten { sources: vec![Excluded::Replaced { source: Some(0), by: 1 }] });
+    assert!(explanation.linearized.is_empty());
+    assert_eq!(report.keys[0].stats.steps, 0, "found without searching");
     let text = report.explain(&history);
     for want in [
         "Violation: 4 operations over 1 keys",
         "key \"x\" is not linearizable",
-        "longest linearizable prefix (2 operations)",
-        "state after it: Some(\"b\")",
+        "needs a state that is certainly gone",
         "#2 c2 [4, 5] Get -> Get(Some(\"a\"))",
+        "produced by\n    #0 c1 [0, 1] Put(\"a\")",
+        "#1 c1 [2, 3] Put(\"b\")",
     ] {
         assert!(text.contains(want), "{text}\nlacks {want:?}");
     }
 }
 
 #[test]
-fn a_double_compare_and_set_names_both_racers() {
+fn a_read_of_a_value_never_written_has_no_source() {
+    let (history, report) = check("c1 0 1 x get -> ghost");
+    let (_, explanation) = report.violations().next().expect("a violation");
+    assert_eq!(explanation.cause, Cause::Overwritten { sources: vec![] });
+    assert!(report.explain(&history).contains("no operation produces that state"));
+}
+
+#[test]
+fn an_inversion_across_overlapping_writes_is_found_by_precedence() {
+    // The write of "a" overlaps the read of "b", so real time alone does not order them;
+    // but it is the only source of what the first read saw, so it precedes that read,
+    // which precedes the read of "b".
     let (_, report) = check(
+        "c1 0 10 x put a
+         c2 1 2 x get -> a
+         c3 1 20 x put b
+         c4 3 4 x get -> b
+         c5 11 12 x get -> a",
+    );
+    let (_, explanation) = report.violations().next().expect("a violation");
+    assert_eq!(explanation.blocked, Some(4));
+    assert_eq!(explanation.cause, Cause::Overwritten { sources: vec![Excluded::Replaced { source: Some(0), by: 3 }] });
+}
+
+#[test]
+fn a_double_compare_and_set_is_found_by_the_search() {
+    let (history, report) = check(
         "c1 0 1 x put a
          c2 2 10 x cas a b -> ok
          c3 3 9 x cas a c -> ok",
     );
     let (_, explanation) = report.violations().next().expect("a violation");
-    assert_eq!(explanation.linearized.len(), 2);
-    assert_eq!(explanation.blocked, Some(2));
-    assert!(explanation.unplaced.contains(&2));
+    // The search tries the one that returns first, then sees "a" can never come back.
+    assert_eq!(explanation.linearized, [0, 2]);
+    assert_eq!(explanation.state, Some(Value::from("c")));
+    assert_eq!(explanation.blocked, Some(1));
+    assert_eq!(explanation.cause, Cause::Unreachable);
+    let text = report.explain(&history);
+    assert!(text.contains("longest linearizable prefix (2 operations)"), "{text}");
+    assert!(text.contains("state after it: Some(\"c\")"), "{text}");
+}
+
+#[test]
+fn a_wrongly_failed_compare_and_set_meets_its_deadline() {
+    let (history, report) = check(
+        "c1 0 1 x put a
+         c2 2 3 x cas a b -> fail
+         c3 4 5 x get -> a",
+    );
+    let (_, explanation) = report.violations().next().expect("a violation");
+    assert_eq!(explanation.linearized, [0]);
+    assert_eq!(explanation.blocked, Some(1));
+    assert_eq!(explanation.unplaced, [1]);
+    assert_eq!(explanation.cause, Cause::Deadline);
+    let text = report.explain(&history);
+    assert!(text.contains("it returned before anything placed next led anywhere"), "{text}");
+    assert!(text.contains("none of these could take effect next (1 operations)"), "{text}");
+}
+
+#[test]
+fn rewriting_an_unread_value_is_not_a_no_op() {
+    // Both puts write values nobody reads, which the checker merges into one; a put of the
+    // merged value over itself must still count as a write, or the second delete could not
+    // find the key present.
+    let (_, report) = check(
+        "c1 95 116 x put v56
+         c2 153 165 x del -> existed
+         c3 99 174 x put v154
+         c4 131 199 x del -> existed",
+    );
+    assert!(report.is_linearizable());
 }
 
 #[test]
@@ -313,12 +361,7 @@ fn a_witness_orders_the_operations() {
          c2 1 2 x get -> nil
          c3 3 4 x get -> a",
     );
-    assert_eq!(
-        report.keys[0].outcome,
-        Outcome::Linearizable {
-            order: vec![1, 0, 2]
-        }
-    );
+    assert_eq!(report.keys[0].outcome, Outcome::Linearizable { order: vec![1, 0, 2] });
 }
 
 #[test]
@@ -338,17 +381,11 @@ fn an_exhausted_budget_is_unknown_not_a_pass() {
 
 #[test]
 fn malformed_histories_are_errors() {
-    let op = |input, call, ret, output| {
-        RegisterOperation::returned(ClientId(1), input, Time(call), Time(ret), output)
-    };
+    let op = |input, call, ret, output| RegisterOperation::returned(ClientId(1), input, Time(call), Time(ret), output);
     let backwards = [op(RegisterInput::Get, 5, 4, RegisterOutput::Get(None))];
     assert_eq!(
         check_operations(&RegisterModel, &backwards, &Budget::default()),
-        Err(HistoryError::ReturnBeforeCall {
-            index: 0,
-            call: 5,
-            returned: 4
-        })
+        Err(HistoryError::ReturnBeforeCall { index: 0, call: 5, returned: 4 })
     );
     let mismatched = [
         op(RegisterInput::Get, 0, 1, RegisterOutput::Get(None)),

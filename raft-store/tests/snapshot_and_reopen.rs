@@ -22,7 +22,7 @@ async fn all_keys(sm: &xene_raft_store::StateMachineStore) -> Vec<xene_raft_stor
 #[tokio::test]
 async fn snapshot_built_on_one_store_installs_on_a_fresh_one() {
     let mut leader = open();
-    let membership = Membership::new(vec![[1u64, 2, 3].into_iter().collect()], [(1, node(1)), (2, node(3)), (3, node(5))].into_iter().collect());
+    let membership = Membership::new(vec![[1u64, 2, 3].into_iter().collect()], [(1, node(1)), (2, node(3)), (3, node(5))].into_iter().collect::<std::collections::BTreeMap<_, _>>());
     leader.sm.apply(vec![Entry { log_id: log_id(1, 1), payload: EntryPayload::Membership(membership.clone()) }]).await.expect("apply");
     leader.next_index = 2;
     for i in 0..100 {

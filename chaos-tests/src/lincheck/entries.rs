@@ -14,8 +14,13 @@ const HEAD: usize = 0;
 pub(crate) enum Entry {
     Head,
     /// The call of operation `op`; `ret` is its return entry, absent when indeterminate.
-    Call { op: usize, ret: Option<usize> },
-    Return { op: usize },
+    Call {
+        op: usize,
+        ret: Option<usize>,
+    },
+    Return {
+        op: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -52,11 +57,7 @@ impl Entries {
         events.sort_unstable();
 
         let mut nodes = Vec::with_capacity(events.len() + 1);
-        nodes.push(Node {
-            entry: Entry::Head,
-            prev: HEAD,
-            next: None,
-        });
+        nodes.push(Node { entry: Entry::Head, prev: HEAD, next: None });
         let mut call_node = vec![HEAD; operations];
         for (position, &(_, kind, op)) in events.iter().enumerate() {
             let index = position + 1;
@@ -73,11 +74,7 @@ impl Entries {
                 Entry::Return { op }
             };
             nodes[index - 1].next = Some(index);
-            nodes.push(Node {
-                entry,
-                prev: index - 1,
-                next: None,
-            });
+            nodes.push(Node { entry, prev: index - 1, next: None });
         }
         Self { nodes }
     }
@@ -145,11 +142,7 @@ mod tests {
     #[test]
     fn orders_by_time_with_calls_first_and_restores_after_unlift() {
         // op 0: [0, 10]; op 1: [10, 20]; op 2: [5, +inf)
-        let times = [
-            (Time(0), Some(Time(10))),
-            (Time(10), Some(Time(20))),
-            (Time(5), None),
-        ];
+        let times = [(Time(0), Some(Time(10))), (Time(10), Some(Time(20))), (Time(5), None)];
         let mut entries = Entries::new(times.into_iter());
         let before = listed(&entries);
         let kinds: Vec<String> = before

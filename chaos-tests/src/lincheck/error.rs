@@ -15,11 +15,7 @@ pub enum HistoryError {
         "history[{index}]: output {output} does not answer input {input}; \
          the recorder paired a response with the wrong request"
     )]
-    OutputMismatch {
-        index: usize,
-        input: String,
-        output: String,
-    },
+    OutputMismatch { index: usize, input: String, output: String },
 }
 
 /// Result of checking a history.

@@ -55,25 +55,12 @@ pub struct Operation<I, O> {
 impl<I, O> Operation<I, O> {
     /// An operation whose client received `output` at `returned`.
     pub fn returned(client: ClientId, input: I, call: Time, returned: Time, output: O) -> Self {
-        Self {
-            client,
-            input,
-            call,
-            completion: Completion::Returned {
-                at: returned,
-                output,
-            },
-        }
+        Self { client, input, call, completion: Completion::Returned { at: returned, output } }
     }
 
     /// An operation whose outcome is unknown (it timed out or its connection failed).
     pub fn indeterminate(client: ClientId, input: I, call: Time) -> Self {
-        Self {
-            client,
-            input,
-            call,
-            completion: Completion::Indeterminate,
-        }
+        Self { client, input, call, completion: Completion::Indeterminate }
     }
 
     /// The return time, or `None` for an indeterminate operation (which never returns).
@@ -100,16 +87,12 @@ impl<I, O> Operation<I, O> {
 impl<I: fmt::Debug, O: fmt::Debug> fmt::Display for Operation<I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.completion {
-            Completion::Returned { at, output } => write!(
-                f,
-                "{} [{}, {}] {:?} -> {:?}",
-                self.client, self.call, at, self.input, output
-            ),
-            Completion::Indeterminate => write!(
-                f,
-                "{} [{}, ?] {:?} -> indeterminate",
-                self.client, self.call, self.input
-            ),
+            Completion::Returned { at, output } => {
+                write!(f, "{} [{}, {}] {:?} -> {:?}", self.client, self.call, at, self.input, output)
+            }
+            Completion::Indeterminate => {
+                write!(f, "{} [{}, ?] {:?} -> indeterminate", self.client, self.call, self.input)
+            }
         }
     }
 }

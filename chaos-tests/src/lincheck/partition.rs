@@ -67,10 +67,7 @@ impl<K, S> Report<K, S> {
 
     /// The keys whose search ran out of budget.
     pub fn unknown(&self) -> impl Iterator<Item = &K> {
-        self.keys
-            .iter()
-            .filter(|key| matches!(key.outcome, Outcome::Unknown(_)))
-            .map(|key| &key.key)
+        self.keys.iter().filter(|key| matches!(key.outcome, Outcome::Unknown(_))).map(|key| &key.key)
     }
 
     /// The key that cost the most search steps, with its statistics.
@@ -87,23 +84,13 @@ impl<K: Debug, S: Debug> Report<K, S> {
         let operations: usize = self.keys.iter().map(|key| key.operations.len()).sum();
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = writeln!(
-            out,
-            "{:?}: {} operations over {} keys",
-            self.verdict(),
-            operations,
-            self.keys.len()
-        );
+        let _ = writeln!(out, "{:?}: {} operations over {} keys", self.verdict(), operations, self.keys.len());
         for key in &self.keys {
             match &key.outcome {
                 Outcome::Linearizable { .. } => {}
                 Outcome::Violation(explanation) => {
-                    let _ = writeln!(
-                        out,
-                        "key {:?} is not linearizable ({} operations):",
-                        key.key,
-                        key.operations.len()
-                    );
+                    let _ =
+                        writeln!(out, "key {:?} is not linearizable ({} operations):", key.key, key.operations.len());
                     out.push_str(&explanation.render(lookup));
                 }
                 Outcome::Unknown(exhausted) => {
@@ -156,9 +143,6 @@ where
 }
 
 /// Checks a key-value history with the register model, one key at a time.
-pub fn check_kv_history(
-    history: &[KvOperation],
-    budget: &Budget,
-) -> Result<Report<Key, RegisterState>> {
+pub fn check_kv_history(history: &[KvOperation], budget: &Budget) -> Result<Report<Key, RegisterState>> {
     check_keyed(&RegisterModel, history, budget)
 }

@@ -85,7 +85,9 @@ pub enum RegisterOutput {
     /// Whether the compare succeeded (and the write happened).
     CompareAndSet(bool),
     /// Whether the key existed before the delete, if the client learned it.
-    Delete { existed: Option<bool> },
+    Delete {
+        existed: Option<bool>,
+    },
 }
 
 /// The state of one key: its value, or `None` if absent.
@@ -96,6 +98,10 @@ pub type RegisterOperation = Operation<RegisterInput, RegisterOutput>;
 
 /// One operation of a key-value history.
 pub type KvOperation = KeyedOperation<Key, RegisterInput, RegisterOutput>;
+
+/// The value [`RegisterModel::stand_in`] uses for values nobody reads any more. Were a
+/// history to read it, the search would notice and not merge.
+const STAND_IN: &[u8] = b"\0xene-lincheck: a value no operation left reads\0";
 
 /// The value an operation writes, if it writes one.
 fn written(operation: &RegisterOperation) -> Option<&Value> {
@@ -118,17 +124,10 @@ impl Model for RegisterModel {
         None
     }
 
-    fn step(
-        &self,
-        state: &RegisterState,
-        input: &RegisterInput,
-        output: &RegisterOutput,
-    ) -> Option<RegisterState> {
+    fn step(&self, state: &RegisterState, input: &RegisterInput, output: &RegisterOutput) -> Option<RegisterState> {
         match (input, output) {
             (RegisterInput::Put(value), RegisterOutput::Put) => Some(Some(value.clone())),
-            (RegisterInput::Get, RegisterOutput::Get(read)) => {
-                (read == state).then(|| state.clone())
-            }
+            (RegisterInput::Get, RegisterOutput::Get(read)) => (read == state).then(|| state.clone()),
             (RegisterInput::CompareAndSet { expected, new }, RegisterOutput::CompareAndSet(ok)) => {
                 match (expected == state, ok) {
                     (true, true) => Some(Some(new.clone())),
@@ -136,27 +135,19 @@ impl Model for RegisterModel {
                     _ => None,
                 }
             }
-            (RegisterInput::Delete, RegisterOutput::Delete { existed }) => {
-                match existed {
-                    Some(existed) if *existed != state.is_some() => None,
-                    _ => Some(None),
-                }
-            }
+            (RegisterInput::Delete, RegisterOutput::Delete { existed }) => match existed {
+                Some(existed) if *existed != state.is_some() => None,
+                _ => Some(None),
+            },
             _ => None,
         }
     }
 
-    fn step_indeterminate(
-        &self,
-        state: &RegisterState,
-        input: &RegisterInput,
-    ) -> Option<RegisterState> {
+    fn step_indeterminate(&self, state: &RegisterState, input: &RegisterInput) -> Option<RegisterState> {
         Some(match input {
             RegisterInput::Put(value) => Some(value.clone()),
             RegisterInput::Get => state.clone(),
-            RegisterInput::CompareAndSet { expected, new } if expected == state => {
-                Some(new.clone())
-            }
+            RegisterInput::CompareAndSet { expected, new } if expected == state => Some(new.clone()),
             RegisterInput::CompareAndSet { .. } => state.clone(),
             RegisterInput::Delete => None,
         })
@@ -167,42 +158,41 @@ impl Model for RegisterModel {
             (input, output),
             (RegisterInput::Put(_), RegisterOutput::Put)
                 | (RegisterInput::Get, RegisterOutput::Get(_))
-                | (
-                    RegisterInput::CompareAndSet { .. },
-                    RegisterOutput::CompareAndSet(_)
-                )
+                | (RegisterInput::CompareAndSet { .. }, RegisterOutput::CompareAndSet(_))
                 | (RegisterInput::Delete, RegisterOutput::Delete { .. })
         )
     }
 
-    fn footprint(
-        &self,
-        input: &RegisterInput,
-        output: Option<&RegisterOutput>,
-    ) -> Footprint<RegisterState> {
+    fn footprint(&self, input: &RegisterInput, output: Option<&RegisterOutput>) -> Footprint<RegisterState> {
         let (requires, produces) = match (input, output) {
-            (RegisterInput::Put(value), _) => (None, Produces::State(Some(value.clone()))),
-            (RegisterInput::Get, Some(RegisterOutput::Get(read))) => {
-                (Some(read.clone()), Produces::Nothing)
-            }
+            (RegisterInput::Put(value), _) => (None, Produces::Always(Some(value.clone()))),
+            (RegisterInput::Get, Some(RegisterOutput::Get(read))) => (Some(read.clone()), Produces::Nothing),
             (RegisterInput::Get, _) => (None, Produces::Nothing),
-            (
-                RegisterInput::CompareAndSet { expected, new },
-                Some(RegisterOutput::CompareAndSet(true)),
-            ) => (Some(expected.clone()), Produces::State(Some(new.clone()))),
-            (RegisterInput::CompareAndSet { .. }, Some(_)) => (None, Produces::Nothing),
-            (RegisterInput::CompareAndSet { new, .. }, None) => {
-                (None, Produces::State(Some(new.clone())))
+            (RegisterInput::CompareAndSet { expected, new }, Some(RegisterOutput::CompareAndSet(true))) => {
+                (Some(expected.clone()), Produces::Always(Some(new.clone())))
             }
-            (
-                RegisterInput::Delete,
-                Some(RegisterOutput::Delete {
-                    existed: Some(false),
-                }),
-            ) => (Some(None), Produces::Nothing),
-            (RegisterInput::Delete, _) => (None, Produces::State(None)),
+            (RegisterInput::CompareAndSet { .. }, Some(_)) => (None, Produces::Nothing),
+            // Unknown outcome: it may have failed and left the state alone.
+            (RegisterInput::CompareAndSet { new, .. }, None) => (None, Produces::Maybe(Some(new.clone()))),
+            (RegisterInput::Delete, Some(RegisterOutput::Delete { existed: Some(false) })) => {
+                (Some(None), Produces::Always(None))
+            }
+            (RegisterInput::Delete, _) => (None, Produces::Always(None)),
         };
-        Footprint { requires, produces }
+        let observes = match (input, output) {
+            (RegisterInput::Get, Some(RegisterOutput::Get(read))) => vec![read.clone()],
+            (RegisterInput::CompareAndSet { expected, .. }, _) => vec![expected.clone()],
+            // Whether the key existed tells absent apart from every value.
+            (RegisterInput::Delete, Some(RegisterOutput::Delete { existed: Some(_) })) => vec![None],
+            _ => Vec::new(),
+        };
+        Footprint { requires, produces, observes }
+    }
+
+    /// Any value nobody will read any more stands for all such values; absence stays
+    /// itself, because a delete that reports whether the key existed tells it apart.
+    fn stand_in(&self, state: &RegisterState) -> Option<RegisterState> {
+        state.as_ref().map(|_| Some(Value(STAND_IN.to_vec())))
     }
 
     /// Replaces every written value that no operation observes (no get returns it and no
@@ -211,17 +201,11 @@ impl Model for RegisterModel {
     /// Such values are indistinguishable: every comparison the model makes is with an
     /// observed value, so each of them compares unequal, and each counts as "present" for a
     /// delete. Merging them lets the cache recognise states that differ only by which
-    /// unread value is current, and lets the search place an unread write over another
-    /// unread value without branching (it leaves the state unchanged). Without this, many
-    /// concurrent writers make the search exponential in their number.
+    /// unread value is current.
     fn canonicalize(&self, operations: &[&RegisterOperation]) -> Option<Vec<RegisterOperation>> {
         let mut observed: BTreeSet<&Value> = BTreeSet::new();
         for operation in operations {
-            if let RegisterInput::CompareAndSet {
-                expected: Some(value),
-                ..
-            } = &operation.input
-            {
+            if let RegisterInput::CompareAndSet { expected: Some(value), .. } = &operation.input {
                 observed.insert(value);
             }
             if let Some(RegisterOutput::Get(Some(value))) = operation.output() {
@@ -252,26 +236,15 @@ impl Model for RegisterModel {
                 let input = match &operation.input {
                     RegisterInput::Put(value) => RegisterInput::Put(merge(value)),
                     RegisterInput::CompareAndSet { expected, new } => {
-                        RegisterInput::CompareAndSet {
-                            expected: expected.clone(),
-                            new: merge(new),
-                        }
+                        RegisterInput::CompareAndSet { expected: expected.clone(), new: merge(new) }
                     }
                     other => other.clone(),
                 };
                 let completion = match &operation.completion {
-                    Completion::Returned { at, output } => Completion::Returned {
-                        at: *at,
-                        output: output.clone(),
-                    },
+                    Completion::Returned { at, output } => Completion::Returned { at: *at, output: output.clone() },
                     Completion::Indeterminate => Completion::Indeterminate,
                 };
-                Operation {
-                    client: operation.client,
-                    input,
-                    call: operation.call,
-                    completion,
-                }
+                Operation { client: operation.client, input, call: operation.call, completion }
             })
             .collect();
         Some(rewritten)
@@ -291,35 +264,14 @@ mod tests {
         let m = RegisterModel;
         let put = RegisterInput::Put(Value::from("a"));
         assert_eq!(m.step(&None, &put, &RegisterOutput::Put), Some(v("a")));
-        assert_eq!(
-            m.step(&v("a"), &RegisterInput::Get, &RegisterOutput::Get(v("a"))),
-            Some(v("a"))
-        );
-        assert_eq!(
-            m.step(&v("a"), &RegisterInput::Get, &RegisterOutput::Get(None)),
-            None
-        );
-        let cas = RegisterInput::CompareAndSet {
-            expected: None,
-            new: Value::from("b"),
-        };
-        assert_eq!(
-            m.step(&None, &cas, &RegisterOutput::CompareAndSet(true)),
-            Some(v("b"))
-        );
-        assert_eq!(
-            m.step(&v("a"), &cas, &RegisterOutput::CompareAndSet(true)),
-            None
-        );
-        assert_eq!(
-            m.step(&v("a"), &cas, &RegisterOutput::CompareAndSet(false)),
-            Some(v("a"))
-        );
+        assert_eq!(m.step(&v("a"), &RegisterInput::Get, &RegisterOutput::Get(v("a"))), Some(v("a")));
+        assert_eq!(m.step(&v("a"), &RegisterInput::Get, &RegisterOutput::Get(None)), None);
+        let cas = RegisterInput::CompareAndSet { expected: None, new: Value::from("b") };
+        assert_eq!(m.step(&None, &cas, &RegisterOutput::CompareAndSet(true)), Some(v("b")));
+        assert_eq!(m.step(&v("a"), &cas, &RegisterOutput::CompareAndSet(true)), None);
+        assert_eq!(m.step(&v("a"), &cas, &RegisterOutput::CompareAndSet(false)), Some(v("a")));
         let del = |existed| RegisterOutput::Delete { existed };
-        assert_eq!(
-            m.step(&v("a"), &RegisterInput::Delete, &del(Some(true))),
-            Some(None)
-        );
+        assert_eq!(m.step(&v("a"), &RegisterInput::Delete, &del(Some(true))), Some(None));
         assert_eq!(m.step(&None, &RegisterInput::Delete, &del(Some(true))), None);
         assert_eq!(m.step(&None, &RegisterInput::Delete, &del(None)), Some(None));
         assert_eq!(m.step(&None, &put, &RegisterOutput::Get(None)), None);

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::history::Operation;
-use super::model::{Footprint, Model, Produces};
+use super::model::{Footprint, Produces};
 
 /// What one operation produces, with states numbered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,13 +37,18 @@ pub(crate) struct Supply<S> {
     /// the orphan when there is exactly one).
     orphans: usize,
     orphan_sum: usize,
+    /// State numbers, and per operation the states it observes, and per state how many
+    /// unplaced operations (indeterminate ones included) observe it.
+    numbers: HashMap<S, usize>,
+    observes: Vec<Vec<usize>>,
+    observers: Vec<u32>,
+    /// Per state: whether any operation at all observes it.
+    ever_observed: Vec<bool>,
 }
 
 impl<S: Clone + Eq + std::hash::Hash> Supply<S> {
-    pub(crate) fn new<M: Model<State = S>>(
-        model: &M,
-        ops: &[&Operation<M::Input, M::Output>],
-    ) -> Self {
+    /// `footprints[i]` is the footprint of `ops[i]`.
+    pub(crate) fn new<I, O>(ops: &[&Operation<I, O>], footprints: &[Footprint<S>]) -> Self {
         let mut numbers: HashMap<S, usize> = HashMap::new();
         let mut states = Vec::new();
         let mut number = |state: S| {
@@ -54,26 +59,24 @@ impl<S: Clone + Eq + std::hash::Hash> Supply<S> {
         };
         let mut requires = Vec::with_capacity(ops.len());
         let mut produces = Vec::with_capacity(ops.len());
-        for op in ops {
-            let Footprint {
-                requires: required,
-                produces: produced,
-            } = model.footprint(&op.input, op.output());
-            requires.push(
-                required
-                    .filter(|_| !op.is_indeterminate())
-                    .map(&mut number),
-            );
-            produces.push(match produced {
+        let mut observes = Vec::with_capacity(ops.len());
+        for (op, footprint) in ops.iter().zip(footprints) {
+            observes.push(footprint.observes.iter().cloned().map(&mut number).collect());
+            requires.push(footprint.requires.clone().filter(|_| !op.is_indeterminate()).map(&mut number));
+            produces.push(match &footprint.produces {
                 Produces::Nothing => Produced::Nothing,
-                Produces::State(state) => Produced::State(number(state)),
+                Produces::Maybe(state) | Produces::Always(state) => Produced::State(number(state.clone())),
                 Produces::Unknown => Produced::Unknown,
             });
         }
         let mut supply = Self {
             requirers: vec![0; states.len()],
             producers: vec![0; states.len()],
+            observers: vec![0; states.len()],
+            ever_observed: vec![false; states.len()],
             states,
+            numbers,
+            observes,
             requires,
             produces,
             unknown_producers: 0,
@@ -82,6 +85,9 @@ impl<S: Clone + Eq + std::hash::Hash> Supply<S> {
         };
         for op in 0..ops.len() {
             supply.put_back(op);
+        }
+        for (number, observers) in supply.observers.iter().enumerate() {
+            supply.ever_observed[number] = *observers > 0;
         }
         supply
     }
@@ -109,6 +115,9 @@ impl<S: Clone + Eq + std::hash::Hash> Supply<S> {
 
     /// Operation `op` was placed.
     pub(crate) fn take(&mut self, op: usize) {
+        for &state in &self.observes[op] {
+            self.observers[state] -= 1;
+        }
         if let Some(state) = self.requires[op] {
             self.adjust(state, |s| s.requirers[state] -= 1);
         }
@@ -121,6 +130,9 @@ impl<S: Clone + Eq + std::hash::Hash> Supply<S> {
 
     /// Operation `op` was unplaced (or not yet placed, at the start).
     pub(crate) fn put_back(&mut self, op: usize) {
+        for &state in &self.observes[op] {
+            self.observers[state] += 1;
+        }
         if let Some(state) = self.requires[op] {
             self.adjust(state, |s| s.requirers[state] += 1);
         }
@@ -129,6 +141,16 @@ impl<S: Clone + Eq + std::hash::Hash> Supply<S> {
             Produced::Unknown => self.unknown_producers += 1,
             Produced::Nothing => {}
         }
+    }
+
+    /// Whether no unplaced operation observes `state`.
+    pub(crate) fn unobserved(&self, state: &S) -> bool {
+        self.numbers.get(state).is_none_or(|&number| self.observers[number] == 0)
+    }
+
+    /// Whether any operation, placed or not, observes `state`.
+    pub(crate) fn ever_observed(&self, state: &S) -> bool {
+        self.numbers.get(state).is_some_and(|&number| self.ever_observed[number])
     }
 
     /// Whether some unplaced operation that returned can no longer take effect, given the
@@ -146,14 +168,8 @@ impl<S: Clone + Eq + std::hash::Hash> Supply<S> {
 
     /// Among `unplaced` operations, one that can no longer take effect (for an explanation),
     /// preferring the earliest in `unplaced`.
-    pub(crate) fn starved(
-        &self,
-        current: &S,
-        mut unplaced: impl Iterator<Item = usize>,
-    ) -> Option<usize> {
-        unplaced.find(|&op| {
-            self.requires[op]
-                .is_some_and(|state| self.orphaned(state) && self.states[state] != *current)
-        })
+    pub(crate) fn starved(&self, current: &S, mut unplaced: impl Iterator<Item = usize>) -> Option<usize> {
+        unplaced
+            .find(|&op| self.requires[op].is_some_and(|state| self.orphaned(state) && self.states[state] != *current))
     }
 }

@@ -40,10 +40,7 @@ pub fn parse_kv_history(text: &str) -> Result<Vec<KvOperation>, ParseError> {
         if tokens.is_empty() {
             continue;
         }
-        let fail = |message: String| ParseError {
-            line: number + 1,
-            message,
-        };
+        let fail = |message: String| ParseError { line: number + 1, message };
         history.push(parse_line(&tokens).map_err(fail)?);
     }
     Ok(history)
@@ -52,12 +49,7 @@ pub fn parse_kv_history(text: &str) -> Result<Vec<KvOperation>, ParseError> {
 fn parse_line(tokens: &[&str]) -> Result<KvOperation, String> {
     let (client, call, ret, key, op) = match tokens {
         [client, call, ret, key, op @ ..] if !op.is_empty() => (client, call, ret, key, op),
-        _ => {
-            return Err(format!(
-                "expected `client call return key operation`, found {} fields",
-                tokens.len()
-            ))
-        }
+        _ => return Err(format!("expected `client call return key operation`, found {} fields", tokens.len())),
     };
     let client = ClientId(parse_number(client.strip_prefix('c').unwrap_or(client), "client")?);
     let call = Time(parse_number(call, "call time")?);
@@ -73,29 +65,14 @@ fn parse_line(tokens: &[&str]) -> Result<KvOperation, String> {
     let input = parse_input(request)?;
     let completion = match (ret, response) {
         (None, None) => Completion::Indeterminate,
-        (None, Some(_)) => {
-            return Err("an indeterminate operation (return `?`) has no `-> output`".into())
-        }
-        (Some(at), response) => Completion::Returned {
-            at,
-            output: parse_output(&input, response)?,
-        },
+        (None, Some(_)) => return Err("an indeterminate operation (return `?`) has no `-> output`".into()),
+        (Some(at), response) => Completion::Returned { at, output: parse_output(&input, response)? },
     };
-    Ok(KeyedOperation {
-        key,
-        operation: Operation {
-            client,
-            input,
-            call,
-            completion,
-        },
-    })
+    Ok(KeyedOperation { key, operation: Operation { client, input, call, completion } })
 }
 
 fn parse_number(token: &str, what: &str) -> Result<u64, String> {
-    token
-        .parse()
-        .map_err(|_| format!("{what} {token:?} is not a non-negative integer"))
+    token.parse().map_err(|_| format!("{what} {token:?} is not a non-negative integer"))
 }
 
 fn parse_bytes(token: &str) -> Result<Vec<u8>, String> {
@@ -135,10 +112,9 @@ fn parse_input(tokens: &[&str]) -> Result<RegisterInput, String> {
     match tokens {
         ["put", value] => Ok(RegisterInput::Put(parse_value(value)?)),
         ["get"] => Ok(RegisterInput::Get),
-        ["cas", expected, new] => Ok(RegisterInput::CompareAndSet {
-            expected: parse_optional_value(expected)?,
-            new: parse_value(new)?,
-        }),
+        ["cas", expected, new] => {
+            Ok(RegisterInput::CompareAndSet { expected: parse_optional_value(expected)?, new: parse_value(new)? })
+        }
         ["del"] => Ok(RegisterInput::Delete),
         _ => Err(format!(
             "unknown operation `{}`; expected `put V`, `get`, `cas EXPECTED NEW` or `del`",
@@ -151,19 +127,11 @@ fn parse_output(input: &RegisterInput, tokens: Option<&[&str]>) -> Result<Regist
     match (input, tokens) {
         (RegisterInput::Put(_), None | Some(["ok"])) => Ok(RegisterOutput::Put),
         (RegisterInput::Get, Some([value])) => Ok(RegisterOutput::Get(parse_optional_value(value)?)),
-        (RegisterInput::CompareAndSet { .. }, Some(["ok"])) => {
-            Ok(RegisterOutput::CompareAndSet(true))
-        }
-        (RegisterInput::CompareAndSet { .. }, Some(["fail"])) => {
-            Ok(RegisterOutput::CompareAndSet(false))
-        }
+        (RegisterInput::CompareAndSet { .. }, Some(["ok"])) => Ok(RegisterOutput::CompareAndSet(true)),
+        (RegisterInput::CompareAndSet { .. }, Some(["fail"])) => Ok(RegisterOutput::CompareAndSet(false)),
         (RegisterInput::Delete, None) => Ok(RegisterOutput::Delete { existed: None }),
-        (RegisterInput::Delete, Some(["existed"])) => Ok(RegisterOutput::Delete {
-            existed: Some(true),
-        }),
-        (RegisterInput::Delete, Some(["absent"])) => Ok(RegisterOutput::Delete {
-            existed: Some(false),
-        }),
+        (RegisterInput::Delete, Some(["existed"])) => Ok(RegisterOutput::Delete { existed: Some(true) }),
+        (RegisterInput::Delete, Some(["absent"])) => Ok(RegisterOutput::Delete { existed: Some(false) }),
         (input, tokens) => Err(format!(
             "`-> {}` is not an output of {input:?}; expected put [-> ok], get -> V|nil, \
              cas .. -> ok|fail, del [-> existed|absent]",
@@ -190,18 +158,14 @@ fn format_bytes(bytes: &[u8]) -> String {
 }
 
 fn format_optional(value: &Option<Value>) -> String {
-    value
-        .as_ref()
-        .map_or_else(|| "nil".to_string(), |value| format_bytes(&value.0))
+    value.as_ref().map_or_else(|| "nil".to_string(), |value| format_bytes(&value.0))
 }
 
 /// Renders a history in the text form [`parse_kv_history`] reads.
 pub fn format_kv_history(history: &[KvOperation]) -> String {
     let mut out = String::new();
     for KeyedOperation { key, operation } in history {
-        let ret = operation
-            .return_time()
-            .map_or_else(|| "?".to_string(), |time| time.to_string());
+        let ret = operation.return_time().map_or_else(|| "?".to_string(), |time| time.to_string());
         let input = match &operation.input {
             RegisterInput::Put(value) => format!("put {}", format_bytes(&value.0)),
             RegisterInput::Get => "get".to_string(),
@@ -211,26 +175,18 @@ pub fn format_kv_history(history: &[KvOperation]) -> String {
             RegisterInput::Delete => "del".to_string(),
         };
         let output = match operation.output() {
-            None | Some(RegisterOutput::Put) | Some(RegisterOutput::Delete { existed: None }) => {
-                String::new()
-            }
+            None | Some(RegisterOutput::Put) | Some(RegisterOutput::Delete { existed: None }) => String::new(),
             Some(RegisterOutput::Get(value)) => format!(" -> {}", format_optional(value)),
             Some(RegisterOutput::CompareAndSet(ok)) => {
                 format!(" -> {}", if *ok { "ok" } else { "fail" })
             }
-            Some(RegisterOutput::Delete {
-                existed: Some(existed),
-            }) => format!(" -> {}", if *existed { "existed" } else { "absent" }),
+            Some(RegisterOutput::Delete { existed: Some(existed) }) => {
+                format!(" -> {}", if *existed { "existed" } else { "absent" })
+            }
         };
         // Writing to a String cannot fail.
-        let _ = writeln!(
-            out,
-            "{} {} {} {} {input}{output}",
-            operation.client,
-            operation.call,
-            ret,
-            format_bytes(&key.0)
-        );
+        let _ =
+            writeln!(out, "{} {} {} {} {input}{output}", operation.client, operation.call, ret, format_bytes(&key.0));
     }
     out
 }
@@ -257,10 +213,7 @@ c9 52 60 x get -> nil
         assert_eq!(format_kv_history(&history), text);
         assert_eq!(
             history[3].operation.input,
-            RegisterInput::CompareAndSet {
-                expected: None,
-                new: Value::from("nil"),
-            }
+            RegisterInput::CompareAndSet { expected: None, new: Value::from("nil") }
         );
     }
 
