@@ -13,7 +13,12 @@ async fn put(cluster: &TestCluster, index: usize, key: &str, value: &str) -> Res
     Ok(reply.header.map_or(0, |h| h.revision))
 }
 
-async fn get(cluster: &TestCluster, index: usize, key: &str, serializable: bool) -> Result<Option<String>, tonic::Status> {
+async fn get(
+    cluster: &TestCluster,
+    index: usize,
+    key: &str,
+    serializable: bool,
+) -> Result<Option<String>, tonic::Status> {
     let request = cluster.request(pb::RangeRequest { key: key.into(), prefix: false, limit: 0, serializable });
     let reply = cluster.kv(index).range(request).await?.into_inner();
     Ok(reply.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
@@ -45,7 +50,12 @@ async fn wait_value(cluster: &TestCluster, index: usize, key: &str, value: &str,
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "node {} never served {key}={value}\n{}", cluster.servers[index].id, cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "node {} never served {key}={value}\n{}",
+            cluster.servers[index].id,
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -100,7 +110,10 @@ async fn killing_the_leader_elects_another_and_loses_nothing() {
     cluster.servers[leader].kill();
     let revision = put_anywhere(&cluster, "after-kill", "1", Duration::from_secs(20)).await;
     let failover = killed_at.elapsed();
-    println!("failover: first write acknowledged {} ms after SIGKILL of the leader (revision {revision})", failover.as_millis());
+    println!(
+        "failover: first write acknowledged {} ms after SIGKILL of the leader (revision {revision})",
+        failover.as_millis()
+    );
     assert!(failover < Duration::from_secs(10), "failover took {failover:?}");
     let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
@@ -125,7 +138,8 @@ async fn restarting_every_server_at_once_loses_nothing() {
         server.restart();
     }
     let leader = cluster.wait_leader(Duration::from_secs(30)).await;
-    let request = cluster.request(pb::RangeRequest { key: b"k/".to_vec(), prefix: true, limit: 0, serializable: false });
+    let request =
+        cluster.request(pb::RangeRequest { key: b"k/".to_vec(), prefix: true, limit: 0, serializable: false });
     let reply = cluster.kv(leader).range(request).await.expect("range after restart").into_inner();
     assert_eq!(reply.kvs.len(), 50, "every acknowledged key survives");
     for (i, kv) in reply.kvs.iter().enumerate() {
@@ -138,17 +152,16 @@ async fn membership_changes_keep_the_cluster_serving() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;
     // A writer runs through every change; each write must eventually be acknowledged.
     let mut written = 0;
-    let mut write = |cluster: &TestCluster| {
-        written += 1;
-        let key = format!("during/{written:03}");
-        async move { put_anywhere(cluster, &key, "x", Duration::from_secs(20)).await }
-    };
-    write(&cluster).await;
+    async fn write(cluster: &TestCluster, written: &mut u32) {
+        *written += 1;
+        put_anywhere(cluster, &format!("during/{written:03}"), "x", Duration::from_secs(20)).await;
+    }
+    write(&cluster, &mut written).await;
 
     let via = cluster.servers[0].grpc.clone();
     let fourth = cluster.add_server(4, Some(&via));
     cluster.wait_voters(4, Duration::from_secs(60)).await;
-    write(&cluster).await;
+    write(&cluster, &mut written).await;
     wait_value(&cluster, fourth, "during/002", "x", Duration::from_secs(20)).await;
 
     // Remove a follower.
@@ -163,7 +176,7 @@ async fn membership_changes_keep_the_cluster_serving() {
         .into_inner();
     assert!(removed.members.iter().all(|m| m.node_id != follower_id));
     cluster.servers[follower].terminate(Duration::from_secs(10));
-    write(&cluster).await;
+    write(&cluster, &mut written).await;
 
     // Remove the leader, asking a follower (the call is forwarded to the leader).
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
@@ -178,10 +191,11 @@ async fn membership_changes_keep_the_cluster_serving() {
     let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
     assert_ne!(cluster.servers[new_leader].id, leader_id);
     cluster.servers[leader].terminate(Duration::from_secs(10));
-    write(&cluster).await;
+    write(&cluster, &mut written).await;
 
     // Every write made during the changes is there.
-    let request = cluster.request(pb::RangeRequest { key: b"during/".to_vec(), prefix: true, limit: 0, serializable: false });
+    let request =
+        cluster.request(pb::RangeRequest { key: b"during/".to_vec(), prefix: true, limit: 0, serializable: false });
     let reply = cluster.kv(new_leader).range(request).await.expect("range").into_inner();
     assert_eq!(reply.kvs.len(), 4);
 
@@ -244,7 +258,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             target: Some(pb::compare::Target::Value("not-the-value".into())),
         }],
         success: vec![pb::RequestOp {
-            request: Some(pb::request_op::Request::Put(pb::PutRequest { key: "stable".into(), value: "3".into(), id: None })),
+            request: Some(pb::request_op::Request::Put(pb::PutRequest {
+                key: "stable".into(),
+                value: "3".into(),
+                id: None,
+            })),
         }],
         failure: vec![],
         id: None,

@@ -66,7 +66,9 @@ impl Cluster {
             for server in &self.servers {
                 match call(Self::channel(server)?).await {
                     Ok(value) => return Ok(value),
-                    Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown) => {
+                    Err(status)
+                        if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown) =>
+                    {
                         last = Some(format!("{server}: {}", status.message()));
                     }
                     Err(status) => return Err(describe(server, status)),

@@ -118,10 +118,13 @@ fn print_members(members: &[pb::Member], leader: u64) {
 async fn cluster_command(cluster: &Cluster, command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Status => {
-            let status = cluster
-                .call(|ch| async move { ClusterServiceClient::new(ch).status(cluster.request(pb::StatusRequest {})).await })
-                .await?
-                .into_inner();
+            let status =
+                cluster
+                    .call(|ch| async move {
+                        ClusterServiceClient::new(ch).status(cluster.request(pb::StatusRequest {})).await
+                    })
+                    .await?
+                    .into_inner();
             println!("node:        {} ({})", status.node_id, status.state);
             println!("leader:      {} {}", status.leader_id, status.leader_grpc_addr);
             println!("term:        {}", status.term);
@@ -131,7 +134,9 @@ async fn cluster_command(cluster: &Cluster, command: ClusterCommand) -> Result<(
         }
         ClusterCommand::Members => {
             let reply = cluster
-                .call(|ch| async move { ClusterServiceClient::new(ch).members(cluster.request(pb::MembersRequest {})).await })
+                .call(|ch| async move {
+                    ClusterServiceClient::new(ch).members(cluster.request(pb::MembersRequest {})).await
+                })
                 .await?
                 .into_inner();
             print_members(&reply.members, reply.leader_id);
@@ -150,7 +155,9 @@ async fn cluster_command(cluster: &Cluster, command: ClusterCommand) -> Result<(
         ClusterCommand::Remove { node_id } => {
             let reply = cluster
                 .call(|ch| async move {
-                    ClusterServiceClient::new(ch).remove_member(cluster.request(pb::RemoveMemberRequest { node_id })).await
+                    ClusterServiceClient::new(ch)
+                        .remove_member(cluster.request(pb::RemoveMemberRequest { node_id }))
+                        .await
                 })
                 .await?
                 .into_inner();
@@ -159,7 +166,9 @@ async fn cluster_command(cluster: &Cluster, command: ClusterCommand) -> Result<(
         ClusterCommand::TransferLeader { node_id } => {
             let reply = cluster
                 .call(|ch| async move {
-                    ClusterServiceClient::new(ch).transfer_leader(cluster.request(pb::TransferLeaderRequest { node_id })).await
+                    ClusterServiceClient::new(ch)
+                        .transfer_leader(cluster.request(pb::TransferLeaderRequest { node_id }))
+                        .await
                 })
                 .await?
                 .into_inner();
@@ -167,7 +176,9 @@ async fn cluster_command(cluster: &Cluster, command: ClusterCommand) -> Result<(
         }
         ClusterCommand::Snapshot => {
             let reply = cluster
-                .call(|ch| async move { ClusterServiceClient::new(ch).snapshot(cluster.request(pb::SnapshotRequest {})).await })
+                .call(|ch| async move {
+                    ClusterServiceClient::new(ch).snapshot(cluster.request(pb::SnapshotRequest {})).await
+                })
                 .await?
                 .into_inner();
             println!("node {} snapshot at index {}", reply.node_id, reply.snapshot_index);
@@ -234,21 +245,27 @@ async fn kv_command(cluster: &Cluster, command: KvCommand) -> Result<()> {
             let mut stream = cluster
                 .call(|ch| {
                     let message = message.clone();
-                    async move {
-                        KvServiceClient::new(ch).watch(cluster.stream_request(message)).await
-                    }
+                    async move { KvServiceClient::new(ch).watch(cluster.stream_request(message)).await }
                 })
                 .await?
                 .into_inner();
             while let Some(response) = stream.next().await {
                 let response = response.map_err(|s| anyhow!("watch ended: {}", s.message()))?;
                 if response.compact_revision != 0 {
-                    bail!("revision {rev} is compacted (events up to {} are gone); watch from a later revision", response.compact_revision);
+                    bail!(
+                        "revision {rev} is compacted (events up to {} are gone); watch from a later revision",
+                        response.compact_revision
+                    );
                 }
                 for event in response.events {
                     let kv = event.kv.unwrap_or_default();
                     let kind = if event.r#type == pb::event::EventType::Delete as i32 { "DELETE" } else { "PUT" };
-                    println!("{} {kind} {}={}", kv.mod_revision, String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
+                    println!(
+                        "{} {kind} {}={}",
+                        kv.mod_revision,
+                        String::from_utf8_lossy(&kv.key),
+                        String::from_utf8_lossy(&kv.value)
+                    );
                 }
             }
         }

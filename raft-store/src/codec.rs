@@ -15,7 +15,9 @@ pub const FORMAT_V1: u8 = 1;
 pub enum DecodeError {
     #[error("{what}: empty input")]
     Empty { what: &'static str },
-    #[error("{what}: unknown format byte {found} (this build reads format {FORMAT_V1}); was it written by a newer Xene?")]
+    #[error(
+        "{what}: unknown format byte {found} (this build reads format {FORMAT_V1}); was it written by a newer Xene?"
+    )]
     UnknownFormat { what: &'static str, found: u8 },
     #[error("{what}: {source}")]
     Body { what: &'static str, source: postcard::Error },
@@ -38,8 +40,7 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     match bytes.split_first() {
         None => Err(DecodeError::Empty { what }),
         Some((&FORMAT_V1, body)) => {
-            let (value, rest) =
-                postcard::take_from_bytes(body).map_err(|source| DecodeError::Body { what, source })?;
+            let (value, rest) = postcard::take_from_bytes(body).map_err(|source| DecodeError::Body { what, source })?;
             if !rest.is_empty() {
                 return Err(DecodeError::Body { what, source: postcard::Error::DeserializeBadEncoding });
             }

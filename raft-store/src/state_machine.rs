@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError,
+};
 use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
@@ -234,7 +236,9 @@ fn execute_txn(
                 let (kvs, more) = overlay.scan(key, *limit)?;
                 OpResult::Get { kvs, more }
             }
-            Op::Get { key, prefix: false, .. } => OpResult::Get { kvs: overlay.get(key)?.into_iter().collect(), more: false },
+            Op::Get { key, prefix: false, .. } => {
+                OpResult::Get { kvs: overlay.get(key)?.into_iter().collect(), more: false }
+            }
             Op::Delete { key } => {
                 let deleted: Vec<KeyValue> = overlay.get(key)?.into_iter().collect();
                 delete_all(overlay, events, revision, &deleted);
@@ -306,7 +310,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let shared = Arc::clone(&self.shared);
         let meta = meta.clone();
         let data = snapshot.into_inner();
@@ -346,7 +354,9 @@ impl Shared {
         drop(view);
         let find = |key: &[u8]| pairs.iter().find(|(k, _)| k.as_slice() == key).map(|(_, v)| v.as_slice());
         let last_log_id: Option<LogId> = match find(sm_key::APPLIED) {
-            Some(bytes) => codec::decode("applied log id", bytes).map_err(|e| snapshot_err(None, ErrorVerb::Read, e))?,
+            Some(bytes) => {
+                codec::decode("applied log id", bytes).map_err(|e| snapshot_err(None, ErrorVerb::Read, e))?
+            }
             None => None,
         };
         let last_membership: StoredMembership = match find(sm_key::MEMBERSHIP) {

@@ -22,8 +22,15 @@ async fn all_keys(sm: &xene_raft_store::StateMachineStore) -> Vec<xene_raft_stor
 #[tokio::test]
 async fn snapshot_built_on_one_store_installs_on_a_fresh_one() {
     let mut leader = open();
-    let membership = Membership::new(vec![[1u64, 2, 3].into_iter().collect()], [(1, node(1)), (2, node(3)), (3, node(5))].into_iter().collect::<std::collections::BTreeMap<_, _>>());
-    leader.sm.apply(vec![Entry { log_id: log_id(1, 1), payload: EntryPayload::Membership(membership.clone()) }]).await.expect("apply");
+    let membership = Membership::new(
+        vec![[1u64, 2, 3].into_iter().collect()],
+        [(1, node(1)), (2, node(3)), (3, node(5))].into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+    );
+    leader
+        .sm
+        .apply(vec![Entry { log_id: log_id(1, 1), payload: EntryPayload::Membership(membership.clone()) }])
+        .await
+        .expect("apply");
     leader.next_index = 2;
     for i in 0..100 {
         leader.txn(txn(vec![put(&format!("key/{i:03}"), &format!("value {i}"))])).await;
@@ -71,7 +78,11 @@ async fn a_bad_snapshot_is_an_error_and_changes_nothing() {
         ("truncated", good[..good.len() / 2].to_vec()),
         ("flipped byte", flipped),
         ("garbage", b"not a snapshot at all, just some bytes".to_vec()),
-        ("unknown format", { let mut v = good.clone(); v[0] = 99; v }),
+        ("unknown format", {
+            let mut v = good.clone();
+            v[0] = 99;
+            v
+        }),
     ];
     for (name, bytes) in cases {
         let result = target.sm.install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes))).await;
@@ -86,7 +97,8 @@ async fn a_reopened_store_has_vote_log_committed_applied_and_data() {
     let mut store = open();
     let vote = Vote::new_committed(3, 2);
     store.log.save_vote(&vote).await.expect("vote");
-    let entries: Vec<Entry> = (1..=5).map(|i| common::entry(i, common::request(txn(vec![put(&format!("k{i}"), "v")])))).collect();
+    let entries: Vec<Entry> =
+        (1..=5).map(|i| common::entry(i, common::request(txn(vec![put(&format!("k{i}"), "v")])))).collect();
     // Append through openraft's callback path: the test waits for the flush notification.
     store.log.blocking_append(entries.clone()).await.expect("append");
     store.log.save_committed(Some(log_id(1, 4))).await.expect("committed");

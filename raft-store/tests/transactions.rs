@@ -62,9 +62,8 @@ async fn every_compare_target_and_operator() {
     ];
     for (key, op, target, expected) in cases {
         let compare = Compare { key: key.into(), op, target: target.clone() };
-        let response = store
-            .txn(Txn { compare: vec![compare], success: vec![get("k")], failure: vec![get_prefix("", 0)] })
-            .await;
+        let response =
+            store.txn(Txn { compare: vec![compare], success: vec![get("k")], failure: vec![get_prefix("", 0)] }).await;
         assert_eq!(response.succeeded, expected, "{key} {op:?} {target:?}");
         // The branch that ran produced its results: one key for success, all keys for failure.
         match &response.results[..] {
@@ -90,7 +89,11 @@ async fn failed_compare_runs_the_else_branch_only() {
     let mut store = open();
     store.txn(txn(vec![put("k", "1")])).await;
     let response = store
-        .txn(Txn { compare: vec![Compare::absent("k")], success: vec![put("k", "then")], failure: vec![put("other", "else")] })
+        .txn(Txn {
+            compare: vec![Compare::absent("k")],
+            success: vec![put("k", "then")],
+            failure: vec![put("other", "else")],
+        })
         .await;
     assert!(!response.succeeded);
     assert_eq!(store.value("k").await.as_deref(), Some("1"));
@@ -111,7 +114,13 @@ async fn failed_compare_runs_the_else_branch_only() {
 async fn operations_see_earlier_writes_of_the_same_transaction_and_batch() {
     let mut store = open();
     let response = store
-        .txn(txn(vec![put("p/a", "1"), put("p/b", "2"), get("p/a"), Op::Delete { key: "p/a".into() }, get_prefix("p/", 0)]))
+        .txn(txn(vec![
+            put("p/a", "1"),
+            put("p/b", "2"),
+            get("p/a"),
+            Op::Delete { key: "p/a".into() },
+            get_prefix("p/", 0),
+        ]))
         .await;
     assert_eq!(
         response.results[2],
@@ -124,7 +133,10 @@ async fn operations_see_earlier_writes_of_the_same_transaction_and_batch() {
     use openraft::storage::RaftStateMachine;
     let entries = vec![
         common::entry(2, request(txn(vec![put("x", "1")]))),
-        common::entry(3, request(Txn { compare: vec![Compare::value("x", "1")], success: vec![put("y", "seen")], failure: vec![] })),
+        common::entry(
+            3,
+            request(Txn { compare: vec![Compare::value("x", "1")], success: vec![put("y", "seen")], failure: vec![] }),
+        ),
     ];
     let responses = store.sm.apply(entries).await.expect("apply");
     assert!(matches!(&responses[1], ClientResponse::Txn(t) if t.succeeded));
@@ -137,7 +149,10 @@ async fn prefix_ranges_with_limits_and_delete_prefix() {
     store.txn(txn(vec![put("a/1", "x"), put("a/2", "x"), put("a/3", "x"), put("ab", "x"), put("b/1", "x")])).await;
     let reader = store.sm.reader();
     let all = reader.range(b"a/".to_vec(), true, 0).await.expect("range");
-    assert_eq!(all.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), vec![b"a/1".to_vec(), b"a/2".into(), b"a/3".into()]);
+    assert_eq!(
+        all.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+        vec![b"a/1".to_vec(), b"a/2".into(), b"a/3".into()]
+    );
     assert!(!all.more);
     let two = reader.range(b"a/".to_vec(), true, 2).await.expect("range");
     assert_eq!(two.kvs.len(), 2);
@@ -172,11 +187,11 @@ async fn prefix_ranges_with_limits_and_delete_prefix() {
 async fn oversized_or_malformed_commands_are_rejected_whole() {
     let mut store = open();
     store.txn(txn(vec![put("keep", "1")])).await;
-    let cases: Vec<(Txn, fn(&Rejection) -> bool)> = vec![
-        (
-            txn(vec![put("fine", "1"), Op::Put { key: "big".into(), value: vec![0; MAX_VALUE_BYTES + 1] }]),
-            |r| matches!(r, Rejection::ValueTooLarge { .. }),
-        ),
+    type Expect = fn(&Rejection) -> bool;
+    let cases: Vec<(Txn, Expect)> = vec![
+        (txn(vec![put("fine", "1"), Op::Put { key: "big".into(), value: vec![0; MAX_VALUE_BYTES + 1] }]), |r| {
+            matches!(r, Rejection::ValueTooLarge { .. })
+        }),
         (txn(vec![put("fine", "1"), Op::Put { key: vec![b'k'; MAX_KEY_BYTES + 1], value: vec![] }]), |r| {
             matches!(r, Rejection::KeyTooLarge { .. })
         }),

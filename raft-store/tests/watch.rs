@@ -25,7 +25,8 @@ async fn a_watch_from_a_revision_sees_every_later_change_in_order() {
     let waiting = tokio::spawn(async move { watcher.next().await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     store.txn(txn(vec![put("w/c", "1")])).await; // 4
-    let events = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("join").expect("events");
+    let events =
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("join").expect("events");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kv.mod_revision, 4);
     assert_eq!(events[0].kv.create_revision, 4);

@@ -33,12 +33,7 @@ pub enum Role {
 impl Role {
     /// Whether a caller holding `self` may call something that requires `required`.
     pub fn allows(self, required: Role) -> bool {
-        match (self, required) {
-            (Role::Admin, _) => true,
-            (Role::Viewer, Role::Viewer) => true,
-            (Role::Agent, Role::Agent) => true,
-            _ => false,
-        }
+        matches!((self, required), (Role::Admin, _) | (Role::Viewer, Role::Viewer) | (Role::Agent, Role::Agent))
     }
 }
 
@@ -95,9 +90,9 @@ pub struct TokenCache {
 impl TokenCache {
     /// Checks the `authorization: Bearer …` metadata of a call and the role it needs.
     pub fn authorize(&self, metadata: &tonic::metadata::MetadataMap, required: Role) -> Result<Caller> {
-        let header = metadata
-            .get("authorization")
-            .ok_or_else(|| ServerError::Unauthenticated("missing bearer token: pass --token or set XENE_TOKEN".into()))?;
+        let header = metadata.get("authorization").ok_or_else(|| {
+            ServerError::Unauthenticated("missing bearer token: pass --token or set XENE_TOKEN".into())
+        })?;
         let header = header
             .to_str()
             .map_err(|_| ServerError::Unauthenticated("authorization metadata is not valid text".into()))?;

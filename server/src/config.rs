@@ -114,7 +114,8 @@ pub enum ConfigError {
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-    yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })
+    yaml_serde::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })
 }
 
 impl ServerConfig {
@@ -135,7 +136,9 @@ impl ServerConfig {
             ConfigError::Invalid("--data-dir is required (or XENE_DATA_DIR, or data_dir in --config)".into())
         })?;
         let cluster_secret = flags.cluster_secret.or(file.cluster_secret).ok_or_else(|| {
-            ConfigError::Invalid("--cluster-secret is required (or XENE_CLUSTER_SECRET, or cluster_secret in --config)".into())
+            ConfigError::Invalid(
+                "--cluster-secret is required (or XENE_CLUSTER_SECRET, or cluster_secret in --config)".into(),
+            )
         })?;
         if cluster_secret.len() < 8 {
             return Err(ConfigError::Invalid("--cluster-secret must be at least 8 characters".into()));
@@ -145,7 +148,9 @@ impl ServerConfig {
         let bootstrap = flags.bootstrap || file.bootstrap.unwrap_or(false);
         let join = if flags.join.is_empty() { file.join.unwrap_or_default() } else { flags.join };
         if bootstrap && !join.is_empty() {
-            return Err(ConfigError::Invalid("--bootstrap and --join exclude each other: bootstrap the first server, join the others".into()));
+            return Err(ConfigError::Invalid(
+                "--bootstrap and --join exclude each other: bootstrap the first server, join the others".into(),
+            ));
         }
         let log_format = match flags.log_format.or(file.log_format).as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
@@ -155,7 +160,8 @@ impl ServerConfig {
             }
         };
         let heartbeat = Duration::from_millis(flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100));
-        let election_timeout = Duration::from_millis(flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(400));
+        let election_timeout =
+            Duration::from_millis(flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(400));
         if election_timeout <= heartbeat * 2 {
             return Err(ConfigError::Invalid(format!(
                 "--election-timeout-ms ({}) must be more than twice --heartbeat-ms ({})",
@@ -165,8 +171,14 @@ impl ServerConfig {
         }
         Ok(ServerConfig {
             node_id,
-            advertise_grpc_addr: flags.advertise_grpc_addr.or(file.advertise_grpc_addr).unwrap_or_else(|| grpc_addr.clone()),
-            advertise_http_addr: flags.advertise_http_addr.or(file.advertise_http_addr).unwrap_or_else(|| http_addr.clone()),
+            advertise_grpc_addr: flags
+                .advertise_grpc_addr
+                .or(file.advertise_grpc_addr)
+                .unwrap_or_else(|| grpc_addr.clone()),
+            advertise_http_addr: flags
+                .advertise_http_addr
+                .or(file.advertise_http_addr)
+                .unwrap_or_else(|| http_addr.clone()),
             data_dir,
             grpc_addr,
             http_addr,

@@ -70,10 +70,18 @@ pub fn txn_from_pb(request: pb::TxnRequest) -> Result<Txn> {
         .enumerate()
         .map(|(i, c)| compare_from_pb(c, &format!("compare[{i}]")))
         .collect::<Result<_>>()?;
-    let success =
-        request.success.into_iter().enumerate().map(|(i, op)| op_from_pb(op, &format!("success[{i}]"))).collect::<Result<_>>()?;
-    let failure =
-        request.failure.into_iter().enumerate().map(|(i, op)| op_from_pb(op, &format!("failure[{i}]"))).collect::<Result<_>>()?;
+    let success = request
+        .success
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| op_from_pb(op, &format!("success[{i}]")))
+        .collect::<Result<_>>()?;
+    let failure = request
+        .failure
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| op_from_pb(op, &format!("failure[{i}]")))
+        .collect::<Result<_>>()?;
     Ok(Txn { compare, success, failure })
 }
 

@@ -64,8 +64,16 @@ impl Metrics {
             r.register("raft_last_log_index", "Index of the last Raft log entry", metrics.raft_last_log_index.clone());
             r.register("raft_applied_index", "Index of the last applied entry", metrics.raft_applied_index.clone());
             r.register("raft_is_leader", "1 when this server is the Raft leader", metrics.raft_is_leader.clone());
-            r.register("raft_leader_changes", "Leader changes seen by this server", metrics.raft_leader_changes.clone());
-            r.register("proposal_duration_seconds", "Time to commit and apply a proposal", metrics.proposal_seconds.clone());
+            r.register(
+                "raft_leader_changes",
+                "Leader changes seen by this server",
+                metrics.raft_leader_changes.clone(),
+            );
+            r.register(
+                "proposal_duration_seconds",
+                "Time to commit and apply a proposal",
+                metrics.proposal_seconds.clone(),
+            );
             r.register("api_requests", "gRPC requests by method and status code", metrics.api_requests.clone());
             r.register("api_request_duration_seconds", "gRPC request latency by method", metrics.api_seconds.clone());
         }
@@ -137,7 +145,16 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().rsplit('/').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("/");
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("/");
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let future = self.inner.call(request);

@@ -289,16 +289,15 @@ impl ClusterNode {
             let (_, leader) = self.leader().ok_or_else(|| self.no_leader())?;
             let mut client = self.peers.client(&leader.grpc_addr)?;
             let request = JoinRequest { node_id: id, grpc_addr: info.grpc_addr, http_addr: info.http_addr };
-            let reply = client
-                .join(self.peers.request(request, Duration::from_secs(60)))
-                .await
-                .map_err(status_to_error)?;
+            let reply =
+                client.join(self.peers.request(request, Duration::from_secs(60))).await.map_err(status_to_error)?;
             return Ok(reply.into_inner().members);
         }
         if id == 0 {
             return Err(ServerError::InvalidArgument("node ID 0 is reserved; use 1 or more".into()));
         }
-        let record = NodeRecord { grpc_addr: info.grpc_addr.clone(), http_addr: info.http_addr.clone(), removed: false };
+        let record =
+            NodeRecord { grpc_addr: info.grpc_addr.clone(), http_addr: info.http_addr.clone(), removed: false };
         let key = keys::node(id);
         let encoded = serde_json::to_vec(&record).map_err(|e| ServerError::Internal(e.to_string()))?;
         let response = self
@@ -310,7 +309,9 @@ impl ClusterNode {
             .await?;
         if !response.succeeded {
             let existing = match response.results.first() {
-                Some(OpResult::Get { kvs, .. }) => kvs.first().and_then(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok()),
+                Some(OpResult::Get { kvs, .. }) => {
+                    kvs.first().and_then(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok())
+                }
                 _ => None,
             };
             if let Some(existing) = existing {
@@ -327,7 +328,8 @@ impl ClusterNode {
                     )));
                 }
                 if existing != record {
-                    self.txn(Txn { success: vec![Op::Put { key: key.into(), value: encoded }], ..Txn::default() }).await?;
+                    self.txn(Txn { success: vec![Op::Put { key: key.into(), value: encoded }], ..Txn::default() })
+                        .await?;
                 }
             }
         }
@@ -380,9 +382,11 @@ impl ClusterNode {
             ChangeMembers::RemoveNodes([id].into_iter().collect())
         };
         self.raft.change_membership(change, false).await.map_err(change_error)?;
-        let record = NodeRecord { grpc_addr: member.grpc_addr.clone(), http_addr: member.http_addr.clone(), removed: true };
+        let record =
+            NodeRecord { grpc_addr: member.grpc_addr.clone(), http_addr: member.http_addr.clone(), removed: true };
         let encoded = serde_json::to_vec(&record).map_err(|e| ServerError::Internal(e.to_string()))?;
-        self.txn(Txn { success: vec![Op::Put { key: keys::node(id).into(), value: encoded }], ..Txn::default() }).await?;
+        self.txn(Txn { success: vec![Op::Put { key: keys::node(id).into(), value: encoded }], ..Txn::default() })
+            .await?;
         Ok(self.members())
     }
 
@@ -409,16 +413,15 @@ impl ClusterNode {
         loop {
             let metrics = self.raft.metrics().borrow().clone();
             let last = metrics.last_log_index.unwrap_or(0);
-            let matched = metrics
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&to).cloned().flatten())
-                .map_or(0, |id| id.index);
+            let matched =
+                metrics.replication.as_ref().and_then(|r| r.get(&to).cloned().flatten()).map_or(0, |id| id.index);
             if matched >= last {
                 break;
             }
             if Instant::now() > caught_up {
-                return Err(ServerError::unavailable(format!("node {to} is not caught up ({matched} of {last}); retry")));
+                return Err(ServerError::unavailable(format!(
+                    "node {to} is not caught up ({matched} of {last}); retry"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -485,7 +488,9 @@ fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Ser
             message: "the leader changed during the membership change; retry".into(),
             leader: f.leader_node.map(|n| n.grpc_addr),
         },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ServerError::FailedPrecondition(e.to_string()),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ServerError::FailedPrecondition(e.to_string())
+        }
         RaftError::Fatal(e) => ServerError::unavailable(format!("raft stopped: {e}")),
     }
 }

@@ -34,8 +34,8 @@ const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let (log_store, state_machine) = xene_raft_store::open(&config.data_dir.join("raft"), &StoreConfig::default())
-        .context("opening the store")?;
+    let (log_store, state_machine) =
+        xene_raft_store::open(&config.data_dir.join("raft"), &StoreConfig::default()).context("opening the store")?;
     let reader = state_machine.reader();
     let peers = PeerPool::new(&config.cluster_secret)?;
     let timing = Timing {
@@ -57,19 +57,23 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     }
     .validate()
     .context("raft configuration")?;
-    let raft = Raft::new(
-        config.node_id,
-        Arc::new(raft_config),
-        NetworkFactory::new(peers.clone()),
-        log_store,
-        state_machine,
-    )
-    .await
-    .context("starting raft")?;
+    let raft =
+        Raft::new(config.node_id, Arc::new(raft_config), NetworkFactory::new(peers.clone()), log_store, state_machine)
+            .await
+            .context("starting raft")?;
 
-    let info = NodeInfo { grpc_addr: config.advertise_grpc_addr.clone(), http_addr: config.advertise_http_addr.clone() };
+    let info =
+        NodeInfo { grpc_addr: config.advertise_grpc_addr.clone(), http_addr: config.advertise_http_addr.clone() };
     let metrics = Arc::new(Metrics::new());
-    let node = Arc::new(ClusterNode::new(config.node_id, info.clone(), raft.clone(), reader.clone(), peers, metrics.clone(), timing));
+    let node = Arc::new(ClusterNode::new(
+        config.node_id,
+        info.clone(),
+        raft.clone(),
+        reader.clone(),
+        peers,
+        metrics.clone(),
+        timing,
+    ));
     let tokens = TokenCache::default();
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();

@@ -5,7 +5,8 @@ use clap::Parser;
 use xene_server::config::{Flags, ServerConfig};
 
 fn resolve(args: &[&str]) -> Result<ServerConfig, String> {
-    let flags = Flags::try_parse_from(std::iter::once("xene-server").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+    let flags =
+        Flags::try_parse_from(std::iter::once("xene-server").chain(args.iter().copied())).map_err(|e| e.to_string())?;
     ServerConfig::resolve(flags).map_err(|e| e.to_string())
 }
 
@@ -57,7 +58,10 @@ fn bad_settings_are_refused_with_a_clear_message() {
             &["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--bootstrap", "--join", "a:1"],
             "exclude each other",
         ),
-        (&["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--log-format", "xml"], "--log-format"),
+        (
+            &["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--log-format", "xml"],
+            "--log-format",
+        ),
         (
             &["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--heartbeat-ms", "300"],
             "more than twice --heartbeat-ms",

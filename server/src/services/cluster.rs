@@ -15,6 +15,9 @@ use crate::auth::{Role, TokenCache};
 use crate::error::ServerError;
 use crate::node::ClusterNode;
 
+/// A client for the leader and the request to send it.
+type Forward<T> = (ClusterServiceClient<tonic::transport::Channel>, Request<T>);
+
 /// The `ClusterService` implementation.
 pub struct ClusterApi {
     node: Arc<ClusterNode>,
@@ -28,17 +31,14 @@ impl ClusterApi {
 
     /// A client for the leader's `ClusterService` and the request carrying the caller's token,
     /// or `None` when this server is the leader.
-    fn leader_client<T>(
-        &self,
-        request: &Request<T>,
-        message: T,
-    ) -> Result<Option<(ClusterServiceClient<tonic::transport::Channel>, Request<T>)>, Status> {
+    fn leader_client<T>(&self, request: &Request<T>, message: T) -> Result<Option<Forward<T>>, Status> {
         if self.node.is_leader() {
             return Ok(None);
         }
-        let (_, leader) = self.node.leader().ok_or_else(|| {
-            Status::from(ServerError::unavailable("no leader is known yet; retry in a moment"))
-        })?;
+        let (_, leader) = self
+            .node
+            .leader()
+            .ok_or_else(|| Status::from(ServerError::unavailable("no leader is known yet; retry in a moment")))?;
         let channel = self.node.peers.channel(&leader.grpc_addr)?;
         let mut forwarded = Request::new(message);
         if let Some(auth) = request.metadata().get("authorization") {
@@ -104,8 +104,8 @@ impl ClusterService for ClusterApi {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         self.tokens.authorize(request.metadata(), Role::Admin)?;
-        let message = request.get_ref().clone();
-        if let Some((mut client, forwarded)) = self.leader_client(&request, message.clone())? {
+        let message = *request.get_ref();
+        if let Some((mut client, forwarded)) = self.leader_client(&request, message)? {
             return client.remove_member(forwarded).await;
         }
         let members = self.node.remove_member(message.node_id).await?;
@@ -117,8 +117,8 @@ impl ClusterService for ClusterApi {
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         self.tokens.authorize(request.metadata(), Role::Admin)?;
-        let message = request.get_ref().clone();
-        if let Some((mut client, forwarded)) = self.leader_client(&request, message.clone())? {
+        let message = *request.get_ref();
+        if let Some((mut client, forwarded)) = self.leader_client(&request, message)? {
             return client.transfer_leader(forwarded).await;
         }
         let leader_id = self.node.transfer_leader(message.node_id).await?;

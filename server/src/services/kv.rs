@@ -88,7 +88,11 @@ impl KvService for KvApi {
             Some(OpResult::Put { prev }) => prev.map(kv_to_pb),
             _ => None,
         };
-        Ok(Response::new(pb::PutResponse { header: Some(self.header(written.revision)), prev_kv, replayed: written.replayed }))
+        Ok(Response::new(pb::PutResponse {
+            header: Some(self.header(written.revision)),
+            prev_kv,
+            replayed: written.replayed,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
@@ -150,7 +154,11 @@ impl KvService for KvApi {
         let header = self.header(0);
         match self.node.reader.watch(watch.start_revision, watch.key) {
             Err(StoreError::Compacted { compacted, .. }) => {
-                let _ = tx.try_send(Ok(pb::WatchResponse { header: Some(header), events: vec![], compact_revision: compacted }));
+                let _ = tx.try_send(Ok(pb::WatchResponse {
+                    header: Some(header),
+                    events: vec![],
+                    compact_revision: compacted,
+                }));
             }
             Err(e) => return Err(ServerError::from(e).into()),
             Ok(mut watcher) => {
@@ -173,7 +181,11 @@ impl KvService for KvApi {
                             }
                             Err(StoreError::Compacted { compacted, .. }) => {
                                 let _ = tx
-                                    .send(Ok(pb::WatchResponse { header: Some(header), events: vec![], compact_revision: compacted }))
+                                    .send(Ok(pb::WatchResponse {
+                                        header: Some(header),
+                                        events: vec![],
+                                        compact_revision: compacted,
+                                    }))
                                     .await;
                                 break;
                             }
