@@ -105,11 +105,21 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         self.tokens.authorize(request.metadata(), Role::Admin)?;
         let message = *request.get_ref();
-        if let Some((mut client, forwarded)) = self.leader_client(&request, message)? {
-            return client.remove_member(forwarded).await;
+        // Removing the leader hands leadership over first; the removal then goes to the new
+        // leader, so try a few times.
+        for _ in 0..3 {
+            if let Some((mut client, forwarded)) = self.leader_client(&request, message)? {
+                return client.remove_member(forwarded).await;
+            }
+            match self.node.remove_member(message.node_id).await {
+                Ok(members) => return Ok(Response::new(pb::RemoveMemberResponse { members })),
+                Err(e) if e.is_retryable() && !self.node.is_leader() => {
+                    tokio::time::sleep(self.node.timing.election_max).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        let members = self.node.remove_member(message.node_id).await?;
-        Ok(Response::new(pb::RemoveMemberResponse { members }))
+        Err(ServerError::unavailable("the leader kept changing during the removal; retry").into())
     }
 
     async fn transfer_leader(
