@@ -34,7 +34,7 @@ if [ "${1:-start}" = "stop" ]; then
 fi
 
 echo "== building xene-server and xenectl (the first build takes about 20 minutes: RocksDB)"
-cargo build --bins --locked -p xene-server -p xenectl
+cargo build --workspace --bins --locked
 bin="$CARGO_TARGET_DIR/debug"
 
 stop_cluster

@@ -72,6 +72,10 @@ async fn three_servers_replicate_writes_made_through_any_server() {
             assert_eq!(value.as_deref(), Some("v"), "read of {key} via server {reader}");
         }
     }
+    // The first admin token is in the bootstrap server's data directory, readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(cluster.servers[0].data_dir.join("admin.token")).expect("token file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
     // Health and readiness on every server's REST port.
     for server in &cluster.servers {
         for path in ["healthz", "readyz", "metrics"] {
@@ -131,6 +135,9 @@ async fn restarting_every_server_at_once_loses_nothing() {
     for i in 0..50 {
         put_anywhere(&cluster, &format!("k/{i:02}"), &format!("v{i}"), Duration::from_secs(10)).await;
     }
+    // One clean stop (SIGTERM: in-flight work finishes, the database closes, exit 0), then
+    // SIGKILL for the rest, all at once.
+    assert!(cluster.servers[0].terminate(Duration::from_secs(15)), "SIGTERM exits cleanly\n{}", cluster.logs());
     for server in &mut cluster.servers {
         server.kill();
     }
