@@ -16,14 +16,30 @@ use crate::error::{Result, ServerError};
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     secret: Arc<MetadataValue<tonic::metadata::Ascii>>,
+    routes: Arc<HashMap<String, String>>,
 }
+
+fn routes_from_env() -> HashMap<String, String> {
+    let Ok(spec) = std::env::var(PEER_ROUTES_ENV) else { return HashMap::new() };
+    let routes: HashMap<String, String> = spec
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(addr, via)| (addr.trim().to_string(), via.trim().to_string()))
+        .collect();
+    tracing::warn!(?routes, "{PEER_ROUTES_ENV} is set: peer traffic goes through test proxies");
+    routes
+}
+
+/// Test hook: `XENE_TEST_PEER_ROUTES=ADDR=VIA,ADDR=VIA` makes this server reach the peer at
+/// `ADDR` through `VIA` instead (a fault-injecting proxy of the chaos tests, one per link).
+pub const PEER_ROUTES_ENV: &str = "XENE_TEST_PEER_ROUTES";
 
 impl PeerPool {
     pub fn new(cluster_secret: &str) -> Result<Self> {
         let secret = cluster_secret.parse().map_err(|_| {
             ServerError::InvalidArgument("--cluster-secret must be printable ASCII without newlines".into())
         })?;
-        Ok(PeerPool { channels: Arc::default(), secret: Arc::new(secret) })
+        Ok(PeerPool { channels: Arc::default(), secret: Arc::new(secret), routes: Arc::new(routes_from_env()) })
     }
 
     /// A client for the peer at `addr`; the channel connects on first use and reconnects by
@@ -38,7 +54,8 @@ impl PeerPool {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                let target = self.routes.get(addr).map_or(addr, String::as_str);
+                let endpoint = Endpoint::from_shared(format!("http://{target}"))
                     .map_err(|e| ServerError::InvalidArgument(format!("peer address {addr:?}: {e}")))?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
