@@ -5,7 +5,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    let files = ["proto/xene/v1/raft.proto", "proto/xene/v1/kv.proto", "proto/xene/v1/cluster.proto"];
+    let files = [
+        "proto/xene/v1/raft.proto",
+        "proto/xene/v1/kv.proto",
+        "proto/xene/v1/cluster.proto",
+        "proto/xene/v1/object.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -44,6 +44,7 @@ pub struct ServerProc {
     pub data_dir: PathBuf,
     log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -54,6 +55,7 @@ impl ServerProc {
         let child = Command::new(bin_dir().join("xene-server"))
             .args(&self.args)
             .env("XENE_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -132,6 +134,26 @@ impl Drop for ServerProc {
     }
 }
 
+/// Where one server listens and the extra environment it starts with (see
+/// [`TestCluster::start_planned`]); the chaos tests use it to put proxies on every link.
+#[derive(Debug, Clone, Default)]
+pub struct ServerPlan {
+    pub grpc: String,
+    pub http: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl ServerPlan {
+    /// Free loopback ports and no extra environment.
+    pub fn on_free_ports() -> ServerPlan {
+        ServerPlan {
+            grpc: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            env: Vec::new(),
+        }
+    }
+}
+
 /// Options for [`TestCluster::start`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -159,10 +181,19 @@ pub struct TestCluster {
 impl TestCluster {
     /// Bootstraps server 1, waits for its admin token, then joins the others one by one.
     pub async fn start(options: ClusterOptions) -> TestCluster {
+        let plans = (0..options.servers).map(|_| ServerPlan::on_free_ports()).collect();
+        Self::start_planned(options, plans).await
+    }
+
+    /// Like [`TestCluster::start`], with server `i + 1` listening and configured as `plans[i]`
+    /// says (`plans` has one entry per server).
+    pub async fn start_planned(options: ClusterOptions, plans: Vec<ServerPlan>) -> TestCluster {
+        assert_eq!(plans.len(), options.servers, "one plan per server");
+        let mut plans = plans.into_iter();
         let tmp = tempfile::Builder::new().prefix("xene-test-").tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
         let mut cluster = TestCluster { dir, _tmp: Some(tmp), servers: Vec::new(), token: String::new(), options };
-        let first = cluster.add_server(1, None);
+        let first = cluster.add_planned(1, None, SECRET, plans.next().expect("invariant: one plan per server"));
         let token_path = cluster.servers[first].data_dir.join("admin.token");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !token_path.exists() || std::fs::read_to_string(&token_path).unwrap_or_default().trim().is_empty() {
@@ -173,7 +204,7 @@ impl TestCluster {
         cluster.wait_voters(1, Duration::from_secs(30)).await;
         for id in 2..=cluster.options.servers as u64 {
             let via = cluster.servers[0].grpc.clone();
-            cluster.add_server(id, Some(&via));
+            cluster.add_planned(id, Some(&via), SECRET, plans.next().expect("invariant: one plan per server"));
             cluster.wait_voters(id as usize, Duration::from_secs(60)).await;
         }
         cluster
@@ -186,8 +217,12 @@ impl TestCluster {
     }
 
     pub fn add_server_with_secret(&mut self, id: u64, join: Option<&str>, secret: &str) -> usize {
-        let grpc = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
+        self.add_planned(id, join, secret, ServerPlan::on_free_ports())
+    }
+
+    /// Starts one more server as `plan` says; see [`TestCluster::add_server`].
+    pub fn add_planned(&mut self, id: u64, join: Option<&str>, secret: &str, plan: ServerPlan) -> usize {
+        let ServerPlan { grpc, http, env } = plan;
         let data_dir = self.dir.join(format!("node-{id}"));
         let mut args = vec![
             "--node-id".to_string(),
@@ -215,7 +250,7 @@ impl TestCluster {
             }
         }
         let log = self.dir.join(format!("node-{id}.log"));
-        let mut server = ServerProc { id, grpc, http, data_dir, log, args, child: None };
+        let mut server = ServerProc { id, grpc, http, data_dir, log, args, env, child: None };
         server.spawn();
         self.servers.push(server);
         self.servers.len() - 1

@@ -1,7 +1,19 @@
 //! Xene's multi-process tests: real servers on loopback, faults injected from outside.
 //!
 //! - [`harness`]: starts and controls `xene-server` processes.
+//! - [`proxy`]: a TCP proxy per link whose traffic the test passes, delays, blackholes or drops.
+//! - [`network`]: a cluster's proxies (every directed peer link, every client link) and the
+//!   partitions made of them.
+//! - [`nemesis`]: seeded fault injection (kills, pauses, partitions, delays) on leaders and
+//!   followers.
+//! - [`settings`]: the seed and the short or long variant every chaos scenario reads.
+//! - [`report`]: the report each chaos scenario prints at its end.
 //! - [`lincheck`]: the linearizability checker for recorded key-value histories.
 
 pub mod harness;
 pub mod lincheck;
+pub mod nemesis;
+pub mod network;
+pub mod proxy;
+pub mod report;
+pub mod settings;

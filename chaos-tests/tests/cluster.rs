@@ -74,7 +74,8 @@ async fn three_servers_replicate_writes_made_through_any_server() {
     }
     // The first admin token is in the bootstrap server's data directory, readable by its owner only.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(cluster.servers[0].data_dir.join("admin.token")).expect("token file").permissions().mode();
+    let mode =
+        std::fs::metadata(cluster.servers[0].data_dir.join("admin.token")).expect("token file").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     // Health and readiness on every server's REST port.
     for server in &cluster.servers {

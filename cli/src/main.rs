@@ -1,6 +1,7 @@
 //! `xenectl`: the command-line client of a Xene cluster.
 
 mod client;
+mod objects;
 
 use std::time::Duration;
 
@@ -31,6 +32,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create or update workflows from manifests (validated here first).
+    Apply {
+        /// A manifest file, a directory of them, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// List objects, or show one.
+    Get {
+        /// workflows or pipelines.
+        kind: String,
+        /// A workflow name, or WORKFLOW/PIPELINE.
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: objects::Output,
+        /// Only objects whose labels match, e.g. team=infra,tier!=db.
+        #[arg(short = 'l', long, default_value = "")]
+        selector: String,
+    },
+    /// Show a workflow in detail: pipelines, their status and triggers, and the task tree.
+    Describe { kind: String, name: String },
+    /// Delete a workflow and its pipelines.
+    Delete { kind: String, name: String },
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -102,6 +125,12 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let cluster = Cluster::new(cli.servers, cli.token, Duration::from_secs(cli.timeout))?;
     match cli.command {
+        Command::Apply { file } => objects::apply(&cluster, &file).await,
+        Command::Get { kind, name, output, selector } => {
+            objects::get(&cluster, &kind, name.as_deref(), output, &selector).await
+        }
+        Command::Describe { kind, name } => objects::describe(&cluster, &kind, &name).await,
+        Command::Delete { kind, name } => objects::delete(&cluster, &kind, &name).await,
         Command::Cluster(command) => cluster_command(&cluster, command).await,
         Command::Kv(command) => kv_command(&cluster, command).await,
     }

@@ -149,6 +149,19 @@ impl TaskGraph {
         names
     }
 
+    /// The tasks that depend on `task` directly, in name order; empty for an
+    /// unknown task.
+    pub fn dependents(&self, task: &str) -> Vec<&str> {
+        let Some(&node) = self.nodes.get(task) else {
+            return Vec::new();
+        };
+        let mut names: Vec<&str> =
+            self.graph.neighbors_directed(node, Direction::Outgoing).map(|next| self.graph[next].as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// Every task that depends on `task`, directly or not, in name order:
     /// the tasks that stay `NotExecuted` when it fails.
     pub fn downstream(&self, task: &str) -> Vec<&str> {

@@ -42,6 +42,12 @@
 //!   cron trigger evaluates them.
 //! - [`status`]: the phase and status names of §9.1.
 //!
+//! Stored objects and queries:
+//!
+//! - [`PipelineObject`] (`pipeline_object.rs`): the status object the server
+//!   keeps per pipeline (§6.3).
+//! - [`LabelSelector`] (`selector.rs`): `team=infra,tier!=db,canary,!legacy`.
+//!
 //! # Invariant
 //!
 //! A [`Workflow`] returned by [`parse_manifest`] has passed [`validate`]: its
@@ -65,7 +71,9 @@ mod memory;
 mod metadata;
 mod path;
 mod pipeline;
+mod pipeline_object;
 mod retry;
+mod selector;
 mod spec;
 mod step;
 mod suggest;
@@ -88,7 +96,9 @@ pub use memory::{Memory, MemoryError};
 pub use metadata::Metadata;
 pub use path::{FieldPath, Segment};
 pub use pipeline::Pipeline;
+pub use pipeline_object::{PipelineObject, PipelineRef, PipelineStatus, PIPELINE_KIND, REASON_NO_AGENTS};
 pub use retry::RetryPolicy;
+pub use selector::{LabelSelector, Requirement, SelectorError};
 pub use spec::WorkflowSpec;
 pub use step::Step;
 pub use task::Task;

@@ -102,3 +102,16 @@ fn large_graphs_are_fine() {
     assert_eq!(members[0], "t00000");
     assert_eq!(members[1], "t09999");
 }
+
+#[test]
+fn dependents_are_direct_only() {
+    let workflow = xene_model::parse_manifest(
+        "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {name: d}\nspec:\n  pipelines:\n    p:\n      tasks:\n        a: {steps: [{name: s, run: 'true'}]}\n        b: {dependencies: [a], steps: [{name: s, run: 'true'}]}\n        c: {dependencies: [b], steps: [{name: s, run: 'true'}]}\n",
+    )
+    .expect("valid");
+    let graph = xene_model::TaskGraph::from_pipeline(&workflow.spec.pipelines["p"]).expect("dag");
+    assert_eq!(graph.dependents("a"), vec!["b"]);
+    assert_eq!(graph.downstream("a"), vec!["b", "c"]);
+    assert!(graph.dependents("c").is_empty());
+    assert!(graph.dependents("nope").is_empty());
+}

@@ -4,6 +4,7 @@
 //! - `RaftService`: internal, server to server (Raft messages, forwarding, join).
 //! - `KvService`: the raw revisioned store, admin only.
 //! - `ClusterService`: membership and status.
+//! - `ObjectService`: workflows and their status objects.
 
 /// Generated `xene.v1` messages, clients and servers.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -18,6 +18,9 @@ pub enum ServerError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// An optimistic-concurrency check failed: the object changed since the caller read it.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -59,6 +62,7 @@ impl From<ServerError> for Status {
             ServerError::NotFound(_) => Code::NotFound,
             ServerError::AlreadyExists(_) => Code::AlreadyExists,
             ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ServerError::Conflict(_) => Code::Aborted,
             ServerError::Unauthenticated(_) => Code::Unauthenticated,
             ServerError::PermissionDenied(_) => Code::PermissionDenied,
             ServerError::Unavailable { .. } => Code::Unavailable,

@@ -16,3 +16,21 @@ pub fn token(id: &str) -> String {
 pub fn node(id: u64) -> String {
     format!("{NODES}{id:020}")
 }
+
+/// Workflows as applied: `/xene/objects/workflows/<name>`.
+pub const WORKFLOWS: &str = "/xene/objects/workflows/";
+/// Pipeline status objects: `/xene/objects/pipelines/<workflow>/<pipeline>`.
+pub const PIPELINES: &str = "/xene/objects/pipelines/";
+
+pub fn workflow(name: &str) -> String {
+    format!("{WORKFLOWS}{name}")
+}
+
+pub fn pipeline(workflow: &str, pipeline: &str) -> String {
+    format!("{PIPELINES}{workflow}/{pipeline}")
+}
+
+/// The prefix of every pipeline status object of `workflow`.
+pub fn pipelines_of(workflow: &str) -> String {
+    format!("{PIPELINES}{workflow}/")
+}

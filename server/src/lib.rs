@@ -5,7 +5,9 @@
 //! - [`node`]: this server's place in the cluster: proposals forwarded to the leader, read
 //!   barriers, membership.
 //! - [`network`], [`peers`]: openraft's network over tonic and the reused peer channels.
-//! - [`services`]: the gRPC services (`RaftService`, `KvService`, `ClusterService`).
+//! - [`objects`]: workflows and pipeline status objects in the store.
+//! - [`services`]: the gRPC services (`RaftService`, `KvService`, `ClusterService`,
+//!   `ObjectService`).
 //! - [`auth`]: bearer tokens and roles.
 //! - [`http`]: health, readiness and metrics over REST; [`metrics`]: the Prometheus registry.
 //! - [`convert`]: wire ↔ store type conversions; [`error`]: errors and their gRPC status.
@@ -19,6 +21,7 @@ pub mod keys;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod objects;
 pub mod peers;
 pub mod server;
 pub mod services;

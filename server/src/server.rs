@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xene_proto::cluster_service_server::ClusterServiceServer;
 use xene_proto::kv_service_server::KvServiceServer;
+use xene_proto::object_service_server::ObjectServiceServer;
 use xene_proto::raft_service_server::RaftServiceServer;
 use xene_proto::JoinRequest;
 use xene_raft_store::{Compare, NodeInfo, Op, Raft, StoreConfig, Txn};
@@ -23,7 +24,7 @@ use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::network::NetworkFactory;
 use crate::node::{now_ms, ClusterNode, NodeRecord, Timing};
 use crate::peers::PeerPool;
-use crate::services::{cluster::ClusterApi, kv::KvApi, raft::RaftApi};
+use crate::services::{cluster::ClusterApi, kv::KvApi, object::ObjectApi, raft::RaftApi};
 
 /// Largest gRPC message a client may send (a 1 MiB value plus its envelope).
 const MAX_CLIENT_MESSAGE: usize = 2 * 1024 * 1024;
@@ -98,7 +99,11 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                 KvServiceServer::new(KvApi::new(node.clone(), tokens.clone(), stop.clone()))
                     .max_decoding_message_size(MAX_CLIENT_MESSAGE),
             )
-            .add_service(ClusterServiceServer::new(ClusterApi::new(node.clone(), tokens.clone())));
+            .add_service(ClusterServiceServer::new(ClusterApi::new(node.clone(), tokens.clone())))
+            .add_service(
+                ObjectServiceServer::new(ObjectApi::new(node.clone(), tokens.clone(), stop.clone()))
+                    .max_decoding_message_size(MAX_CLIENT_MESSAGE + xene_model::limits::MAX_MANIFEST_BYTES),
+            );
         let stop = stop.clone();
         tasks.spawn(async move {
             let incoming = TcpListenerStream::new(grpc_listener);

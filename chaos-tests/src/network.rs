@@ -1,0 +1,172 @@
+//! A cluster's network made of [`Proxy`]s: one per directed peer link (server A reaching
+//! server B has its own proxy, independent of B reaching A) and one in front of each server
+//! for clients. Partitions, one-way cuts, delays and dropped connections are settings of
+//! these proxies (DESIGN §14).
+//!
+//! Servers are sent through their peer links with the `XENE_TEST_PEER_ROUTES` test hook of
+//! `xene-server` (`ADDR=VIA,...`: reach the peer advertised at `ADDR` through `VIA`); clients
+//! connect to [`Network::client_addr`] instead of the server's own address.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::harness::ServerPlan;
+use crate::proxy::{Direction, Flow, Proxy};
+
+/// The name of the server's test hook that routes peer traffic through proxies.
+pub const PEER_ROUTES_ENV: &str = "XENE_TEST_PEER_ROUTES";
+
+/// How a cut link fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Nothing gets through in either direction; connections stay open and hang.
+    Blackhole,
+    /// Connections are closed and new ones closed at once.
+    Drop,
+    /// Requests get through; the answers are held until the link heals, so callers time out.
+    AnswersBlocked,
+}
+
+/// Every proxy of one cluster. Servers are numbered by their index in
+/// [`TestCluster::servers`](crate::harness::TestCluster).
+pub struct Network {
+    servers: usize,
+    peers: BTreeMap<(usize, usize), Proxy>,
+    clients: Vec<Proxy>,
+}
+
+impl Network {
+    /// Chooses addresses for `servers` servers, starts a proxy on every link, and returns the
+    /// plans to start the servers with (see `TestCluster::start_planned`).
+    pub async fn plan(servers: usize) -> std::io::Result<(Network, Vec<ServerPlan>)> {
+        let mut plans: Vec<ServerPlan> = (0..servers).map(|_| ServerPlan::on_free_ports()).collect();
+        let grpc: Vec<SocketAddr> = plans
+            .iter()
+            .map(|plan| plan.grpc.parse().expect("invariant: the harness picks IP:port addresses"))
+            .collect();
+        let mut peers = BTreeMap::new();
+        for from in 0..servers {
+            for to in (0..servers).filter(|to| *to != from) {
+                peers.insert((from, to), Proxy::start(grpc[to]).await?);
+            }
+        }
+        let mut clients = Vec::with_capacity(servers);
+        for addr in &grpc {
+            clients.push(Proxy::start(*addr).await?);
+        }
+        for (from, plan) in plans.iter_mut().enumerate() {
+            let routes: Vec<String> = (0..servers)
+                .filter(|to| *to != from)
+                .map(|to| format!("{}={}", grpc[to], peers[&(from, to)].addr()))
+                .collect();
+            plan.env.push((PEER_ROUTES_ENV.to_string(), routes.join(",")));
+        }
+        Ok((Network { servers, peers, clients }, plans))
+    }
+
+    pub fn servers(&self) -> usize {
+        self.servers
+    }
+
+    /// The proxy server `from` reaches server `to` through.
+    pub fn link(&self, from: usize, to: usize) -> &Proxy {
+        &self.peers[&(from, to)]
+    }
+
+    /// The proxy clients reach server `index` through.
+    pub fn client_link(&self, index: usize) -> &Proxy {
+        &self.clients[index]
+    }
+
+    /// The address clients use for server `index`.
+    pub fn client_addr(&self, index: usize) -> SocketAddr {
+        self.clients[index].addr()
+    }
+
+    /// A lazily connecting channel to server `index` through its client proxy.
+    pub fn client_channel(&self, index: usize) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.client_addr(index)))
+            .expect("invariant: a socket address makes a valid URI")
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .connect_lazy()
+    }
+
+    /// Cuts the link from `from` to `to` only; `to` still reaches `from`.
+    pub fn cut_one_way(&self, from: usize, to: usize, cut: Cut) {
+        apply(self.link(from, to), cut);
+    }
+
+    /// Cuts both links between `a` and `b`.
+    pub fn cut_both_ways(&self, a: usize, b: usize, cut: Cut) {
+        self.cut_one_way(a, b, cut);
+        self.cut_one_way(b, a, cut);
+    }
+
+    /// Cuts `node` off from every other server, both ways (clients still reach it).
+    pub fn isolate(&self, node: usize, cut: Cut) {
+        for other in (0..self.servers).filter(|other| *other != node) {
+            self.cut_both_ways(node, other, cut);
+        }
+    }
+
+    /// Cuts every link between `side` and the other servers, both ways.
+    pub fn partition(&self, side: &[usize], cut: Cut) {
+        for a in side {
+            for b in (0..self.servers).filter(|b| !side.contains(b)) {
+                self.cut_both_ways(*a, b, cut);
+            }
+        }
+    }
+
+    /// Cuts every link into `node` (its peers' requests), leaving its own requests alone.
+    pub fn cut_inbound(&self, node: usize, cut: Cut) {
+        for other in (0..self.servers).filter(|other| *other != node) {
+            self.cut_one_way(other, node, cut);
+        }
+    }
+
+    /// Delays both directions of every link to and from `node`, clients' included.
+    pub fn delay_node(&self, node: usize, delay: Duration) {
+        for other in (0..self.servers).filter(|other| *other != node) {
+            self.link(node, other).set_flows(Flow::Delay(delay));
+            self.link(other, node).set_flows(Flow::Delay(delay));
+        }
+        self.client_link(node).set_flows(Flow::Delay(delay));
+    }
+
+    /// Delays every peer link (not the clients').
+    pub fn delay_all_peers(&self, delay: Duration) {
+        for proxy in self.peers.values() {
+            proxy.set_flows(Flow::Delay(delay));
+        }
+    }
+
+    /// Cuts the clients' link to `node`.
+    pub fn cut_clients(&self, node: usize, cut: Cut) {
+        apply(self.client_link(node), cut);
+    }
+
+    /// Every link back to healthy.
+    pub fn heal(&self) {
+        for proxy in self.peers.values().chain(&self.clients) {
+            proxy.heal();
+        }
+    }
+
+    /// Whether every link is healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.peers.values().chain(&self.clients).all(Proxy::is_healthy)
+    }
+}
+
+fn apply(proxy: &Proxy, cut: Cut) {
+    match cut {
+        Cut::Blackhole => proxy.set_flows(Flow::Blackhole),
+        Cut::Drop => proxy.drop_connections(),
+        Cut::AnswersBlocked => proxy.set_flow(Direction::Backward, Flow::Blackhole),
+    }
+}
