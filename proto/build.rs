@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/xene/v1/kv.proto",
         "proto/xene/v1/cluster.proto",
         "proto/xene/v1/object.proto",
+        "proto/xene/v1/agent.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

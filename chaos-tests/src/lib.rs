@@ -1,6 +1,7 @@
 //! Xene's multi-process tests: real servers on loopback, faults injected from outside.
 //!
-//! - [`harness`]: starts and controls `xene-server` processes.
+//! - [`harness`]: starts and controls `xene-server` processes; [`agent_proc`]: `xene-agent`
+//!   processes beside them.
 //! - [`proxy`]: a TCP proxy per link whose traffic the test passes, delays, blackholes or drops.
 //! - [`network`]: a cluster's proxies (every directed peer link, every client link) and the
 //!   partitions made of them.
@@ -10,6 +11,8 @@
 //! - [`report`]: the report each chaos scenario prints at its end.
 //! - [`lincheck`]: the linearizability checker for recorded key-value histories.
 
+pub mod agent_proc;
+pub mod client;
 pub mod harness;
 pub mod lincheck;
 pub mod nemesis;

@@ -206,16 +206,12 @@ impl Nemesis {
 
     /// Picks a kind that does not clash with the active faults, a target, and applies it.
     async fn inject(&mut self, cluster: &mut TestCluster, network: &Network, end: Instant) {
-        let process_busy = self.active.iter().any(|a| a.kind.is_process());
-        let network_busy = self.active.iter().any(|a| !a.kind.is_process());
-        let choices: Vec<(FaultKind, u32)> = self
-            .profile
-            .weights
-            .iter()
-            .copied()
-            .filter(|(kind, weight)| *weight > 0 && if kind.is_process() { !process_busy } else { !network_busy })
-            .collect();
-        let Ok(&(kind, _)) = choices.choose_weighted(&mut self.rng, |(_, weight)| *weight) else { return };
+        // Draw from every kind, so the mix follows the weights; a kind whose slot (process or
+        // network) is taken waits for the next turn.
+        let Ok(&(kind, _)) = self.profile.weights.choose_weighted(&mut self.rng, |(_, weight)| *weight) else { return };
+        if self.active.iter().any(|a| a.kind.is_process() == kind.is_process()) {
+            return;
+        }
         let servers = cluster.servers.len();
         // Servers that are down do not answer; ask only the others who leads.
         let down: Vec<usize> =

@@ -1,5 +1,6 @@
 //! `xenectl`: the command-line client of a Xene cluster.
 
+mod agents;
 mod client;
 mod objects;
 
@@ -54,12 +55,39 @@ enum Command {
     Describe { kind: String, name: String },
     /// Delete a workflow and its pipelines.
     Delete { kind: String, name: String },
+    /// Create, list and revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The agents: state, labels, pipelines held, last heartbeat.
+    Agents,
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// The raw key-value store (admin only).
     #[command(subcommand)]
     Kv(KvCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed once and stored only hashed.
+    Create {
+        /// agent (for agents to join), admin or viewer.
+        #[arg(long)]
+        kind: String,
+        /// Lifetime, e.g. 30m, 1h, 24h (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many times a join token may be used (default: unlimited).
+        #[arg(long, default_value_t = 0)]
+        uses: u32,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by ID.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -131,6 +159,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Describe { kind, name } => objects::describe(&cluster, &kind, &name).await,
         Command::Delete { kind, name } => objects::delete(&cluster, &kind, &name).await,
+        Command::Token(TokenCommand::Create { kind, ttl, uses, description }) => {
+            agents::token_create(&cluster, &kind, ttl.as_deref(), uses, &description).await
+        }
+        Command::Token(TokenCommand::List) => agents::token_list(&cluster).await,
+        Command::Token(TokenCommand::Revoke { id }) => agents::token_revoke(&cluster, &id).await,
+        Command::Agents => agents::agents(&cluster).await,
         Command::Cluster(command) => cluster_command(&cluster, command).await,
         Command::Kv(command) => kv_command(&cluster, command).await,
     }

@@ -5,6 +5,7 @@
 //! - `KvService`: the raw revisioned store, admin only.
 //! - `ClusterService`: membership and status.
 //! - `ObjectService`: workflows and their status objects.
+//! - `TokenService`, `AgentService`: tokens, agents joining and their sessions.
 
 /// Generated `xene.v1` messages, clients and servers.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -17,6 +17,7 @@ use xene_raft_store::{EventKind, KvReader, StoreError};
 
 use crate::error::{Result, ServerError};
 use crate::keys;
+use crate::node::ClusterNode;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,8 +27,10 @@ pub enum Role {
     Admin,
     /// Reads only.
     Viewer,
-    /// The agent API and nothing else.
+    /// The agent API and nothing else: an agent's session credential.
     Agent,
+    /// An agent join token: exchanged once for an agent credential, good for nothing else.
+    Join,
 }
 
 impl Role {
@@ -47,6 +50,43 @@ pub struct TokenRecord {
     pub created_ms: u64,
     #[serde(default)]
     pub description: String,
+    /// When the token stops working, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// How many more times a join token may be used, when limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_left: Option<u32>,
+    #[serde(default)]
+    pub revoked: bool,
+    /// For an agent credential: the agent it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+impl TokenRecord {
+    /// Why the token cannot be used at `now_ms`, if it cannot.
+    pub fn unusable(&self, now_ms: u64) -> Option<String> {
+        if self.revoked {
+            return Some(format!("token {} was revoked", self.id));
+        }
+        if self.expires_ms.is_some_and(|at| now_ms >= at) {
+            return Some(format!("token {} has expired; create a new one", self.id));
+        }
+        if self.uses_left == Some(0) {
+            return Some(format!("token {} has been used up; create a new one", self.id));
+        }
+        None
+    }
+
+    /// The kind as the API shows it.
+    pub fn kind(&self) -> &'static str {
+        match self.role {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+            Role::Agent => "agent-session",
+            Role::Join => "agent",
+        }
+    }
 }
 
 /// A freshly minted token: the text to hand out once, and the record to store.
@@ -70,6 +110,10 @@ pub fn mint(role: Role, description: &str, now_ms: u64) -> NewToken {
         secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
         created_ms: now_ms,
         description: description.to_string(),
+        expires_ms: None,
+        uses_left: None,
+        revoked: false,
+        agent: None,
     };
     NewToken { text: format!("xene_{id}_{secret}"), record }
 }
@@ -79,6 +123,41 @@ pub fn mint(role: Role, description: &str, now_ms: u64) -> NewToken {
 pub struct Caller {
     pub token_id: String,
     pub role: Role,
+    /// For an agent credential: the agent.
+    pub agent: Option<String>,
+}
+
+fn invalid() -> ServerError {
+    ServerError::Unauthenticated("invalid token: check --token or XENE_TOKEN".into())
+}
+
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str> {
+    let header = metadata
+        .get("authorization")
+        .ok_or_else(|| ServerError::Unauthenticated("missing bearer token: pass --token or set XENE_TOKEN".into()))?;
+    let header =
+        header.to_str().map_err(|_| ServerError::Unauthenticated("authorization metadata is not valid text".into()))?;
+    Ok(header.strip_prefix("Bearer ").unwrap_or(header).trim())
+}
+
+/// Splits `xene_<id>_<secret>`.
+fn split(text: &str) -> Result<(&str, &str)> {
+    let rest = text.strip_prefix("xene_").ok_or_else(invalid)?;
+    let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
+    if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid());
+    }
+    Ok((id, secret))
+}
+
+/// Compares the secret with the stored hash in constant time.
+fn verify(record: TokenRecord, secret: &str) -> Result<TokenRecord> {
+    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    if bool::from(digest.as_bytes().ct_eq(record.secret_sha256.as_bytes())) {
+        Ok(record)
+    } else {
+        Err(invalid())
+    }
 }
 
 /// Every server's view of the stored tokens, kept current by watching `/xene/tokens/`.
@@ -88,28 +167,48 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// Checks the `authorization: Bearer …` metadata of a call and the role it needs.
-    pub fn authorize(&self, metadata: &tonic::metadata::MetadataMap, required: Role) -> Result<Caller> {
-        let header = metadata.get("authorization").ok_or_else(|| {
-            ServerError::Unauthenticated("missing bearer token: pass --token or set XENE_TOKEN".into())
-        })?;
-        let header = header
-            .to_str()
-            .map_err(|_| ServerError::Unauthenticated("authorization metadata is not valid text".into()))?;
-        let text = header.strip_prefix("Bearer ").unwrap_or(header).trim();
-        self.check(text, required)
+    /// Checks the `authorization: Bearer …` metadata of a call and the role it needs. A token
+    /// this server has not seen yet (created a moment ago through another server) is looked
+    /// up once with a linearizable read before the call is refused.
+    pub async fn authorize(
+        &self,
+        node: &ClusterNode,
+        metadata: &tonic::metadata::MetadataMap,
+        required: Role,
+    ) -> Result<Caller> {
+        let text = bearer(metadata)?;
+        let record = self.record_or_load(node, text).await?;
+        self.admit(&record, required)
     }
 
-    /// Checks a token's text and the role it needs.
+    /// The stored record of a token whose text is valid (right ID and secret), whatever its
+    /// state; callers check expiry, uses and revocation.
+    pub async fn record_or_load(&self, node: &ClusterNode, text: &str) -> Result<TokenRecord> {
+        let (id, secret) = split(text)?;
+        if let Some(record) = self.known(id) {
+            return verify(record, secret);
+        }
+        node.read_barrier().await?;
+        let found = node.reader.range(keys::token(id).into_bytes(), false, 0).await?;
+        match found.kvs.first().and_then(|kv| serde_json::from_slice::<TokenRecord>(&kv.value).ok()) {
+            Some(record) => {
+                self.upsert(record.clone());
+                verify(record, secret)
+            }
+            None => Err(invalid()),
+        }
+    }
+
+    /// Checks a token against this server's view only (no lookup).
     pub fn check(&self, text: &str, required: Role) -> Result<Caller> {
-        let invalid = || ServerError::Unauthenticated("invalid token: check --token or XENE_TOKEN".into());
-        let rest = text.strip_prefix("xene_").ok_or_else(invalid)?;
-        let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
-        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
-        let record = tokens.get(id).ok_or_else(invalid)?;
-        let digest = hex::encode(Sha256::digest(secret.as_bytes()));
-        if !bool::from(digest.as_bytes().ct_eq(record.secret_sha256.as_bytes())) {
-            return Err(invalid());
+        let (id, secret) = split(text)?;
+        let record = verify(self.known(id).ok_or_else(invalid)?, secret)?;
+        self.admit(&record, required)
+    }
+
+    fn admit(&self, record: &TokenRecord, required: Role) -> Result<Caller> {
+        if let Some(reason) = record.unusable(crate::node::now_ms()) {
+            return Err(ServerError::Unauthenticated(reason));
         }
         if !record.role.allows(required) {
             return Err(ServerError::PermissionDenied(format!(
@@ -117,7 +216,19 @@ impl TokenCache {
                 record.id, record.role, required
             )));
         }
-        Ok(Caller { token_id: record.id.clone(), role: record.role })
+        Ok(Caller { token_id: record.id.clone(), role: record.role, agent: record.agent.clone() })
+    }
+
+    fn known(&self, id: &str) -> Option<TokenRecord> {
+        self.tokens.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Every stored token record.
+    pub fn all(&self) -> Vec<TokenRecord> {
+        let mut records: Vec<TokenRecord> =
+            self.tokens.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        records.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then_with(|| a.id.cmp(&b.id)));
+        records
     }
 
     fn replace_all(&self, records: Vec<TokenRecord>) {
@@ -206,5 +317,16 @@ mod tests {
         }
         assert!(!Role::Agent.allows(Role::Viewer));
         assert!(!Role::Viewer.allows(Role::Agent));
+        assert!(!Role::Join.allows(Role::Agent) && !Role::Join.allows(Role::Viewer));
+
+        let mut expired = mint(Role::Viewer, "old", 1);
+        expired.record.expires_ms = Some(5);
+        let mut revoked = mint(Role::Viewer, "gone", 1);
+        revoked.record.revoked = true;
+        cache.replace_all(vec![expired.record.clone(), revoked.record.clone()]);
+        let error = cache.check(&expired.text, Role::Viewer).expect_err("expired");
+        assert!(error.to_string().contains("expired"), "{error}");
+        let error = cache.check(&revoked.text, Role::Viewer).expect_err("revoked");
+        assert!(error.to_string().contains("revoked"), "{error}");
     }
 }

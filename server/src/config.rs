@@ -54,6 +54,9 @@ pub struct Flags {
     /// Log output: `pretty` or `json` [default: pretty].
     #[arg(long, env = "XENE_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// An agent silent this long (ms) is marked down and its pipelines move [default: 10000].
+    #[arg(long, env = "XENE_AGENT_TTL_MS")]
+    pub agent_ttl_ms: Option<u64>,
 }
 
 /// The same settings as read from `--config`.
@@ -73,6 +76,7 @@ pub struct FileConfig {
     pub election_timeout_ms: Option<u64>,
     pub snapshot_logs: Option<u64>,
     pub log_format: Option<String>,
+    pub agent_ttl_ms: Option<u64>,
 }
 
 /// Log output format.
@@ -98,6 +102,7 @@ pub struct ServerConfig {
     pub election_timeout: Duration,
     pub snapshot_logs: u64,
     pub log_format: LogFormat,
+    pub agent_ttl: Duration,
 }
 
 /// A configuration problem, phrased for the operator.
@@ -189,6 +194,7 @@ impl ServerConfig {
             election_timeout,
             snapshot_logs: flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000).max(1),
             log_format,
+            agent_ttl: Duration::from_millis(flags.agent_ttl_ms.or(file.agent_ttl_ms).unwrap_or(10_000).max(200)),
         })
     }
 }

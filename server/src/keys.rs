@@ -34,3 +34,18 @@ pub fn pipeline(workflow: &str, pipeline: &str) -> String {
 pub fn pipelines_of(workflow: &str) -> String {
     format!("{PIPELINES}{workflow}/")
 }
+
+/// Agents, one key each: `/xene/agents/<name>`.
+pub const AGENTS: &str = "/xene/agents/";
+/// Pipeline leases: `/xene/leases/<workflow>/<pipeline>`. A lease's epoch is the revision
+/// that granted it, which is its key's mod revision: grants write the key, nothing renews it.
+pub const LEASES: &str = "/xene/leases/";
+
+pub fn agent(name: &str) -> String {
+    format!("{AGENTS}{name}")
+}
+
+/// The lease key of a pipeline named `WORKFLOW/PIPELINE`.
+pub fn lease(pipeline: &str) -> String {
+    format!("{LEASES}{pipeline}")
+}

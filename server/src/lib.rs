@@ -7,11 +7,14 @@
 //! - [`network`], [`peers`]: openraft's network over tonic and the reused peer channels.
 //! - [`objects`]: workflows and pipeline status objects in the store.
 //! - [`services`]: the gRPC services (`RaftService`, `KvService`, `ClusterService`,
-//!   `ObjectService`).
+//!   `ObjectService`, `TokenService`, `AgentService`).
 //! - [`auth`]: bearer tokens and roles.
+//! - [`agents`]: agent and lease records and the leader's live sessions; [`scheduler`]: the
+//!   leader-only reconciler that places pipelines and moves leases.
 //! - [`http`]: health, readiness and metrics over REST; [`metrics`]: the Prometheus registry.
 //! - [`convert`]: wire ↔ store type conversions; [`error`]: errors and their gRPC status.
 
+pub mod agents;
 pub mod auth;
 pub mod config;
 pub mod convert;
@@ -23,5 +26,6 @@ pub mod network;
 pub mod node;
 pub mod objects;
 pub mod peers;
+pub mod scheduler;
 pub mod server;
 pub mod services;

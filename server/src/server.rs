@@ -10,13 +10,16 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use xene_proto::agent_service_server::AgentServiceServer;
 use xene_proto::cluster_service_server::ClusterServiceServer;
 use xene_proto::kv_service_server::KvServiceServer;
 use xene_proto::object_service_server::ObjectServiceServer;
 use xene_proto::raft_service_server::RaftServiceServer;
+use xene_proto::token_service_server::TokenServiceServer;
 use xene_proto::JoinRequest;
 use xene_raft_store::{Compare, NodeInfo, Op, Raft, StoreConfig, Txn};
 
+use crate::agents::AgentHub;
 use crate::auth::{self, Role, TokenCache};
 use crate::config::ServerConfig;
 use crate::keys;
@@ -24,7 +27,9 @@ use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::network::NetworkFactory;
 use crate::node::{now_ms, ClusterNode, NodeRecord, Timing};
 use crate::peers::PeerPool;
-use crate::services::{cluster::ClusterApi, kv::KvApi, object::ObjectApi, raft::RaftApi};
+use crate::services::{
+    agent::AgentApi, cluster::ClusterApi, kv::KvApi, object::ObjectApi, raft::RaftApi, token::TokenApi,
+};
 
 /// Largest gRPC message a client may send (a 1 MiB value plus its envelope).
 const MAX_CLIENT_MESSAGE: usize = 2 * 1024 * 1024;
@@ -86,7 +91,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         .await
         .with_context(|| format!("binding --http-addr {}; is the port in use?", config.http_addr))?;
 
+    let hub = Arc::new(AgentHub::new(config.agent_ttl));
     tasks.spawn(tokens.clone().follow(reader.clone(), stop.clone()));
+    tasks.spawn(crate::scheduler::run(node.clone(), hub.clone(), stop.clone()));
     {
         let grpc = tonic::transport::Server::builder()
             .layer(GrpcMetricsLayer { metrics: metrics.clone() })
@@ -100,6 +107,13 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                     .max_decoding_message_size(MAX_CLIENT_MESSAGE),
             )
             .add_service(ClusterServiceServer::new(ClusterApi::new(node.clone(), tokens.clone())))
+            .add_service(TokenServiceServer::new(TokenApi::new(node.clone(), tokens.clone())))
+            .add_service(AgentServiceServer::new(AgentApi::new(
+                node.clone(),
+                tokens.clone(),
+                hub.clone(),
+                stop.clone(),
+            )))
             .add_service(
                 ObjectServiceServer::new(ObjectApi::new(node.clone(), tokens.clone(), stop.clone()))
                     .max_decoding_message_size(MAX_CLIENT_MESSAGE + xene_model::limits::MAX_MANIFEST_BYTES),

@@ -61,7 +61,7 @@ fn state_name(state: ServerState) -> &'static str {
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Viewer)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
         let metrics = self.node.raft.metrics().borrow().clone();
         let leader = self.node.leader();
         Ok(Response::new(pb::StatusResponse {
@@ -77,7 +77,7 @@ impl ClusterService for ClusterApi {
     }
 
     async fn members(&self, request: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Viewer)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
         let leader_id = self.node.leader().map_or(0, |(id, _)| id);
         Ok(Response::new(pb::MembersResponse { members: self.node.members(), leader_id }))
     }
@@ -86,7 +86,7 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let add = request.get_ref().clone();
         if add.grpc_addr.is_empty() || add.http_addr.is_empty() {
             return Err(ServerError::InvalidArgument(
@@ -103,7 +103,7 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let message = *request.get_ref();
         // Removing the leader hands leadership over first; the removal then goes to the new
         // leader, so try a few times.
@@ -126,7 +126,7 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let message = *request.get_ref();
         if let Some((mut client, forwarded)) = self.leader_client(&request, message)? {
             return client.transfer_leader(forwarded).await;
@@ -136,7 +136,7 @@ impl ClusterService for ClusterApi {
     }
 
     async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         self.node
             .raft
             .trigger()

@@ -80,7 +80,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 impl KvService for KvApi {
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let put = request.into_inner();
         let txn = Txn { success: vec![Op::Put { key: put.key, value: put.value }], ..Txn::default() };
         let written = self.write(txn, put.id).await?;
@@ -97,7 +97,7 @@ impl KvService for KvApi {
 
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let range = request.into_inner();
         if !range.serializable {
             self.node.read_barrier().await?;
@@ -112,7 +112,7 @@ impl KvService for KvApi {
 
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let delete = request.into_inner();
         let op = if delete.prefix { Op::DeletePrefix { prefix: delete.key } } else { Op::Delete { key: delete.key } };
         let written = self.write(Txn { success: vec![op], ..Txn::default() }, delete.id).await?;
@@ -130,7 +130,7 @@ impl KvService for KvApi {
 
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let mut request = request.into_inner();
         let id = request.id.take();
         let txn = txn_from_pb(request)?;
@@ -148,7 +148,7 @@ impl KvService for KvApi {
 
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let watch = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let header = self.header(0);

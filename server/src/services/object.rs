@@ -46,7 +46,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ObjectEvent, Status>> + 
 impl ObjectService for ObjectApi {
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
     async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let (result, object) = objects::apply(&self.node, &request.get_ref().manifest).await?;
         tracing::info!(workflow = %object.name, result = result.as_str(), "applied");
         let (pipelines, _) = objects::list(&self.node, Kind::Pipeline, "", &object.name).await?;
@@ -58,7 +58,7 @@ impl ObjectService for ObjectApi {
     }
 
     async fn get(&self, request: Request<pb::GetObjectRequest>) -> Result<Response<pb::Object>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Viewer)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
         let kind = Kind::parse(&request.get_ref().kind)?;
         Ok(Response::new(to_pb(objects::get(&self.node, kind, &request.get_ref().name).await?)))
     }
@@ -67,7 +67,7 @@ impl ObjectService for ObjectApi {
         &self,
         request: Request<pb::ListObjectsRequest>,
     ) -> Result<Response<pb::ListObjectsResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Viewer)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
         let list = request.get_ref();
         let kind = Kind::parse(&list.kind)?;
         let (objects, revision) = objects::list(&self.node, kind, &list.label_selector, &list.workflow).await?;
@@ -79,7 +79,7 @@ impl ObjectService for ObjectApi {
         &self,
         request: Request<pb::DeleteObjectRequest>,
     ) -> Result<Response<pb::DeleteObjectResponse>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Admin)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let delete = request.get_ref();
         let kind = Kind::parse(&delete.kind)?;
         let deleted = objects::delete(&self.node, kind, &delete.name, delete.resource_version).await?;
@@ -89,7 +89,7 @@ impl ObjectService for ObjectApi {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<pb::WatchObjectsRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        self.tokens.authorize(request.metadata(), Role::Viewer)?;
+        self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
         let watch = request.into_inner();
         let kind = Kind::parse(&watch.kind)?;
         let base = match kind {

@@ -1,0 +1,49 @@
+//! `xene-agent`'s flags (each also read from its `XENE_*` variable).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "xene-agent", version, about = "A Xene agent: holds pipeline leases and runs their tasks.")]
+pub struct AgentConfig {
+    /// Servers to connect to, HOST:PORT separated by commas; any one will do.
+    #[arg(long, env = "XENE_SERVERS", value_delimiter = ',', required = true)]
+    pub servers: Vec<String>,
+    /// A join token (xenectl token create --kind agent); needed only the first time.
+    #[arg(long, env = "XENE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// This agent's name, unique in the cluster (lowercase letters, digits, '-').
+    #[arg(long, env = "XENE_AGENT_NAME")]
+    pub name: String,
+    /// Labels that pipelines select on, k=v separated by commas.
+    #[arg(long, env = "XENE_AGENT_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Directory for the agent's credential and work.
+    #[arg(long, env = "XENE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// How tasks run: docker or process.
+    #[arg(long, env = "XENE_EXECUTOR", default_value = "docker", value_parser = ["docker", "process"])]
+    pub executor: String,
+    /// How many pipelines this agent takes at most.
+    #[arg(long, env = "XENE_AGENT_CAPACITY", default_value_t = 16)]
+    pub capacity: u32,
+    /// Log output: pretty or json.
+    #[arg(long, env = "XENE_LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
+    pub log_format: String,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("label {text:?}: write it as key=value"))?;
+    if key.trim().is_empty() {
+        return Err(format!("label {text:?}: the key is empty"));
+    }
+    Ok((key.trim().to_string(), value.trim().to_string()))
+}
+
+impl AgentConfig {
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.labels.iter().cloned().collect()
+    }
+}

@@ -1,0 +1,187 @@
+//! The agent's one session with the leader (DESIGN §7.2): hello, heartbeats inside the
+//! stream, lease grants and revocations; on any break, reconnect to another server with
+//! exponential backoff and jitter, going straight to the leader when a follower names it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use xene_proto as pb;
+use xene_proto::agent_service_client::AgentServiceClient;
+use xene_proto::{agent_message, server_message};
+
+use crate::config::AgentConfig;
+use crate::connect::channel;
+use crate::credential::Credential;
+use crate::leases::Leases;
+
+/// Why a session ended.
+enum End {
+    /// The server was stopped or the stream broke: try again.
+    Retry(String),
+    /// A follower named the leader: go there at once.
+    Redirect(String),
+    /// The cluster refuses this agent (credential revoked, agent removed): give up.
+    Fatal(String),
+}
+
+/// Keeps a session open until `stop`; returns an error only when the cluster refuses the agent.
+pub async fn run(
+    config: AgentConfig,
+    credential: Credential,
+    leases: Arc<Leases>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut next = 0usize;
+    let mut hint: Option<String> = None;
+    let mut pause = Duration::from_millis(100);
+    let mut contact = Contact { last: tokio::time::Instant::now(), ttl: None };
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        // Out of touch with the leader for a whole TTL, the leader has given our leases to
+        // others: stop running them, so no pipeline runs on two agents at once (DESIGN §7.5).
+        if let Some(ttl) = contact.ttl {
+            if contact.last.elapsed() >= ttl && !leases.list().is_empty() {
+                tracing::warn!(
+                    ttl_ms = ttl.as_millis() as u64,
+                    "no contact with the leader for the agent TTL; dropping every pipeline"
+                );
+                for (pipeline, epoch) in leases.list() {
+                    leases.revoke(&pipeline, epoch);
+                }
+            }
+        }
+        let server = match hint.take() {
+            Some(leader) => leader,
+            None => {
+                next += 1;
+                config.servers[next % config.servers.len()].clone()
+            }
+        };
+        match once(&server, &config, &credential, &leases, &stop, &mut contact).await {
+            End::Redirect(leader) => {
+                tracing::info!(from = %server, leader = %leader, "redirected to the leader");
+                hint = Some(leader);
+                continue;
+            }
+            End::Fatal(message) => anyhow::bail!("the cluster refused this agent: {message}"),
+            End::Retry(message) => {
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                tracing::warn!(server = %server, reason = %message, "session ended; reconnecting");
+            }
+        }
+        let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(pause + Duration::from_millis(jitter)) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// When the agent last heard from a leader, and the TTL that leader announced.
+struct Contact {
+    last: tokio::time::Instant,
+    ttl: Option<Duration>,
+}
+
+async fn once(
+    server: &str,
+    config: &AgentConfig,
+    credential: &Credential,
+    leases: &Leases,
+    stop: &CancellationToken,
+    contact: &mut Contact,
+) -> End {
+    let channel = match channel(server) {
+        Ok(channel) => channel,
+        Err(e) => return End::Fatal(e.to_string()),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let hello = pb::Hello {
+        labels: config.labels().into_iter().collect(),
+        capacity: config.capacity,
+        held: leases.list().into_iter().map(|(pipeline, epoch)| pb::HeldLease { pipeline, epoch }).collect(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    if tx.send(pb::AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await.is_err() {
+        return End::Retry("could not queue the hello".into());
+    }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    match format!("Bearer {}", credential.credential).parse() {
+        Ok(value) => {
+            request.metadata_mut().insert("authorization", value);
+        }
+        Err(_) => return End::Fatal("the stored credential is not valid text".into()),
+    }
+    let mut inbound = match AgentServiceClient::new(channel).session(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let leader =
+                status.metadata().get(xene_proto::LEADER_HINT_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
+            return match (status.code(), leader) {
+                (tonic::Code::Unavailable, Some(leader)) if leader != server => End::Redirect(leader),
+                (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied, _) => {
+                    End::Fatal(status.message().to_string())
+                }
+                _ => End::Retry(status.message().to_string()),
+            };
+        }
+    };
+    // The welcome says how often to heartbeat and how long silence means a broken link.
+    let (heartbeat, ttl) = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
+        Ok(Some(Ok(pb::ServerMessage { body: Some(server_message::Body::Welcome(welcome)) }))) => {
+            tracing::info!(server = %server, agent = %welcome.agent, "session open");
+            (Duration::from_millis(welcome.heartbeat_ms.max(50)), Duration::from_millis(welcome.ttl_ms.max(200)))
+        }
+        Ok(Some(Err(status))) => return End::Retry(status.message().to_string()),
+        _ => return End::Retry("no welcome from the server".into()),
+    };
+    contact.ttl = Some(ttl);
+    contact.last = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(heartbeat);
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return End::Retry("stopping".into()),
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > ttl {
+                    return End::Retry(format!("nothing heard from the server for {} ms", ttl.as_millis()));
+                }
+                let sent_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                if tx.send(pb::AgentMessage { body: Some(agent_message::Body::Heartbeat(pb::Heartbeat { sent_ms })) }).await.is_err() {
+                    return End::Retry("the session's send side closed".into());
+                }
+            }
+            message = inbound.next() => {
+                last_heard = tokio::time::Instant::now();
+                contact.last = last_heard;
+                match message {
+                    Some(Ok(pb::ServerMessage { body: Some(body) })) => match body {
+                        server_message::Body::Grant(grant) => {
+                            if leases.grant(&grant.pipeline, grant.epoch, grant.workflow_json) {
+                                tracing::info!(pipeline = %grant.pipeline, epoch = grant.epoch, "holding pipeline");
+                            }
+                        }
+                        server_message::Body::Revoke(revoke) => {
+                            if leases.revoke(&revoke.pipeline, revoke.epoch) {
+                                tracing::info!(pipeline = %revoke.pipeline, epoch = revoke.epoch, reason = %revoke.reason, "dropped pipeline");
+                            }
+                        }
+                        server_message::Body::Ack(_) | server_message::Body::Welcome(_) => {}
+                    },
+                    Some(Ok(_)) => {}
+                    Some(Err(status)) => return End::Retry(status.message().to_string()),
+                    None => return End::Retry("the server closed the session".into()),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Starts real `xene-agent` processes for tests, beside a [`TestCluster`].
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::harness::{bin_dir, TestCluster};
+
+/// One agent process and what is needed to restart it.
+pub struct AgentProc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl AgentProc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open agent log");
+        let err = log.try_clone().expect("clone log handle");
+        let child = Command::new(bin_dir().join("xene-agent"))
+            .args(&self.args)
+            .env_remove("XENE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start xene-agent (was `cargo build --bins` run?)");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same data directory and no token.
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Some(pos) = self.args.iter().position(|a| a == "--token") {
+            self.args.drain(pos..pos + 2);
+        }
+        self.spawn();
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl TestCluster {
+    /// Starts an agent named `name` with `labels` (`k=v,...`), joining with `token`.
+    pub fn start_agent(&self, name: &str, labels: &str, token: &str) -> AgentProc {
+        let servers: Vec<String> = self.servers.iter().map(|s| s.grpc.clone()).collect();
+        let data_dir = self.dir.join(format!("agent-{name}"));
+        let mut args = vec![
+            "--servers".to_string(),
+            servers.join(","),
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--executor".into(),
+            "process".into(),
+            "--token".into(),
+            token.into(),
+        ];
+        if !labels.is_empty() {
+            args.push("--labels".into());
+            args.push(labels.into());
+        }
+        let log = self.dir.join(format!("agent-{name}.log"));
+        let mut agent = AgentProc { name: name.into(), data_dir, log, args, child: None };
+        agent.spawn();
+        agent
+    }
+}

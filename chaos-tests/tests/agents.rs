@@ -1,0 +1,260 @@
+//! Agents as real processes (issue "Agents"; DESIGN §7): join tokens, spreading, selectors,
+//! failover of leases when an agent dies, and the agent role's limits.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use xene_chaos_tests::harness::{bin_dir, ClusterOptions, TestCluster};
+use xene_model::PipelineObject;
+use xene_proto as pb;
+use xene_proto::object_service_client::ObjectServiceClient;
+
+/// Agents are marked down after this much silence in these tests.
+const AGENT_TTL_MS: u64 = 2_000;
+
+async fn cluster() -> TestCluster {
+    // The servers inherit this from the test process (one process per test under nextest).
+    std::env::set_var("XENE_AGENT_TTL_MS", AGENT_TTL_MS.to_string());
+    TestCluster::start(ClusterOptions::default()).await
+}
+
+fn xenectl(cluster: &TestCluster, args: &[&str]) -> Output {
+    let servers: Vec<String> = cluster.servers.iter().map(|s| s.grpc.clone()).collect();
+    Command::new(bin_dir().join("xenectl"))
+        .args(["--servers", &servers.join(",")])
+        .args(args)
+        .env("XENE_TOKEN", &cluster.token)
+        .output()
+        .expect("run xenectl")
+}
+
+fn join_token(cluster: &TestCluster, extra: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--kind", "agent"];
+    args.extend_from_slice(extra);
+    let output = xenectl(cluster, &args);
+    assert!(output.status.success(), "token create: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+async fn pipelines(cluster: &TestCluster) -> Vec<PipelineObject> {
+    let request =
+        pb::ListObjectsRequest { kind: "pipelines".into(), label_selector: String::new(), workflow: String::new() };
+    let reply =
+        ObjectServiceClient::new(cluster.channel(0)).list(cluster.request(request)).await.expect("list").into_inner();
+    reply.objects.iter().map(|o| serde_json::from_str(&o.json).expect("pipeline json")).collect()
+}
+
+/// Waits until `check` holds for the pipeline objects, returning them.
+async fn wait_pipelines(
+    cluster: &TestCluster,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&[PipelineObject]) -> bool,
+) -> Vec<PipelineObject> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let current = pipelines(cluster).await;
+        if check(&current) {
+            return current;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {timeout:?}; pipelines: {current:#?}\n{}\n{}",
+            cluster.logs(),
+            agent_logs(cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn agent_logs(cluster: &TestCluster) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(&cluster.dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("agent-") && name.ends_with(".log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {name} ---\n{}\n", lines[lines.len().saturating_sub(15)..].join("\n")));
+        }
+    }
+    out
+}
+
+fn workflow(name: &str, pipelines: &[(&str, &str)]) -> String {
+    let mut text =
+        format!("apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {{name: {name}}}\nspec:\n  pipelines:\n");
+    for (pipeline, selector) in pipelines {
+        text.push_str(&format!("    {pipeline}:\n"));
+        if !selector.is_empty() {
+            text.push_str(&format!("      agentSelector: {{{selector}}}\n"));
+        }
+        text.push_str("      executor: {type: process}\n      tasks:\n        t: {steps: [{name: s, run: 'true'}]}\n");
+    }
+    text
+}
+
+async fn apply(cluster: &TestCluster, manifest: &str) {
+    ObjectServiceClient::new(cluster.channel(0))
+        .apply(cluster.request(pb::ApplyRequest { manifest: manifest.into() }))
+        .await
+        .expect("apply");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_are_checked_and_used_once() {
+    let cluster = cluster().await;
+    // A good token: the agent joins and keeps its credential; a restart needs no token.
+    let token = join_token(&cluster, &["--uses", "1"]);
+    let mut first = cluster.start_agent("first", "os=linux", &token);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !first.data_dir.join("agent.json").exists() {
+        assert!(Instant::now() < deadline, "no credential:\n{}", first.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(first.data_dir.join("agent.json")).expect("stat").permissions().mode() & 0o777, 0o600);
+    first.restart();
+
+    // The same token a second time: used up.
+    let mut second = cluster.start_agent("second", "", &token);
+    wait_refused(&mut second, "used up").await;
+
+    // Revoked, expired and unknown tokens.
+    let revoked = join_token(&cluster, &[]);
+    let list = String::from_utf8_lossy(&xenectl(&cluster, &["token", "list"]).stdout).into_owned();
+    let id = revoked.split('_').nth(1).expect("token id");
+    assert!(list.contains(id), "{list}");
+    let output = xenectl(&cluster, &["token", "revoke", id]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut third = cluster.start_agent("third", "", &revoked);
+    wait_refused(&mut third, "revoked").await;
+
+    let expiring = join_token(&cluster, &["--ttl", "1s"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut fourth = cluster.start_agent("fourth", "", &expiring);
+    wait_refused(&mut fourth, "expired").await;
+
+    let mut fifth = cluster.start_agent("fifth", "", "xene_000000000000_unknown");
+    wait_refused(&mut fifth, "invalid token").await;
+
+    // The first agent, restarted without a token, is connected.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let agents = String::from_utf8_lossy(&xenectl(&cluster, &["agents"]).stdout).into_owned();
+        if agents.lines().any(|l| l.starts_with("first") && l.contains(" Up ")) {
+            assert!(!agents.contains("second"), "refused agents are not recorded: {agents}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted agent is not up: {agents}\n{}", first.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An agent's credential can use the agent API and nothing else.
+    let credential: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(first.data_dir.join("agent.json")).expect("read")).expect("json");
+    let mut request =
+        tonic::Request::new(pb::RangeRequest { key: b"/".to_vec(), prefix: true, limit: 0, serializable: true });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", credential["credential"].as_str().expect("credential")).parse().expect("ascii"),
+    );
+    let denied = cluster.kv(0).range(request).await.expect_err("agent credential on the KV API");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
+}
+
+async fn wait_refused(agent: &mut xene_chaos_tests::agent_proc::AgentProc, reason: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = agent.exited() {
+            assert!(!status.success(), "a refused agent exits non-zero");
+            let log = agent.log_tail(5);
+            assert!(log.contains(reason), "agent {} should say {reason:?}: {log}", agent.name);
+            return;
+        }
+        assert!(Instant::now() < deadline, "agent {} was not refused: {}", agent.name, agent.log_tail(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_spread_follow_selectors_and_move_when_an_agent_dies() {
+    let cluster = cluster().await;
+    let token = join_token(&cluster, &[]);
+    apply(&cluster, &workflow("early", &[("only", "")])).await;
+    wait_pipelines(&cluster, "NotScheduled with no agents", Duration::from_secs(10), |p| {
+        p.len() == 1 && p[0].status.reason.as_deref() == Some("no agents")
+    })
+    .await;
+
+    let _one = cluster.start_agent("one", "os=linux", &token);
+    let mut two = cluster.start_agent("two", "os=linux", &token);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let agents = String::from_utf8_lossy(&xenectl(&cluster, &["agents"]).stdout).into_owned();
+        if agents.lines().filter(|l| l.contains(" Up ")).count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both agents up: {agents}\n{}\n{}", cluster.logs(), agent_logs(&cluster));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Placed as soon as an agent can take it. Leases are not moved to rebalance later: moving one
+    // would interrupt the pipeline's runs.
+    wait_pipelines(&cluster, "the early pipeline placed", Duration::from_secs(10), |p| p[0].status.agent.is_some())
+        .await;
+
+    apply(&cluster, &workflow("many", &[("a", ""), ("b", ""), ("c", ""), ("d", ""), ("gpu", "gpu: \"true\"")])).await;
+    let placed = wait_pipelines(&cluster, "five pipelines spread over two agents", Duration::from_secs(20), |p| {
+        let on = |agent: &str| p.iter().filter(|p| p.status.agent.as_deref() == Some(agent)).count();
+        on("one") + on("two") == 5 && on("one").abs_diff(on("two")) <= 1
+    })
+    .await;
+    let gpu = placed.iter().find(|p| p.spec.pipeline == "gpu").expect("gpu pipeline");
+    assert_eq!(gpu.status.phase.as_str(), "NotScheduled");
+    assert_eq!(gpu.status.reason.as_deref(), Some("no agent matches agentSelector {gpu=true}"));
+    for p in placed.iter().filter(|p| p.spec.pipeline != "gpu") {
+        assert_eq!(p.status.phase.as_str(), "Scheduled");
+        assert!(p.status.lease_epoch.is_some_and(|e| e > 0), "{p:?}");
+    }
+
+    // A matching agent joins: the pipeline is placed on it.
+    let _gpu = cluster.start_agent("gpu-box", "os=linux,gpu=true", &token);
+    wait_pipelines(&cluster, "the gpu pipeline placed", Duration::from_secs(20), |p| {
+        p.iter().any(|p| p.spec.pipeline == "gpu" && p.status.agent.as_deref() == Some("gpu-box"))
+    })
+    .await;
+
+    // SIGKILL agent two: its pipelines move with new epochs within the TTL and a few seconds.
+    let before: Vec<(String, u64)> = pipelines(&cluster)
+        .await
+        .into_iter()
+        .filter(|p| p.status.agent.as_deref() == Some("two"))
+        .map(|p| (p.metadata.name.clone(), p.status.lease_epoch.unwrap_or(0)))
+        .collect();
+    assert!(before.len() >= 2, "{before:?}");
+    let killed = Instant::now();
+    two.kill();
+    let moved = wait_pipelines(
+        &cluster,
+        "agent two's pipelines moved",
+        Duration::from_millis(AGENT_TTL_MS) + Duration::from_secs(8),
+        |p| {
+            before.iter().all(|(name, _)| {
+                p.iter().any(|p| {
+                    &p.metadata.name == name && p.status.agent.is_some() && p.status.agent.as_deref() != Some("two")
+                })
+            })
+        },
+    )
+    .await;
+    println!(
+        "pipelines moved {} ms after SIGKILL of their agent (agent TTL {AGENT_TTL_MS} ms)",
+        killed.elapsed().as_millis()
+    );
+    for (name, old_epoch) in &before {
+        let now = moved.iter().find(|p| &p.metadata.name == name).expect("pipeline");
+        assert!(now.status.lease_epoch.unwrap_or(0) > *old_epoch, "a moved lease has a new epoch: {now:?}");
+    }
+    let agents = String::from_utf8_lossy(&xenectl(&cluster, &["agents"]).stdout).into_owned();
+    assert!(agents.lines().any(|l| l.starts_with("two") && l.contains("Down")), "{agents}");
+}

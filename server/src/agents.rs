@@ -1,0 +1,177 @@
+//! Agents as the leader sees them (DESIGN §7): the stored records, and the live sessions with
+//! their heartbeats, which are kept in the leader's memory only (§7.6): only changes (an agent
+//! up or down, a lease granted or revoked) go through Raft.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+use tonic::Status;
+use xene_proto::ServerMessage;
+
+/// An agent as stored at `/xene/agents/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRecord {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// How many pipelines it takes at most.
+    pub capacity: u32,
+    /// `Up` or `Down`.
+    pub state: AgentState,
+    pub joined_ms: u64,
+    /// The ID of its session credential.
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentState {
+    Up,
+    Down,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Up => "Up",
+            AgentState::Down => "Down",
+        }
+    }
+}
+
+/// A pipeline lease as stored at `/xene/leases/<workflow>/<pipeline>`; its epoch is the key's
+/// mod revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseRecord {
+    pub workflow: String,
+    pub pipeline: String,
+    pub agent: String,
+    pub ttl_ms: u64,
+}
+
+/// The channel to one connected agent.
+pub type SessionSender = mpsc::Sender<Result<ServerMessage, Status>>;
+
+struct Session {
+    serial: u64,
+    tx: SessionSender,
+    labels: BTreeMap<String, String>,
+    capacity: u32,
+    last_heartbeat: Instant,
+    last_heartbeat_ms: u64,
+    /// Leases this session was told about: pipeline → epoch.
+    told: BTreeMap<String, u64>,
+}
+
+/// A copy of one session's state for the scheduler.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub name: String,
+    pub alive: bool,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    pub last_heartbeat_ms: u64,
+    pub told: BTreeMap<String, u64>,
+}
+
+/// The leader's live sessions.
+pub struct AgentHub {
+    sessions: Mutex<HashMap<String, Session>>,
+    next_serial: Mutex<u64>,
+    /// Wakes the scheduler when something changed.
+    pub changed: Notify,
+    pub ttl: Duration,
+}
+
+impl AgentHub {
+    pub fn new(ttl: Duration) -> Self {
+        AgentHub { sessions: Mutex::default(), next_serial: Mutex::new(1), changed: Notify::new(), ttl }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new session for `name`, replacing (and so closing) any older one.
+    pub fn register(
+        &self,
+        name: &str,
+        tx: SessionSender,
+        labels: BTreeMap<String, String>,
+        capacity: u32,
+        now_ms: u64,
+    ) -> u64 {
+        let serial = {
+            let mut next = self.next_serial.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            *next
+        };
+        let session = Session {
+            serial,
+            tx,
+            labels,
+            capacity,
+            last_heartbeat: Instant::now(),
+            last_heartbeat_ms: now_ms,
+            told: BTreeMap::new(),
+        };
+        self.lock().insert(name.to_string(), session);
+        self.changed.notify_one();
+        serial
+    }
+
+    pub fn heartbeat(&self, name: &str, serial: u64, now_ms: u64) {
+        if let Some(session) = self.lock().get_mut(name).filter(|s| s.serial == serial) {
+            session.last_heartbeat = Instant::now();
+            session.last_heartbeat_ms = now_ms;
+        }
+    }
+
+    /// Notes that a session ended. Its last heartbeat is kept: the agent counts as alive until
+    /// it has been silent for the TTL, as it keeps running what it holds while it reconnects
+    /// (DESIGN §7.2, §7.4); a closed stream alone does not move its leases.
+    pub fn unregister(&self, name: &str, serial: u64) {
+        if let Some(session) = self.lock().get_mut(name).filter(|s| s.serial == serial) {
+            session.told.clear();
+        }
+        self.changed.notify_one();
+    }
+
+    /// Drops every session: this server is no longer the leader, agents must reconnect.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    pub fn views(&self) -> Vec<SessionView> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .map(|(name, s)| SessionView {
+                name: name.clone(),
+                alive: now.duration_since(s.last_heartbeat) <= self.ttl,
+                labels: s.labels.clone(),
+                capacity: s.capacity,
+                last_heartbeat_ms: s.last_heartbeat_ms,
+                told: s.told.clone(),
+            })
+            .collect()
+    }
+
+    /// Sends `message` to `name` and records what it was told about `pipeline`
+    /// (`Some(epoch)` for a grant, `None` for a revoke). Returns whether it was queued.
+    pub fn tell(&self, name: &str, pipeline: &str, epoch: Option<u64>, message: ServerMessage) -> bool {
+        let mut sessions = self.lock();
+        let Some(session) = sessions.get_mut(name) else { return false };
+        if session.tx.try_send(Ok(message)).is_err() {
+            return false;
+        }
+        match epoch {
+            Some(epoch) => session.told.insert(pipeline.to_string(), epoch),
+            None => session.told.remove(pipeline),
+        };
+        true
+    }
+}

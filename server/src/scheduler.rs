@@ -1,0 +1,300 @@
+//! The leader's scheduler (DESIGN §7.3–§7.5): a level-triggered reconciler that compares the
+//! stored pipelines, agents and leases with the live sessions, and acts to close the gap:
+//! marks silent agents down (after one TTL of grace for a new leader), moves their leases
+//! with new epochs, places unplaced pipelines on the least loaded matching agent, records why
+//! a pipeline cannot be placed, and tells each agent what it holds.
+//!
+//! It runs only while this server leads; [`run`] starts it on becoming leader and stops it,
+//! dropping every agent session, on losing leadership.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use xene_model::status::PipelinePhase;
+use xene_model::{PipelineObject, Workflow, REASON_NO_AGENTS};
+use xene_proto::{server_message, LeaseGrant, LeaseRevoke, ServerMessage};
+use xene_raft_store::{Compare, Op, Txn};
+
+use crate::agents::{AgentHub, AgentRecord, AgentState, LeaseRecord, SessionView};
+use crate::error::Result;
+use crate::keys;
+use crate::node::ClusterNode;
+
+/// Owns the scheduler for the life of the server: runs it during each term this server leads.
+pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, stop: CancellationToken) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        while !node.is_leader() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+        }
+        tracing::info!(node = node.id, "leading: the scheduler starts");
+        let leader_since = Instant::now();
+        loop {
+            if let Err(e) = reconcile(&node, &hub, leader_since).await {
+                tracing::warn!(error = %e, "scheduling pass failed; retrying");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => { hub.clear(); return; }
+                _ = metrics.changed() => {}
+                _ = hub.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if !node.is_leader() {
+                break;
+            }
+        }
+        tracing::info!(node = node.id, "no longer leading: the scheduler stops and agents reconnect");
+        hub.clear();
+    }
+}
+
+/// A stored value and the revision it was last written at.
+struct Versioned<T> {
+    value: T,
+    revision: u64,
+}
+
+async fn read_all<T: serde::de::DeserializeOwned>(
+    node: &ClusterNode,
+    prefix: &str,
+) -> Result<BTreeMap<String, Versioned<T>>> {
+    let result = node.reader.range(prefix.as_bytes().to_vec(), true, 0).await?;
+    let mut out = BTreeMap::new();
+    for kv in result.kvs {
+        let name = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+        match serde_json::from_slice::<T>(&kv.value) {
+            Ok(value) => {
+                out.insert(name, Versioned { value, revision: kv.mod_revision });
+            }
+            Err(e) => tracing::warn!(key = %String::from_utf8_lossy(&kv.key), error = %e, "unreadable record skipped"),
+        }
+    }
+    Ok(out)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("invariant: plain records serialize to JSON")
+}
+
+fn selector_text(selector: &BTreeMap<String, String>) -> String {
+    selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// One pass of the scheduler.
+#[tracing::instrument(skip_all, fields(node = node.id))]
+pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant) -> Result<()> {
+    node.read_barrier().await?;
+    let mut agents: BTreeMap<String, Versioned<AgentRecord>> = read_all(node, keys::AGENTS).await?;
+    let mut leases: BTreeMap<String, Versioned<LeaseRecord>> = read_all(node, keys::LEASES).await?;
+    let pipelines: BTreeMap<String, Versioned<PipelineObject>> = read_all(node, keys::PIPELINES).await?;
+    let workflows: BTreeMap<String, Versioned<Workflow>> = read_all(node, keys::WORKFLOWS).await?;
+    let sessions: BTreeMap<String, SessionView> = hub.views().into_iter().map(|s| (s.name.clone(), s)).collect();
+    let grace_over = leader_since.elapsed() > hub.ttl;
+
+    // 1. Liveness: heartbeats live here; only changes of state are written.
+    for (name, agent) in agents.iter_mut() {
+        let session = sessions.get(name);
+        let alive = session.is_some_and(|s| s.alive);
+        let mut record = agent.value.clone();
+        if alive {
+            record.state = AgentState::Up;
+            if let Some(session) = session {
+                record.labels = session.labels.clone();
+                record.capacity = session.capacity;
+            }
+        } else if grace_over {
+            record.state = AgentState::Down;
+        }
+        if record != agent.value {
+            tracing::info!(agent = %name, state = record.state.as_str(), "agent state changes");
+            let key = keys::agent(name);
+            let response = node
+                .txn(Txn {
+                    compare: vec![Compare::mod_revision(key.clone(), agent.revision)],
+                    success: vec![Op::Put { key: key.into_bytes(), value: to_json(&record) }],
+                    failure: vec![],
+                })
+                .await?;
+            if response.succeeded {
+                *agent = Versioned { value: record, revision: response.revision };
+            }
+        }
+    }
+    let usable = |name: &str| {
+        agents.get(name).is_some_and(|a| a.value.state == AgentState::Up) && sessions.get(name).is_some_and(|s| s.alive)
+    };
+
+    // 2. Leases that must go: their pipeline is gone, their agent is down, or its labels no
+    //    longer match.
+    let mut revoked = Vec::new();
+    for (pipeline, lease) in &leases {
+        let spec = workflows.get(&lease.value.workflow).and_then(|w| w.value.spec.pipelines.get(&lease.value.pipeline));
+        let keep = match spec {
+            None => false,
+            Some(spec) => {
+                usable(&lease.value.agent)
+                    && agents.get(&lease.value.agent).is_some_and(|a| matches(&spec.agent_selector, &a.value.labels))
+            }
+        };
+        if !keep && (spec.is_none() || grace_over || !agents.contains_key(&lease.value.agent)) {
+            revoked.push(pipeline.clone());
+        }
+    }
+    for pipeline in &revoked {
+        if let Some(lease) = leases.remove(pipeline) {
+            tracing::info!(pipeline = %pipeline, agent = %lease.value.agent, epoch = lease.revision, "revoking lease");
+            let key = keys::lease(pipeline);
+            node.txn(Txn {
+                compare: vec![Compare::mod_revision(key.clone(), lease.revision)],
+                success: vec![Op::Delete { key: key.into_bytes() }],
+                failure: vec![],
+            })
+            .await?;
+        }
+    }
+
+    // 3. Place every pipeline without a lease; keep each status object true.
+    let mut held: BTreeMap<String, u32> = BTreeMap::new();
+    for lease in leases.values() {
+        *held.entry(lease.value.agent.clone()).or_default() += 1;
+    }
+    let up: Vec<&String> = agents.keys().filter(|name| usable(name)).collect();
+    for (name, status) in &pipelines {
+        let object = &status.value;
+        let Some(spec) =
+            workflows.get(&object.spec.workflow).and_then(|w| w.value.spec.pipelines.get(&object.spec.pipeline))
+        else {
+            continue;
+        };
+        let ttl_ms = hub.ttl.as_millis() as u64;
+        if !leases.contains_key(name) {
+            let matching: Vec<&&String> = up
+                .iter()
+                .filter(|a| agents.get(a.as_str()).is_some_and(|r| matches(&spec.agent_selector, &r.value.labels)))
+                .collect();
+            let chosen = matching
+                .iter()
+                .filter(|a| held.get(a.as_str()).copied().unwrap_or(0) < agents[a.as_str()].value.capacity)
+                .min_by_key(|a| (held.get(a.as_str()).copied().unwrap_or(0), a.as_str()))
+                .map(|a| a.to_string());
+            match chosen {
+                Some(agent) => {
+                    let record = LeaseRecord {
+                        workflow: object.spec.workflow.clone(),
+                        pipeline: object.spec.pipeline.clone(),
+                        agent: agent.clone(),
+                        ttl_ms,
+                    };
+                    let key = keys::lease(name);
+                    let response = node
+                        .txn(Txn {
+                            compare: vec![Compare::absent(key.clone())],
+                            success: vec![Op::Put { key: key.into_bytes(), value: to_json(&record) }],
+                            failure: vec![],
+                        })
+                        .await?;
+                    if response.succeeded {
+                        tracing::info!(pipeline = %name, agent = %agent, epoch = response.revision, "lease granted");
+                        *held.entry(agent).or_default() += 1;
+                        leases.insert(name.clone(), Versioned { value: record, revision: response.revision });
+                    }
+                }
+                None => {
+                    let reason = if up.is_empty() {
+                        REASON_NO_AGENTS.to_string()
+                    } else if matching.is_empty() {
+                        format!("no agent matches agentSelector {{{}}}", selector_text(&spec.agent_selector))
+                    } else {
+                        format!("every matching agent is at capacity ({} agents)", matching.len())
+                    };
+                    set_status(node, name, status, PipelinePhase::NotScheduled, Some(reason), None, None).await?;
+                    continue;
+                }
+            }
+        }
+        if let Some(lease) = leases.get(name) {
+            set_status(
+                node,
+                name,
+                status,
+                PipelinePhase::Scheduled,
+                None,
+                Some(lease.value.agent.clone()),
+                Some(lease.revision),
+            )
+            .await?;
+        }
+    }
+
+    // 4. Tell every connected agent what it holds: grants for new epochs, revokes for the rest.
+    for (agent, session) in &sessions {
+        let wanted: BTreeMap<&String, &Versioned<LeaseRecord>> =
+            leases.iter().filter(|(_, l)| &l.value.agent == agent).collect();
+        for (pipeline, lease) in &wanted {
+            if session.told.get(pipeline.as_str()) != Some(&lease.revision) {
+                let workflow_json = workflows
+                    .get(&lease.value.workflow)
+                    .and_then(|w| serde_json::to_string(&w.value).ok())
+                    .unwrap_or_default();
+                let grant = LeaseGrant { pipeline: pipeline.to_string(), epoch: lease.revision, workflow_json };
+                hub.tell(
+                    agent,
+                    pipeline,
+                    Some(lease.revision),
+                    ServerMessage { body: Some(server_message::Body::Grant(grant)) },
+                );
+            }
+        }
+        let told: BTreeSet<&String> = session.told.keys().collect();
+        for pipeline in told {
+            if !wanted.contains_key(pipeline) {
+                let revoke = LeaseRevoke {
+                    pipeline: pipeline.clone(),
+                    epoch: session.told[pipeline],
+                    reason: "the lease moved or the pipeline is gone".into(),
+                };
+                hub.tell(agent, pipeline, None, ServerMessage { body: Some(server_message::Body::Revoke(revoke)) });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a pipeline's status object when it differs from what is stored.
+async fn set_status(
+    node: &ClusterNode,
+    name: &str,
+    current: &Versioned<PipelineObject>,
+    phase: PipelinePhase,
+    reason: Option<String>,
+    agent: Option<String>,
+    epoch: Option<u64>,
+) -> Result<()> {
+    let status = &current.value.status;
+    if status.phase == phase && status.reason == reason && status.agent == agent && status.lease_epoch == epoch {
+        return Ok(());
+    }
+    let mut object = current.value.clone();
+    object.status.phase = phase;
+    object.status.reason = reason;
+    object.status.agent = agent;
+    object.status.lease_epoch = epoch;
+    let Some((workflow, pipeline)) = name.split_once('/') else { return Ok(()) };
+    let key = keys::pipeline(workflow, pipeline);
+    node.txn(Txn {
+        compare: vec![Compare::mod_revision(key.clone(), current.revision)],
+        success: vec![Op::Put { key: key.into_bytes(), value: to_json(&object) }],
+        failure: vec![],
+    })
+    .await?;
+    Ok(())
+}
