@@ -43,6 +43,11 @@ impl Leases {
         false
     }
 
+    /// The workflow JSON of `pipeline` if it is held at exactly `epoch`.
+    pub fn workflow_of(&self, pipeline: &str, epoch: u64) -> Option<String> {
+        self.lock().get(pipeline).filter(|h| h.epoch == epoch).map(|h| h.workflow_json.clone())
+    }
+
     /// (pipeline, epoch) of everything held.
     pub fn list(&self) -> Vec<(String, u64)> {
         self.lock().iter().map(|(p, h)| (p.clone(), h.epoch)).collect()

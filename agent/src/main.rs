@@ -5,6 +5,8 @@ mod config;
 mod connect;
 mod credential;
 mod leases;
+mod process;
+mod runner;
 mod session;
 
 use std::sync::Arc;
@@ -58,6 +60,14 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
             signals.cancel();
         }
     });
+    if config.executor != "process" {
+        tracing::warn!(executor = %config.executor, "the container executor is not available yet; tasks run as local processes");
+    }
     tracing::info!(agent = %credential.agent, executor = %config.executor, "agent starting");
-    session::run(config, credential, leases, stop).await
+    let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+    let runner = runner::Runner::new(config.data_dir.join("work"), leases.clone(), outbox, parallelism);
+    let result = session::run(config, credential, leases, runner.clone(), outbox_rx, stop).await;
+    runner.shutdown().await;
+    result
 }

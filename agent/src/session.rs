@@ -17,6 +17,8 @@ use crate::config::AgentConfig;
 use crate::connect::channel;
 use crate::credential::Credential;
 use crate::leases::Leases;
+use crate::runner::Runner;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Why a session ended.
 enum End {
@@ -33,6 +35,8 @@ pub async fn run(
     config: AgentConfig,
     credential: Credential,
     leases: Arc<Leases>,
+    runner: Arc<Runner>,
+    mut outbox: UnboundedReceiver<pb::AgentMessage>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut next = 0usize;
@@ -53,6 +57,7 @@ pub async fn run(
                 );
                 for (pipeline, epoch) in leases.list() {
                     leases.revoke(&pipeline, epoch);
+                    runner.stop_pipeline(&pipeline);
                 }
             }
         }
@@ -63,7 +68,8 @@ pub async fn run(
                 config.servers[next % config.servers.len()].clone()
             }
         };
-        match once(&server, &config, &credential, &leases, &stop, &mut contact).await {
+        let link = Link { leases: &leases, runner: &runner, outbox: &mut outbox };
+        match once(&server, &config, &credential, link, &stop, &mut contact).await {
             End::Redirect(leader) => {
                 tracing::info!(from = %server, leader = %leader, "redirected to the leader");
                 hint = Some(leader);
@@ -92,14 +98,22 @@ struct Contact {
     ttl: Option<Duration>,
 }
 
+/// What a session works with.
+struct Link<'a> {
+    leases: &'a Leases,
+    runner: &'a Arc<Runner>,
+    outbox: &'a mut UnboundedReceiver<pb::AgentMessage>,
+}
+
 async fn once(
     server: &str,
     config: &AgentConfig,
     credential: &Credential,
-    leases: &Leases,
+    link: Link<'_>,
     stop: &CancellationToken,
     contact: &mut Contact,
 ) -> End {
+    let Link { leases, runner, outbox } = link;
     let channel = match channel(server) {
         Ok(channel) => channel,
         Err(e) => return End::Fatal(e.to_string()),
@@ -151,6 +165,11 @@ async fn once(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return End::Retry("stopping".into()),
+            Some(message) = outbox.recv() => {
+                if tx.send(message).await.is_err() {
+                    return End::Retry("the session's send side closed".into());
+                }
+            }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > ttl {
                     return End::Retry(format!("nothing heard from the server for {} ms", ttl.as_millis()));
@@ -173,7 +192,17 @@ async fn once(
                         server_message::Body::Revoke(revoke) => {
                             if leases.revoke(&revoke.pipeline, revoke.epoch) {
                                 tracing::info!(pipeline = %revoke.pipeline, epoch = revoke.epoch, reason = %revoke.reason, "dropped pipeline");
+                                runner.stop_pipeline(&revoke.pipeline);
                             }
+                        }
+                        server_message::Body::Start(start) => runner.start(&start.run_json, start.epoch),
+                        server_message::Body::Cancel(cancel) => {
+                            tracing::info!(run = %cancel.run, "cancel requested");
+                            runner.stop(&cancel.run);
+                        }
+                        server_message::Body::Fenced(fenced) => {
+                            tracing::warn!(run = %fenced.run, epoch = fenced.epoch, reason = %fenced.reason, "a write was fenced off; stopping the run");
+                            runner.stop(&fenced.run);
                         }
                         server_message::Body::Ack(_) | server_message::Body::Welcome(_) => {}
                     },

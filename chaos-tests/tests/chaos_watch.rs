@@ -2,8 +2,8 @@
 //! across leader changes"): writers put and delete keys under one prefix (some transactions
 //! write two keys at one revision) while the nemesis kills leaders, mostly, and pauses and
 //! partitions servers. One watcher follows the prefix through the client proxies; after any
-//! error, stall or end of stream it watches again from its last revision + 1, on another
-//! server. Then everything heals and the test checks that the watcher
+//! error, stall or end of stream, and every few seconds anyway, it watches again from its last
+//! revision + 1, on another server. Then everything heals and the test checks that the watcher
 //! - saw revisions in order, never one twice (no duplicates after a reconnect);
 //! - missed nothing: each key's versions follow one another (a put of version `v` comes right
 //!   after version `v - 1`, or after a delete when `v` is 1) and every acknowledged write
@@ -133,7 +133,7 @@ struct Replay {
 }
 
 impl Replay {
-    /// Applies one event, or says why it cannot follow what came before.
+    /// Applies one event, and says so if it cannot follow what came before.
     fn apply(&mut self, event: &pb::Event) -> Result<(), String> {
         let kv = event.kv.clone().unwrap_or_default();
         let key = String::from_utf8_lossy(&kv.key).into_owned();
@@ -149,6 +149,8 @@ impl Replay {
             None => (1, revision),
         };
         if (kv.version, kv.create_revision) != expected {
+            // Take the event's word for the key's state, so one gap is reported once.
+            self.keys.insert(kv.key.clone(), kv.clone());
             return Err(format!(
                 "put of {key} at revision {revision} has version {} created at {}, expected version {} created at {}: \
                  an event was missed",
@@ -162,6 +164,9 @@ impl Replay {
 
 struct Watcher {
     kv: ChaosClient,
+    /// A slow watcher waits up to this long after each response, so it lags behind and
+    /// resumes from older revisions, on servers that may have restarted since.
+    slow: Option<Duration>,
     token: String,
     rng: StdRng,
     /// Deliver from this revision on.
@@ -214,9 +219,14 @@ impl Watcher {
             Ok(Err(_)) => return self.reconnect("open-failed", Ended::Refused),
             Err(_) => return self.reconnect("open-timeout", Ended::Refused),
         };
+        // Move to another server now and then even when nothing failed: every move is a
+        // resume from the last revision on a server that may lag or have restarted.
+        let switch = tokio::time::sleep(self.rng.random_range(Duration::from_millis(500)..Duration::from_secs(5)));
+        tokio::pin!(switch);
         loop {
             let message = tokio::select! {
                 message = tokio::time::timeout(self.idle, stream.message()) => message,
+                _ = &mut switch => return self.reconnect("switch", Ended::Resumed),
                 // Done once the final revision is known and delivered.
                 changed = until.changed() => {
                     if changed.is_err() || until.borrow().is_some_and(|until| self.next > until) {
@@ -232,6 +242,9 @@ impl Watcher {
                 }
                 Ok(Ok(Some(response))) => {
                     self.deliver(server, response);
+                    if let Some(most) = self.slow {
+                        tokio::time::sleep(self.rng.random_range(Duration::ZERO..most)).await;
+                    }
                     if until.borrow().is_some_and(|until| self.next > until) {
                         return Ended::Done;
                     }
@@ -375,6 +388,61 @@ fn check_against_writes(events: &[pb::Event], attempts: &[Attempt]) -> Vec<Strin
     problems
 }
 
+/// The end of the scenario: the state a final linearizable read saw at `revision`, and the
+/// revision of the marker written after it.
+struct Final<'a> {
+    revision: u64,
+    state: &'a BTreeMap<Vec<u8>, pb::KeyValue>,
+    marker: u64,
+}
+
+/// Everything one watcher got wrong.
+fn check_watcher(log: &WatchLog, end: &Final<'_>, attempts: &[Attempt], nemesis: &Nemesis) -> Vec<String> {
+    let mut problems = log.violations.clone();
+    let mut replay = Replay::default();
+    for event in log.events.iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision <= end.revision)) {
+        // Already checked while watching; this rebuilds the state at the final read's revision.
+        let _ = replay.apply(event);
+    }
+    if &replay.keys != end.state {
+        let differing: Vec<String> = end
+            .state
+            .keys()
+            .chain(replay.keys.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|key| end.state.get(*key) != replay.keys.get(*key))
+            .map(|key| {
+                format!(
+                    "{}: read {:?}, watched {:?}",
+                    String::from_utf8_lossy(key),
+                    end.state.get(key).map(|kv| (String::from_utf8_lossy(&kv.value), kv.mod_revision)),
+                    replay.keys.get(key).map(|kv| (String::from_utf8_lossy(&kv.value), kv.mod_revision))
+                )
+            })
+            .collect();
+        problems.push(format!(
+            "the watched state differs from the final read at revision {}: {}",
+            end.revision,
+            differing.join("; ")
+        ));
+    }
+    let writes_only: Vec<pb::Event> =
+        log.events.iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.key != b"watch/~end")).cloned().collect();
+    problems.extend(check_against_writes(&writes_only, attempts));
+    // Every revision holds at most two events here, so this bounds the events in the window.
+    let events_bound = end.marker * 2;
+    for (server, compacted) in &log.compacted {
+        if nemesis.restarts(*server) == 0 && events_bound < WINDOW_EVENTS {
+            problems.push(format!(
+                "server {server}, never restarted, answered compacted at revision {compacted} with at most \
+                 {events_bound} events written"
+            ));
+        }
+    }
+    problems
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_sees_every_revision_once_in_order_across_leader_kills() {
     let settings = ChaosSettings::from_env("chaos_watch");
@@ -391,16 +459,27 @@ async fn a_watcher_sees_every_revision_once_in_order_across_leader_kills() {
     assert!(initial.kvs.is_empty(), "the prefix starts empty");
     let start = initial.header.map_or(0, |h| h.revision) + 1;
     let (until_tx, until_rx) = watch::channel(None);
-    let watcher = Watcher {
-        kv: ChaosClient::new("chaos-watcher", &network, &cluster.token, deadlines, settings.rng(200)),
-        token: cluster.token.clone(),
-        rng: settings.rng(201),
-        next: start,
-        replay: Replay::default(),
-        log: WatchLog::default(),
-        idle: Duration::from_secs(3),
-    };
-    let watcher = tokio::spawn(watcher.run(until_rx));
+    // A watcher that keeps up, and one that lags.
+    let mut watchers = Vec::new();
+    for (stream, name, slow) in [(200, "fast", None), (300, "slow", Some(Duration::from_millis(1500)))] {
+        let watcher = Watcher {
+            kv: ChaosClient::new(
+                &format!("chaos-watcher-{name}"),
+                &network,
+                &cluster.token,
+                deadlines,
+                settings.rng(stream),
+            ),
+            slow,
+            token: cluster.token.clone(),
+            rng: settings.rng(stream + 1),
+            next: start,
+            replay: Replay::default(),
+            log: WatchLog::default(),
+            idle: Duration::from_secs(3),
+        };
+        watchers.push((name, tokio::spawn(watcher.run(until_rx.clone()))));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = tokio::task::JoinSet::new();
@@ -445,7 +524,9 @@ async fn a_watcher_sees_every_revision_once_in_order_across_leader_kills() {
     cluster.wait_leader(Duration::from_secs(30)).await;
     let final_read = setup.range(PREFIX, true, false).await.expect("a final read of the prefix");
     let final_revision = final_read.header.map_or(0, |h| h.revision);
+    let marker_deadline = Instant::now() + Duration::from_secs(60);
     let marker = loop {
+        assert!(Instant::now() < marker_deadline, "no server took the end marker within 60 s\n{}", cluster.logs());
         let txn =
             pb::TxnRequest { compare: vec![], success: vec![put_op(b"watch/~end", b"end")], failure: vec![], id: None };
         if let WriteOutcome::Answered(reply) = setup.txn(txn).await {
@@ -453,62 +534,28 @@ async fn a_watcher_sees_every_revision_once_in_order_across_leader_kills() {
         }
     };
     until_tx.send_replace(Some(marker));
-    let log = match tokio::time::timeout(Duration::from_secs(90), watcher).await {
-        Ok(done) => done.expect("the watcher panicked"),
-        Err(_) => panic!("the watcher did not reach revision {marker} within 90 s\n{}", cluster.logs()),
-    };
-
-    // The checks.
-    for violation in &log.violations {
-        report.violation(violation.clone());
-    }
-    let mut replay = Replay::default();
-    for event in log.events.iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision <= final_revision)) {
-        // Already checked while watching; this rebuilds the state at the final read's revision.
-        let _ = replay.apply(event);
-    }
     let expected: BTreeMap<Vec<u8>, pb::KeyValue> = final_read.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-    if replay.keys != expected {
-        let differing: Vec<String> = expected
-            .keys()
-            .chain(replay.keys.keys())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .filter(|key| expected.get(*key) != replay.keys.get(*key))
-            .map(|key| {
-                format!(
-                    "{}: read {:?}, watched {:?}",
-                    String::from_utf8_lossy(key),
-                    expected.get(key).map(|kv| (String::from_utf8_lossy(&kv.value), kv.mod_revision)),
-                    replay.keys.get(key).map(|kv| (String::from_utf8_lossy(&kv.value), kv.mod_revision))
-                )
-            })
-            .collect();
-        report.violation(format!(
-            "the watched state differs from the final read at revision {final_revision}: {}",
-            differing.join("; ")
-        ));
-    }
-    let writes_only: Vec<pb::Event> =
-        log.events.iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.key != b"watch/~end")).cloned().collect();
-    for problem in check_against_writes(&writes_only, &attempts) {
-        report.violation(problem);
-    }
-    let total_events = log.events.len() as u64;
-    for (server, compacted) in &log.compacted {
-        if nemesis.restarts(*server) == 0 && total_events < WINDOW_EVENTS {
-            report.violation(format!(
-                "server {server}, never restarted, answered compacted at revision {compacted} with only \
-                 {total_events} events written"
-            ));
+    for (name, watcher) in watchers {
+        let log = match tokio::time::timeout(Duration::from_secs(90), watcher).await {
+            Ok(done) => done.expect("the watcher panicked"),
+            Err(_) => panic!("the {name} watcher did not reach revision {marker} within 90 s\n{}", cluster.logs()),
+        };
+        let end = Final { revision: final_revision, state: &expected, marker };
+        for problem in check_watcher(&log, &end, &attempts, &nemesis) {
+            report.violation(format!("{name} watcher: {problem}"));
         }
+        report.note(
+            &format!("{name} watcher"),
+            format!(
+                "{} events up to revision {marker}; reconnects {:?}; compacted answers (from restarted servers) {}",
+                log.events.len(),
+                log.reconnects,
+                log.compacted.len()
+            ),
+        );
     }
 
     report.faults.extend(nemesis.counts().iter().map(|(kind, n)| (kind.clone(), *n)));
-    report.note("events watched", format!("{total_events} up to revision {marker}"));
-    report.note("watcher reconnects", format!("{:?}", log.reconnects));
-    report
-        .note("compacted answers (from restarted servers, whose window starts at their restart)", log.compacted.len());
     report.note("failed write attempts (retried)", format!("{failed_attempts:?}"));
     report.wall = started.elapsed();
     println!("{report}");

@@ -3,6 +3,7 @@
 mod agents;
 mod client;
 mod objects;
+mod runs;
 
 use std::time::Duration;
 
@@ -55,6 +56,35 @@ enum Command {
     Describe { kind: String, name: String },
     /// Delete a workflow and its pipelines.
     Delete { kind: String, name: String },
+    /// Start a run of WORKFLOW/PIPELINE and print its ID.
+    Run {
+        target: String,
+        /// A run parameter, key=value (repeatable); steps see it as an environment variable.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Show the task tree until the run ends; exit non-zero unless it succeeded.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List runs, optionally of WORKFLOW or WORKFLOW/PIPELINE.
+    Runs {
+        target: Option<String>,
+        #[arg(long, default_value = "")]
+        phase: String,
+    },
+    /// Print a run's logs.
+    Logs {
+        run: String,
+        #[arg(long, default_value = "")]
+        task: String,
+        #[arg(long, default_value = "")]
+        step: String,
+        /// Keep printing new lines until the run ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a run.
+    Cancel { run: String },
     /// Create, list and revoke tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -165,6 +195,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Token(TokenCommand::List) => agents::token_list(&cluster).await,
         Command::Token(TokenCommand::Revoke { id }) => agents::token_revoke(&cluster, &id).await,
         Command::Agents => agents::agents(&cluster).await,
+        Command::Run { target, params, watch } => runs::run(&cluster, &target, &params, watch).await,
+        Command::Runs { target, phase } => runs::list(&cluster, target.as_deref(), &phase).await,
+        Command::Logs { run, task, step, follow } => runs::logs(&cluster, &run, &task, &step, follow).await,
+        Command::Cancel { run } => runs::cancel(&cluster, &run).await,
         Command::Cluster(command) => cluster_command(&cluster, command).await,
         Command::Kv(command) => kv_command(&cluster, command).await,
     }

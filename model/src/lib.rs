@@ -46,6 +46,8 @@
 //!
 //! - [`PipelineObject`] (`pipeline_object.rs`): the status object the server
 //!   keeps per pipeline (§6.3).
+//! - [`RunObject`] (`run.rs`): a run with its task and step statuses; [`LogChunk`]
+//!   of [`LogLine`]s.
 //! - [`LabelSelector`] (`selector.rs`): `team=infra,tier!=db,canary,!legacy`.
 //!
 //! # Invariant
@@ -73,6 +75,7 @@ mod path;
 mod pipeline;
 mod pipeline_object;
 mod retry;
+mod run;
 mod selector;
 mod spec;
 mod step;
@@ -98,6 +101,7 @@ pub use path::{FieldPath, Segment};
 pub use pipeline::Pipeline;
 pub use pipeline_object::{PipelineObject, PipelineRef, PipelineStatus, PIPELINE_KIND, REASON_NO_AGENTS};
 pub use retry::RetryPolicy;
+pub use run::{LogChunk, LogLine, RunObject, RunSpec, RunStatus, StepRunStatus, TaskRunStatus, RUN_KIND};
 pub use selector::{LabelSelector, Requirement, SelectorError};
 pub use spec::WorkflowSpec;
 pub use step::Step;

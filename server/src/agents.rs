@@ -64,6 +64,9 @@ struct Session {
     last_heartbeat_ms: u64,
     /// Leases this session was told about: pipeline → epoch.
     told: BTreeMap<String, u64>,
+    /// Runs this session was told to start, and to cancel.
+    runs_told: std::collections::BTreeSet<String>,
+    cancels_told: std::collections::BTreeSet<String>,
 }
 
 /// A copy of one session's state for the scheduler.
@@ -117,6 +120,8 @@ impl AgentHub {
             last_heartbeat: Instant::now(),
             last_heartbeat_ms: now_ms,
             told: BTreeMap::new(),
+            runs_told: Default::default(),
+            cancels_told: Default::default(),
         };
         self.lock().insert(name.to_string(), session);
         self.changed.notify_one();
@@ -136,6 +141,8 @@ impl AgentHub {
     pub fn unregister(&self, name: &str, serial: u64) {
         if let Some(session) = self.lock().get_mut(name).filter(|s| s.serial == serial) {
             session.told.clear();
+            session.runs_told.clear();
+            session.cancels_told.clear();
         }
         self.changed.notify_one();
     }
@@ -158,6 +165,24 @@ impl AgentHub {
                 told: s.told.clone(),
             })
             .collect()
+    }
+
+    /// Sends a run message once per session: `cancel` says whether it is a cancellation.
+    /// Returns whether it was sent now.
+    pub fn tell_run(&self, name: &str, run: &str, cancel: bool, message: ServerMessage) -> bool {
+        let mut sessions = self.lock();
+        let Some(session) = sessions.get_mut(name) else { return false };
+        let told = if cancel { &mut session.cancels_told } else { &mut session.runs_told };
+        if told.contains(run) || session.tx.try_send(Ok(message)).is_err() {
+            return false;
+        }
+        told.insert(run.to_string());
+        true
+    }
+
+    /// Sends a message to a connected agent, if it is connected.
+    pub fn send(&self, name: &str, message: ServerMessage) -> bool {
+        self.lock().get(name).is_some_and(|s| s.tx.try_send(Ok(message)).is_ok())
     }
 
     /// Sends `message` to `name` and records what it was told about `pipeline`

@@ -49,3 +49,21 @@ pub fn agent(name: &str) -> String {
 pub fn lease(pipeline: &str) -> String {
     format!("{LEASES}{pipeline}")
 }
+
+/// Runs, by run ID: `/xene/runs/<id>`.
+pub const RUNS: &str = "/xene/runs/";
+/// Log chunks: `/xene/logs/<run>/<task>/<step>/<first seq, 20 digits>`.
+pub const LOGS: &str = "/xene/logs/";
+
+pub fn run(id: &str) -> String {
+    format!("{RUNS}{id}")
+}
+
+pub fn log_chunk(run: &str, task: &str, step: &str, first_seq: u64) -> String {
+    format!("{LOGS}{run}/{task}/{step}/{first_seq:020}")
+}
+
+/// The prefix of every log chunk of a run.
+pub fn logs_of(run: &str) -> String {
+    format!("{LOGS}{run}/")
+}

@@ -5,7 +5,8 @@
 //! - [`node`]: this server's place in the cluster: proposals forwarded to the leader, read
 //!   barriers, membership.
 //! - [`network`], [`peers`]: openraft's network over tonic and the reused peer channels.
-//! - [`objects`]: workflows and pipeline status objects in the store.
+//! - [`objects`]: workflows and pipeline status objects in the store; [`runs`]: runs and
+//!   their logs, with the fenced writes of agents.
 //! - [`services`]: the gRPC services (`RaftService`, `KvService`, `ClusterService`,
 //!   `ObjectService`, `TokenService`, `AgentService`).
 //! - [`auth`]: bearer tokens and roles.
@@ -26,6 +27,7 @@ pub mod network;
 pub mod node;
 pub mod objects;
 pub mod peers;
+pub mod runs;
 pub mod scheduler;
 pub mod server;
 pub mod services;

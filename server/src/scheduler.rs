@@ -266,6 +266,46 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
             }
         }
     }
+
+    // 5. Runs: hand each unfinished run to its pipeline's lease holder; a run started under a
+    //    lease that moved has lost its agent (DESIGN §7.4).
+    for stored in crate::runs::list_local(node, "", "", "").await? {
+        let run = &stored.run;
+        if run.status.phase.is_terminal() {
+            continue;
+        }
+        let pipeline = format!("{}/{}", run.spec.workflow, run.spec.pipeline);
+        let lease = leases.get(&pipeline);
+        let started_under = run.status.lease_epoch;
+        if started_under.is_some() && started_under != lease.map(|l| l.revision) && grace_over {
+            tracing::info!(run = %run.metadata.name, "the run's agent lost its lease: AgentLost");
+            crate::runs::agent_lost(node, &stored).await?;
+            continue;
+        }
+        let Some(lease) = lease else { continue };
+        if !sessions.get(&lease.value.agent).is_some_and(|s| s.alive) {
+            continue;
+        }
+        let run_json = serde_json::to_string(run).unwrap_or_default();
+        let start = xene_proto::StartRun { run_json, epoch: lease.revision };
+        if hub.tell_run(
+            &lease.value.agent,
+            &run.metadata.name,
+            false,
+            ServerMessage { body: Some(server_message::Body::Start(start)) },
+        ) {
+            tracing::info!(run = %run.metadata.name, agent = %lease.value.agent, "run handed to its agent");
+        }
+        if run.spec.cancel_requested {
+            let cancel = xene_proto::CancelRun { run: run.metadata.name.clone() };
+            hub.tell_run(
+                &lease.value.agent,
+                &run.metadata.name,
+                true,
+                ServerMessage { body: Some(server_message::Body::Cancel(cancel)) },
+            );
+        }
+    }
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use crate::auth::{self, Role, TokenCache, TokenRecord};
 use crate::error::ServerError;
 use crate::keys;
 use crate::node::{now_ms, ClusterNode};
+use crate::runs::{self, Refused};
 
 /// The `AgentService` implementation.
 pub struct AgentApi {
@@ -37,6 +38,22 @@ impl AgentApi {
 
 fn internal(e: impl std::fmt::Display) -> ServerError {
     ServerError::Internal(e.to_string())
+}
+
+/// Tells the agent when one of its writes was fenced off; returns false when the session is gone.
+async fn answer_refusal(tx: &crate::agents::SessionSender, run: &str, epoch: u64, result: Result<(), Refused>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(Refused::StaleEpoch(reason)) => {
+            tracing::warn!(run, epoch, %reason, "fenced off a stale agent write");
+            let fenced = pb::Fenced { run: run.into(), epoch, reason };
+            tx.send(Ok(pb::ServerMessage { body: Some(server_message::Body::Fenced(fenced)) })).await.is_ok()
+        }
+        Err(Refused::Other(e)) => {
+            tracing::warn!(run, error = %e, "an agent write failed");
+            true
+        }
+    }
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -165,6 +182,7 @@ impl AgentService for AgentApi {
         tracing::info!(agent = %name, held = hello.held.len(), "agent session opened");
         let hub = self.hub.clone();
         let stop = self.stop.clone();
+        let node = self.node.clone();
         tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
@@ -179,6 +197,26 @@ impl AgentService for AgentApi {
                             body: Some(server_message::Body::Ack(pb::HeartbeatAck { sent_ms: beat.sent_ms })),
                         };
                         if tx.send(Ok(ack)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(update)) })) => {
+                        hub.heartbeat(&name, serial, now_ms());
+                        let result = match serde_json::from_str::<xene_model::RunObject>(&update.run_json) {
+                            Ok(run) => runs::agent_update(&node, &name, update.epoch, run).await,
+                            Err(e) => Err(Refused::Other(ServerError::InvalidArgument(format!("run update: {e}")))),
+                        };
+                        if !answer_refusal(&tx, &update.run, update.epoch, result).await {
+                            break;
+                        }
+                    }
+                    Some(Ok(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) })) => {
+                        hub.heartbeat(&name, serial, now_ms());
+                        let result = match serde_json::from_str::<xene_model::LogChunk>(&batch.chunk_json) {
+                            Ok(chunk) => runs::agent_logs(&node, batch.epoch, batch.first_seq, chunk).await,
+                            Err(e) => Err(Refused::Other(ServerError::InvalidArgument(format!("log batch: {e}")))),
+                        };
+                        if !answer_refusal(&tx, &batch.run, batch.epoch, result).await {
                             break;
                         }
                     }

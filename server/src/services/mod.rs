@@ -5,4 +5,5 @@ pub mod cluster;
 pub mod kv;
 pub mod object;
 pub mod raft;
+pub mod run;
 pub mod token;

@@ -1,0 +1,474 @@
+//! Runs pipelines (DESIGN §9): resolves a run's task DAG with petgraph, starts every ready
+//! task up to the agent's parallelism, runs each task's steps in order, applies the failure
+//! rules (a failed step fails its task; its remaining steps and every task depending on it
+//! stay `NotExecuted`), retries tasks by their policy, and reports statuses and log lines to
+//! the leader, fenced by the lease epoch the run was started under.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use xene_model::status::{ErrorReason, RunPhase, StepStatus};
+use xene_model::{EnvValue, LogChunk, LogLine, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, Workflow};
+use xene_proto as pb;
+use xene_proto::agent_message;
+
+use crate::leases::Leases;
+use crate::process::{run_step, StepEnd};
+
+/// Messages for the leader; the session sends them in order when it is connected.
+pub type Outbox = UnboundedSender<pb::AgentMessage>;
+
+/// The agent's runs.
+pub struct Runner {
+    work_dir: PathBuf,
+    leases: Arc<Leases>,
+    outbox: Outbox,
+    parallelism: usize,
+    tasks: TaskTracker,
+    running: Mutex<HashMap<String, (String, CancellationToken)>>,
+    /// Final statuses of finished runs, to report again if the leader asks once more.
+    finished: Mutex<HashMap<String, (u64, RunObject)>>,
+}
+
+impl Runner {
+    pub fn new(work_dir: PathBuf, leases: Arc<Leases>, outbox: Outbox, parallelism: usize) -> Arc<Self> {
+        Arc::new(Runner {
+            work_dir,
+            leases,
+            outbox,
+            parallelism: parallelism.max(1),
+            tasks: TaskTracker::new(),
+            running: Mutex::default(),
+            finished: Mutex::default(),
+        })
+    }
+
+    /// The leader hands over a run to start under lease `epoch`.
+    pub fn start(self: &Arc<Self>, run_json: &str, epoch: u64) {
+        let run: RunObject = match serde_json::from_str(run_json) {
+            Ok(run) => run,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable run from the leader");
+                return;
+            }
+        };
+        let id = run.metadata.name.clone();
+        if let Some((epoch, done)) = self.finished.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned() {
+            report(&self.outbox, epoch, &done);
+            return;
+        }
+        let pipeline_name = format!("{}/{}", run.spec.workflow, run.spec.pipeline);
+        let Some(workflow_json) = self.leases.workflow_of(&pipeline_name, epoch) else {
+            tracing::warn!(run = %id, epoch, "not holding the run's pipeline at this epoch; ignoring");
+            return;
+        };
+        let cancel = CancellationToken::new();
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.contains_key(&id) {
+                return;
+            }
+            running.insert(id.clone(), (pipeline_name.clone(), cancel.clone()));
+        }
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let done = this.execute(run, epoch, &workflow_json, cancel).await;
+            let id = done.metadata.name.clone();
+            this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            this.finished.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (epoch, done));
+        });
+    }
+
+    /// Stops a run (cancelled by a user, or fenced off because the lease moved).
+    pub fn stop(&self, run: &str) {
+        if let Some((_, cancel)) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(run) {
+            cancel.cancel();
+        }
+    }
+
+    /// Stops every run of a pipeline whose lease this agent no longer holds.
+    pub fn stop_pipeline(&self, pipeline: &str) {
+        for (run, (of, cancel)) in self.running.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if of == pipeline {
+                tracing::info!(run = %run, pipeline, "stopping a run whose lease is gone");
+                cancel.cancel();
+            }
+        }
+    }
+
+    /// Stops every run; the agent is shutting down.
+    pub async fn shutdown(&self) {
+        for (_, cancel) in self.running.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            cancel.cancel();
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn execute(
+        &self,
+        mut run: RunObject,
+        epoch: u64,
+        workflow_json: &str,
+        cancel: CancellationToken,
+    ) -> RunObject {
+        let id = run.metadata.name.clone();
+        run.status.started = Some(Utc::now());
+        run.status.phase = RunPhase::StartingUp;
+        let pipeline = match serde_json::from_str::<Workflow>(workflow_json)
+            .ok()
+            .and_then(|w| w.spec.pipelines.get(&run.spec.pipeline).cloned())
+        {
+            Some(pipeline) => pipeline,
+            None => {
+                return self.fail(
+                    run,
+                    epoch,
+                    ErrorReason::InfrastructureError,
+                    "the pipeline is not in the workflow the lease came with",
+                )
+            }
+        };
+        for (name, task) in &pipeline.tasks {
+            let steps = task.steps.iter().map(|s| not_executed(&s.name)).collect();
+            run.status.tasks.insert(
+                name.clone(),
+                TaskRunStatus { status: StepStatus::NotExecuted, reason: None, attempt: 0, steps },
+            );
+        }
+        report(&self.outbox, epoch, &run);
+        let workspace = self.work_dir.join(&id);
+        if let Err(e) = std::fs::create_dir_all(&workspace) {
+            return self.fail(
+                run,
+                epoch,
+                ErrorReason::InfrastructureError,
+                &format!("creating the workspace {}: {e}", workspace.display()),
+            );
+        }
+        let graph = match TaskGraph::from_pipeline(&pipeline) {
+            Ok(graph) => graph,
+            Err(e) => return self.fail(run, epoch, ErrorReason::InfrastructureError, &e.to_string()),
+        };
+        run.status.phase = RunPhase::Running;
+        report(&self.outbox, epoch, &run);
+
+        let run_timeout = pipeline.timeout.map(|d| d.as_std());
+        let deadline = run_timeout.map(|t| tokio::time::Instant::now() + t);
+        let timed_out = CancellationToken::new();
+        let step_cancel = CancellationToken::new();
+        let shared = Arc::new(Mutex::new(run));
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        let mut failed: BTreeSet<String> = BTreeSet::new();
+        let mut started: BTreeSet<String> = BTreeSet::new();
+        let mut workers = tokio::task::JoinSet::new();
+        loop {
+            // Start every ready task whose dependencies all succeeded, up to the parallelism.
+            let ready: Vec<String> =
+                graph.ready_tasks(&done).into_iter().filter(|t| !started.contains(*t)).map(String::from).collect();
+            for task in ready {
+                if graph.dependencies(&task).iter().any(|d| failed.contains(*d)) {
+                    // Stays NotExecuted, and so do the tasks after it.
+                    started.insert(task.clone());
+                    done.insert(task.clone());
+                    failed.insert(task);
+                    continue;
+                }
+                if workers.len() >= self.parallelism || cancel.is_cancelled() || timed_out.is_cancelled() {
+                    break;
+                }
+                started.insert(task.clone());
+                let context = TaskContext {
+                    run: Arc::clone(&shared),
+                    pipeline: pipeline.clone(),
+                    task: task.clone(),
+                    workspace: workspace.clone(),
+                    outbox: self.outbox.clone(),
+                    epoch,
+                    cancel: step_cancel.clone(),
+                };
+                workers.spawn(async move {
+                    let ok = context.run_task().await;
+                    (context.task, ok)
+                });
+            }
+            if workers.is_empty() {
+                break;
+            }
+            let sleep = async {
+                match deadline {
+                    Some(at) if !timed_out.is_cancelled() => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                joined = workers.join_next() => {
+                    if let Some(Ok((task, ok))) = joined {
+                        done.insert(task.clone());
+                        if !ok {
+                            failed.insert(task);
+                        }
+                    }
+                }
+                _ = cancel.cancelled(), if !step_cancel.is_cancelled() => step_cancel.cancel(),
+                _ = sleep => {
+                    timed_out.cancel();
+                    step_cancel.cancel();
+                }
+            }
+        }
+        let mut run = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        run.status.phase = RunPhase::ShuttingDown;
+        report(&self.outbox, epoch, &run);
+        let _ = tokio::fs::remove_dir_all(&workspace).await;
+        run.status.finished = Some(Utc::now());
+        if cancel.is_cancelled() {
+            run.status.phase = RunPhase::Cancelled;
+            run.status.reason = Some(ErrorReason::Cancelled);
+        } else if timed_out.is_cancelled() {
+            run.status.phase = RunPhase::Error;
+            run.status.reason = Some(ErrorReason::TimedOut);
+            run.status.message = Some(format!("the run exceeded its timeout of {:?}", run_timeout.unwrap_or_default()));
+        } else if failed.is_empty() {
+            run.status.phase = RunPhase::Success;
+        } else {
+            run.status.phase = RunPhase::Error;
+            run.status.reason = run.status.tasks.values().find_map(|t| t.reason).or(Some(ErrorReason::Failed));
+            let names: Vec<&String> = failed
+                .iter()
+                .filter(|t| run.status.tasks.get(*t).is_some_and(|s| s.status == StepStatus::Error))
+                .collect();
+            run.status.message =
+                Some(format!("failed tasks: {}", names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+        }
+        tracing::info!(run = %id, phase = run.status.phase.as_str(), "run finished");
+        report(&self.outbox, epoch, &run);
+        run
+    }
+
+    fn fail(&self, mut run: RunObject, epoch: u64, reason: ErrorReason, message: &str) -> RunObject {
+        run.status.phase = RunPhase::Error;
+        run.status.reason = Some(reason);
+        run.status.message = Some(message.to_string());
+        run.status.finished = Some(Utc::now());
+        report(&self.outbox, epoch, &run);
+        run
+    }
+}
+
+fn not_executed(name: &str) -> StepRunStatus {
+    StepRunStatus {
+        name: name.into(),
+        status: StepStatus::NotExecuted,
+        exit_code: None,
+        reason: None,
+        started: None,
+        finished: None,
+    }
+}
+
+fn report(outbox: &Outbox, epoch: u64, run: &RunObject) {
+    let update = pb::RunUpdate {
+        run: run.metadata.name.clone(),
+        epoch,
+        run_json: serde_json::to_string(run).unwrap_or_default(),
+    };
+    let _ = outbox.send(pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(update)) });
+}
+
+/// Everything one task needs.
+struct TaskContext {
+    run: Arc<Mutex<RunObject>>,
+    pipeline: Pipeline,
+    task: String,
+    workspace: PathBuf,
+    outbox: Outbox,
+    epoch: u64,
+    cancel: CancellationToken,
+}
+
+impl TaskContext {
+    fn update(&self, change: impl FnOnce(&mut TaskRunStatus)) {
+        let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(status) = run.status.tasks.get_mut(&self.task) {
+            change(status);
+        }
+        report(&self.outbox, self.epoch, &run);
+    }
+
+    /// Runs the task's steps, retrying the whole task by its policy. Returns whether it succeeded.
+    async fn run_task(&self) -> bool {
+        let Some(task) = self.pipeline.tasks.get(&self.task) else { return false };
+        let retries = task.retries.clone().or_else(|| self.pipeline.retries.clone());
+        let limit = retries.as_ref().map_or(0, |r| r.limit);
+        let mut attempt = 0u32;
+        loop {
+            let outcome = self.attempt(attempt).await;
+            match outcome {
+                None => return true,
+                Some(reason) if attempt < limit && reason != ErrorReason::Cancelled && !self.cancel.is_cancelled() => {
+                    attempt += 1;
+                    let delay = retries.as_ref().map_or(Duration::ZERO, |r| r.delay(attempt).as_std());
+                    tracing::info!(task = %self.task, attempt, delay_ms = delay.as_millis() as u64, "retrying the task");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Some(_) => return false,
+            }
+        }
+    }
+
+    /// One attempt: `None` on success, else why it failed.
+    async fn attempt(&self, attempt: u32) -> Option<ErrorReason> {
+        let task = self.pipeline.tasks.get(&self.task)?;
+        self.update(|s| {
+            s.status = StepStatus::Running;
+            s.reason = None;
+            s.attempt = attempt;
+            for step in &mut s.steps {
+                *step = not_executed(&step.name);
+            }
+        });
+        let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let dir = match task.working_dir.as_ref().or(self.pipeline.working_dir.as_ref()) {
+            Some(sub) => self.workspace.join(sub.trim_start_matches('/')),
+            None => self.workspace.clone(),
+        };
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!(error = %e, "creating the working directory");
+        }
+        for (index, step) in task.steps.iter().enumerate() {
+            let mut env = BTreeMap::new();
+            for (key, value) in run.spec.parameters.iter() {
+                env.insert(key.clone(), value.clone());
+            }
+            let mut secret = None;
+            for map in [&self.pipeline.env, &task.env, &step.env] {
+                for (key, value) in map {
+                    match value {
+                        EnvValue::Literal(text) => {
+                            env.insert(key.clone(), text.clone());
+                        }
+                        EnvValue::Secret(reference) => secret = Some((key.clone(), format!("{reference:?}"))),
+                    }
+                }
+            }
+            env.insert("XENE_WORKFLOW".into(), run.spec.workflow.clone());
+            env.insert("XENE_PIPELINE".into(), run.spec.pipeline.clone());
+            env.insert("XENE_RUN_ID".into(), run.metadata.name.clone());
+            env.insert("XENE_TASK".into(), self.task.clone());
+            env.insert("XENE_STEP".into(), step.name.clone());
+            env.insert("XENE_WORKSPACE".into(), self.workspace.display().to_string());
+            let started = Utc::now();
+            self.update(|s| {
+                s.steps[index].status = StepStatus::Running;
+                s.steps[index].started = Some(started);
+            });
+            let mut shipper = LogShipper::new(&self.outbox, self.epoch, &run.metadata.name, &self.task, &step.name);
+            let end = if let Some((key, reference)) = &secret {
+                shipper.push("xene", format!("environment variable {key} refers to a secret ({reference}); secrets are not supported by this agent yet"));
+                StepEnd::NotStarted
+            } else {
+                let timeout = step.timeout.or(task.timeout).map(|d| d.as_std());
+                run_step(&step.run, &dir, &env, timeout, &self.cancel, |stream, text| shipper.push(stream, text)).await
+            };
+            shipper.flush();
+            let (status, code, reason) = match end {
+                StepEnd::Exited(0) => (StepStatus::Success, Some(0), None),
+                StepEnd::Exited(code) => (StepStatus::Error, Some(code), Some(ErrorReason::Failed)),
+                StepEnd::TimedOut => (StepStatus::Error, None, Some(ErrorReason::TimedOut)),
+                StepEnd::Cancelled => (StepStatus::Error, None, Some(ErrorReason::Cancelled)),
+                StepEnd::NotStarted => (StepStatus::Error, None, Some(ErrorReason::InfrastructureError)),
+            };
+            let finished = Utc::now();
+            self.update(|s| {
+                s.steps[index].status = status;
+                s.steps[index].exit_code = code;
+                s.steps[index].reason = reason;
+                s.steps[index].finished = Some(finished);
+                if status == StepStatus::Error {
+                    s.status = StepStatus::Error;
+                    s.reason = reason;
+                }
+            });
+            if let Some(reason) = reason {
+                return Some(reason);
+            }
+        }
+        self.update(|s| s.status = StepStatus::Success);
+        None
+    }
+}
+
+/// Batches a step's lines with sequence numbers and timestamps and ships them (DESIGN §9.7).
+struct LogShipper<'a> {
+    outbox: &'a Outbox,
+    epoch: u64,
+    run: String,
+    task: String,
+    step: String,
+    next_seq: u64,
+    pending: Vec<LogLine>,
+    first_seq: u64,
+    last_flush: std::time::Instant,
+}
+
+impl<'a> LogShipper<'a> {
+    const BATCH_LINES: usize = 500;
+    const BATCH_AGE: Duration = Duration::from_millis(200);
+
+    fn new(outbox: &'a Outbox, epoch: u64, run: &str, task: &str, step: &str) -> Self {
+        LogShipper {
+            outbox,
+            epoch,
+            run: run.into(),
+            task: task.into(),
+            step: step.into(),
+            next_seq: 0,
+            pending: Vec::new(),
+            first_seq: 0,
+            last_flush: std::time::Instant::now(),
+        }
+    }
+
+    fn push(&mut self, stream: &str, text: String) {
+        if self.pending.is_empty() {
+            self.first_seq = self.next_seq;
+        }
+        let ts_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.pending.push(LogLine { seq: self.next_seq, ts_ms, stream: stream.into(), text });
+        self.next_seq += 1;
+        if self.pending.len() >= Self::BATCH_LINES || self.last_flush.elapsed() >= Self::BATCH_AGE {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.last_flush = std::time::Instant::now();
+        if self.pending.is_empty() {
+            return;
+        }
+        let chunk = LogChunk {
+            run: self.run.clone(),
+            task: self.task.clone(),
+            step: self.step.clone(),
+            lines: std::mem::take(&mut self.pending),
+        };
+        let batch = pb::LogBatch {
+            run: self.run.clone(),
+            epoch: self.epoch,
+            chunk_json: serde_json::to_string(&chunk).unwrap_or_default(),
+            first_seq: self.first_seq,
+        };
+        let _ = self.outbox.send(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) });
+    }
+}

@@ -1,0 +1,171 @@
+//! `xenectl run`, `runs`, `logs` and `cancel` (DESIGN §9, §12).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio_stream::StreamExt;
+use xene_model::status::{RunPhase, StepStatus};
+use xene_model::RunObject;
+use xene_proto as pb;
+use xene_proto::run_service_client::RunServiceClient;
+
+use crate::client::Cluster;
+
+fn decode(run: &pb::Run) -> Result<RunObject> {
+    serde_json::from_str(&run.json).with_context(|| format!("the server sent an unreadable run {}", run.id))
+}
+
+async fn get(cluster: &Cluster, id: &str) -> Result<RunObject> {
+    let message = pb::GetRunRequest { id: id.into() };
+    let run = cluster
+        .call(|ch| {
+            let message = message.clone();
+            async move { RunServiceClient::new(ch).get(cluster.request(message)).await }
+        })
+        .await?
+        .into_inner();
+    decode(&run)
+}
+
+/// `xenectl run WORKFLOW/PIPELINE [--param k=v]... [--watch]`: prints the run ID; with
+/// `--watch`, shows the task tree until the run ends and fails unless it succeeded.
+pub async fn run(cluster: &Cluster, target: &str, params: &[String], watch: bool) -> Result<()> {
+    let (workflow, pipeline) =
+        target.split_once('/').ok_or_else(|| anyhow!("{target:?}: name the pipeline as WORKFLOW/PIPELINE"))?;
+    let mut parameters = std::collections::HashMap::new();
+    for param in params {
+        let (key, value) = param.split_once('=').ok_or_else(|| anyhow!("--param {param:?}: write it as key=value"))?;
+        parameters.insert(key.to_string(), value.to_string());
+    }
+    let message = pb::CreateRunRequest { workflow: workflow.into(), pipeline: pipeline.into(), parameters };
+    let created = cluster
+        .call(|ch| {
+            let message = message.clone();
+            async move { RunServiceClient::new(ch).create(cluster.request(message)).await }
+        })
+        .await?
+        .into_inner();
+    println!("{}", created.id);
+    if !watch {
+        return Ok(());
+    }
+    let mut last = String::new();
+    loop {
+        let run = get(cluster, &created.id).await?;
+        let view = tree(&run);
+        if view != last {
+            eprintln!("{view}");
+            last = view;
+        }
+        if run.status.phase.is_terminal() {
+            if run.status.phase == RunPhase::Success {
+                return Ok(());
+            }
+            bail!(
+                "run {} ended {}{}",
+                created.id,
+                run.status.phase.as_str(),
+                run.status.message.map(|m| format!(": {m}")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The run's phase and its tasks and steps, one per line.
+fn tree(run: &RunObject) -> String {
+    let mut out = format!("{} {}", run.metadata.name, run.status.phase.as_str());
+    if let Some(reason) = run.status.reason {
+        out.push_str(&format!(" ({})", reason.as_str()));
+    }
+    for (name, task) in &run.status.tasks {
+        out.push_str(&format!("\n  {name}: {}", task.status.as_str()));
+        if task.attempt > 0 {
+            out.push_str(&format!(" (attempt {})", task.attempt + 1));
+        }
+        for step in &task.steps {
+            let code = step.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default();
+            let reason = if step.status == StepStatus::Error {
+                step.reason.map(|r| format!(" {}", r.as_str())).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            out.push_str(&format!("\n    {}: {}{code}{reason}", step.name, step.status.as_str()));
+        }
+    }
+    out
+}
+
+/// `xenectl runs [WORKFLOW[/PIPELINE]] [--phase P]`.
+pub async fn list(cluster: &Cluster, target: Option<&str>, phase: &str) -> Result<()> {
+    let (workflow, pipeline) = match target {
+        None => (String::new(), String::new()),
+        Some(t) => match t.split_once('/') {
+            Some((w, p)) => (w.to_string(), p.to_string()),
+            None => (t.to_string(), String::new()),
+        },
+    };
+    let message = pb::ListRunsRequest { workflow, pipeline, phase: phase.into() };
+    let reply = cluster
+        .call(|ch| {
+            let message = message.clone();
+            async move { RunServiceClient::new(ch).list(cluster.request(message)).await }
+        })
+        .await?
+        .into_inner();
+    println!("{:<48} {:<14} {:<10} {:<12} STARTED", "RUN", "PHASE", "TRIGGER", "AGENT");
+    for run in &reply.runs {
+        let run = decode(run)?;
+        println!(
+            "{:<48} {:<14} {:<10} {:<12} {}",
+            run.metadata.name,
+            run.status.phase.as_str(),
+            run.spec.trigger,
+            run.status.agent.as_deref().unwrap_or("-"),
+            run.status.started.map_or("-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        );
+    }
+    Ok(())
+}
+
+/// `xenectl logs RUN [--task T] [--step S] [-f]`.
+pub async fn logs(cluster: &Cluster, id: &str, task: &str, step: &str, follow: bool) -> Result<()> {
+    let message = pb::LogsRequest { run: id.into(), task: task.into(), step: step.into(), follow };
+    let mut stream = cluster
+        .call(|ch| {
+            let message = message.clone();
+            async move { RunServiceClient::new(ch).logs(cluster.stream_request(message)).await }
+        })
+        .await?
+        .into_inner();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|s| anyhow!("log stream ended: {}", s.message()))?;
+        for line in batch.lines {
+            if task.is_empty() || step.is_empty() {
+                println!("[{}/{}] {}", line.task, line.step, line.text);
+            } else {
+                println!("{}", line.text);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `xenectl cancel RUN`.
+pub async fn cancel(cluster: &Cluster, id: &str) -> Result<()> {
+    let message = pb::CancelRunRequest { id: id.into() };
+    let run = cluster
+        .call(|ch| {
+            let message = message.clone();
+            async move { RunServiceClient::new(ch).cancel(cluster.request(message)).await }
+        })
+        .await?
+        .into_inner();
+    let run = decode(&run)?;
+    println!(
+        "run {} {}",
+        run.metadata.name,
+        if run.status.phase.is_terminal() { run.status.phase.as_str() } else { "cancelling" }
+    );
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! [`RunObject`]: one execution of a pipeline as stored (DESIGN §6.3, §9.1): what started it,
+//! where it runs, and the status of every task and step.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::status::{ErrorReason, RunPhase, StepStatus};
+use crate::Metadata;
+
+/// The `kind` of a run object.
+pub const RUN_KIND: &str = "Run";
+
+/// A run. Its name is its run ID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunObject {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: RunSpec,
+    pub status: RunStatus,
+}
+
+/// What to run and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunSpec {
+    pub workflow: String,
+    pub pipeline: String,
+    /// `api`, or the name of the webhook or cron trigger that fired.
+    pub trigger: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+    /// Set when someone asked to cancel the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+}
+
+/// Where the run is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunStatus {
+    pub phase: RunPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The agent running it and the lease epoch it runs under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_epoch: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, TaskRunStatus>,
+}
+
+/// A task's status follows its steps (DESIGN §9.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskRunStatus {
+    pub status: StepStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorReason>,
+    #[serde(default)]
+    pub attempt: u32,
+    pub steps: Vec<StepRunStatus>,
+}
+
+/// One step's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepRunStatus {
+    pub name: String,
+    pub status: StepStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+}
+
+impl RunObject {
+    /// A new pending run.
+    pub fn pending(id: &str, spec: RunSpec) -> Self {
+        let mut labels = BTreeMap::new();
+        labels.insert("xene.dev/workflow".to_string(), spec.workflow.clone());
+        labels.insert("xene.dev/pipeline".to_string(), spec.pipeline.clone());
+        RunObject {
+            api_version: crate::API_VERSION.into(),
+            kind: RUN_KIND.into(),
+            metadata: Metadata { name: id.into(), labels, ..Metadata::default() },
+            spec,
+            status: RunStatus {
+                phase: RunPhase::Pending,
+                reason: None,
+                message: None,
+                agent: None,
+                lease_epoch: None,
+                started: None,
+                finished: None,
+                tasks: BTreeMap::new(),
+            },
+        }
+    }
+}
+
+/// One line of a step's output (DESIGN §9.7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Position in the step's output, from 0, without gaps.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// `stdout`, `stderr`, or `xene` for lines the agent adds (truncation markers).
+    pub stream: String,
+    pub text: String,
+}
+
+/// A stored chunk of log lines of one step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub run: String,
+    pub task: String,
+    pub step: String,
+    pub lines: Vec<LogLine>,
+}

@@ -1,0 +1,252 @@
+//! Runs in the store (DESIGN §9): created `Pending` by a trigger, handed by the leader to the
+//! agent holding the pipeline's lease, and updated only by that agent under its lease epoch.
+//! Every agent write here is fenced: it applies only while the lease key's mod revision is
+//! still the epoch the agent holds (DESIGN §7.5).
+
+use chrono::Utc;
+use rand::RngCore;
+use xene_model::status::{ErrorReason, RunPhase};
+use xene_model::{LogChunk, RunObject, RunSpec, Workflow};
+use xene_raft_store::{Compare, KeyValue, Op, Txn};
+
+use crate::error::{Result, ServerError};
+use crate::keys;
+use crate::node::ClusterNode;
+
+fn internal(e: impl std::fmt::Display) -> ServerError {
+    ServerError::Internal(e.to_string())
+}
+
+/// A run read from the store with its revision.
+#[derive(Debug, Clone)]
+pub struct StoredRun {
+    pub run: RunObject,
+    pub revision: u64,
+}
+
+fn decode(kv: &KeyValue) -> Result<StoredRun> {
+    let mut run: RunObject = serde_json::from_slice(&kv.value).map_err(internal)?;
+    run.metadata.resource_version = Some(kv.mod_revision);
+    Ok(StoredRun { run, revision: kv.mod_revision })
+}
+
+fn new_id(workflow: &str, pipeline: &str) -> String {
+    let mut bytes = [0u8; 3];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{workflow}.{pipeline}.{}{}", Utc::now().format("%Y%m%d%H%M%S"), hex::encode(bytes))
+}
+
+/// Creates a pending run of `workflow/pipeline`.
+pub async fn create(
+    node: &ClusterNode,
+    workflow: &str,
+    pipeline: &str,
+    trigger: &str,
+    parameters: std::collections::BTreeMap<String, String>,
+) -> Result<StoredRun> {
+    node.read_barrier().await?;
+    let stored = node.reader.range(keys::workflow(workflow).into_bytes(), false, 0).await?;
+    let Some(kv) = stored.kvs.first() else {
+        return Err(ServerError::NotFound(format!("workflow {workflow:?} not found; apply it first")));
+    };
+    let spec: Workflow = serde_json::from_slice(&kv.value).map_err(internal)?;
+    if !spec.spec.pipelines.contains_key(pipeline) {
+        let known: Vec<&str> = spec.spec.pipelines.keys().map(String::as_str).collect();
+        return Err(ServerError::NotFound(format!(
+            "workflow {workflow:?} has no pipeline {pipeline:?}; its pipelines are {}",
+            known.join(", ")
+        )));
+    }
+    for key in parameters.keys() {
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ServerError::InvalidArgument(format!(
+                "parameter {key:?}: names use letters, digits and '_' (they become environment variables)"
+            )));
+        }
+    }
+    let id = new_id(workflow, pipeline);
+    let mut run = RunObject::pending(
+        &id,
+        RunSpec {
+            workflow: workflow.into(),
+            pipeline: pipeline.into(),
+            trigger: trigger.into(),
+            parameters,
+            cancel_requested: false,
+        },
+    );
+    run.metadata.creation_timestamp = Some(Utc::now());
+    let key = keys::run(&id);
+    let value = serde_json::to_vec(&run).map_err(internal)?;
+    let response = node
+        .txn(Txn {
+            compare: vec![Compare::absent(key.clone())],
+            success: vec![Op::Put { key: key.into_bytes(), value }],
+            failure: vec![],
+        })
+        .await?;
+    if !response.succeeded {
+        return Err(ServerError::Internal("run ID collision; retry".into()));
+    }
+    run.metadata.resource_version = Some(response.revision);
+    tracing::info!(run = %id, workflow, pipeline, trigger, "run created");
+    Ok(StoredRun { run, revision: response.revision })
+}
+
+/// Reads one run (linearizably).
+pub async fn get(node: &ClusterNode, id: &str) -> Result<StoredRun> {
+    node.read_barrier().await?;
+    let found = node.reader.range(keys::run(id).into_bytes(), false, 0).await?;
+    match found.kvs.first() {
+        Some(kv) => decode(kv),
+        None => Err(ServerError::NotFound(format!("run {id:?} not found; see xenectl runs"))),
+    }
+}
+
+/// Every run, oldest first, optionally of one workflow/pipeline and in one phase.
+pub async fn list(node: &ClusterNode, workflow: &str, pipeline: &str, phase: &str) -> Result<Vec<StoredRun>> {
+    node.read_barrier().await?;
+    list_local(node, workflow, pipeline, phase).await
+}
+
+/// Like [`list`], from this server's applied state (the leader's own reads).
+pub async fn list_local(node: &ClusterNode, workflow: &str, pipeline: &str, phase: &str) -> Result<Vec<StoredRun>> {
+    let prefix = match (workflow.is_empty(), pipeline.is_empty()) {
+        (true, _) => keys::RUNS.to_string(),
+        (false, true) => format!("{}{workflow}.", keys::RUNS),
+        (false, false) => format!("{}{workflow}.{pipeline}.", keys::RUNS),
+    };
+    let found = node.reader.range(prefix.into_bytes(), true, 0).await?;
+    let mut runs = Vec::new();
+    for kv in &found.kvs {
+        let run = decode(kv)?;
+        if phase.is_empty() || run.run.status.phase.as_str().eq_ignore_ascii_case(phase) {
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+/// Asks for a run to stop. A run no agent has started ends at once as `Cancelled`.
+pub async fn cancel(node: &ClusterNode, id: &str) -> Result<StoredRun> {
+    for _ in 0..5 {
+        let mut current = get(node, id).await?;
+        if current.run.status.phase.is_terminal() {
+            return Ok(current);
+        }
+        current.run.spec.cancel_requested = true;
+        if current.run.status.phase == RunPhase::Pending {
+            current.run.status.phase = RunPhase::Cancelled;
+            current.run.status.reason = Some(ErrorReason::Cancelled);
+            current.run.status.finished = Some(Utc::now());
+        }
+        if let Some(stored) = put_if(node, &current.run, current.revision, vec![]).await? {
+            tracing::info!(run = %id, "cancel requested");
+            return Ok(stored);
+        }
+    }
+    Err(ServerError::unavailable("the run kept changing; retry"))
+}
+
+/// Writes `run` if it is still at `revision` and `extra` compares hold; `None` otherwise.
+async fn put_if(node: &ClusterNode, run: &RunObject, revision: u64, extra: Vec<Compare>) -> Result<Option<StoredRun>> {
+    let key = keys::run(&run.metadata.name);
+    let mut stored = run.clone();
+    stored.metadata.resource_version = None;
+    let value = serde_json::to_vec(&stored).map_err(internal)?;
+    let mut compare = vec![Compare::mod_revision(key.clone(), revision)];
+    compare.extend(extra);
+    let response =
+        node.txn(Txn { compare, success: vec![Op::Put { key: key.into_bytes(), value }], failure: vec![] }).await?;
+    if !response.succeeded {
+        return Ok(None);
+    }
+    stored.metadata.resource_version = Some(response.revision);
+    Ok(Some(StoredRun { run: stored, revision: response.revision }))
+}
+
+/// Why an agent's write was refused.
+#[derive(Debug)]
+pub enum Refused {
+    /// The agent's lease epoch is not the pipeline's current one: it must stop the run.
+    StaleEpoch(String),
+    Other(ServerError),
+}
+
+impl From<ServerError> for Refused {
+    fn from(e: ServerError) -> Self {
+        Refused::Other(e)
+    }
+}
+
+/// The compares that fence an agent's write to `workflow/pipeline` at `epoch`.
+pub fn fence(workflow: &str, pipeline: &str, epoch: u64) -> Compare {
+    Compare::mod_revision(keys::lease(&format!("{workflow}/{pipeline}")), epoch)
+}
+
+/// Applies an agent's view of a run: its status (never its spec, which the server owns),
+/// fenced by the lease epoch; a run that has ended stays as it ended.
+pub async fn agent_update(node: &ClusterNode, agent: &str, epoch: u64, reported: RunObject) -> Result<(), Refused> {
+    for _ in 0..5 {
+        let current = get(node, &reported.metadata.name).await?;
+        let pipeline = format!("{}/{}", current.run.spec.workflow, current.run.spec.pipeline);
+        let lease =
+            node.reader.range(keys::lease(&pipeline).into_bytes(), false, 0).await.map_err(ServerError::from)?;
+        if lease.kvs.first().map(|kv| kv.mod_revision) != Some(epoch) {
+            return Err(Refused::StaleEpoch(format!("the lease of {pipeline} is no longer at epoch {epoch}")));
+        }
+        if current.run.status.phase.is_terminal() {
+            return Ok(());
+        }
+        let mut next = current.run.clone();
+        next.status = reported.status.clone();
+        next.status.agent = Some(agent.to_string());
+        next.status.lease_epoch = Some(epoch);
+        let fenced = fence(&current.run.spec.workflow, &current.run.spec.pipeline, epoch);
+        if put_if(node, &next, current.revision, vec![fenced]).await?.is_some() {
+            return Ok(());
+        }
+    }
+    Err(Refused::Other(ServerError::unavailable("the run kept changing; retry")))
+}
+
+/// Stores a chunk of log lines, fenced by the lease epoch of the run's pipeline.
+pub async fn agent_logs(node: &ClusterNode, epoch: u64, first_seq: u64, chunk: LogChunk) -> Result<(), Refused> {
+    let run = get(node, &chunk.run).await?;
+    let key = keys::log_chunk(&chunk.run, &chunk.task, &chunk.step, first_seq);
+    let value = serde_json::to_vec(&chunk).map_err(internal)?;
+    let response = node
+        .txn(Txn {
+            compare: vec![fence(&run.run.spec.workflow, &run.run.spec.pipeline, epoch)],
+            success: vec![Op::Put { key: key.into_bytes(), value }],
+            failure: vec![],
+        })
+        .await?;
+    if response.succeeded {
+        Ok(())
+    } else {
+        Err(Refused::StaleEpoch(format!("the lease of run {} is no longer at epoch {epoch}", chunk.run)))
+    }
+}
+
+/// Every stored log chunk of a run, in order (task, step, sequence).
+pub async fn log_chunks(node: &ClusterNode, run: &str, from_revision: Option<u64>) -> Result<(Vec<LogChunk>, u64)> {
+    let _ = from_revision;
+    let found = node.reader.range(keys::logs_of(run).into_bytes(), true, 0).await?;
+    let chunks = found.kvs.iter().filter_map(|kv| serde_json::from_slice::<LogChunk>(&kv.value).ok()).collect();
+    Ok((chunks, found.revision))
+}
+
+/// Marks a run whose agent lost its lease as failed with `AgentLost` (DESIGN §7.4).
+pub async fn agent_lost(node: &ClusterNode, current: &StoredRun) -> Result<()> {
+    let mut next = current.run.clone();
+    next.status.phase = RunPhase::Error;
+    next.status.reason = Some(ErrorReason::AgentLost);
+    next.status.message = Some(format!(
+        "agent {} lost the pipeline's lease while the run was in flight",
+        current.run.status.agent.as_deref().unwrap_or("?")
+    ));
+    next.status.finished = Some(Utc::now());
+    put_if(node, &next, current.revision, vec![]).await?;
+    Ok(())
+}

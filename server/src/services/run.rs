@@ -1,0 +1,155 @@
+//! `RunService` (DESIGN §8.1, §9, §11.1): start runs by hand (the default API trigger), read
+//! them, cancel them, and stream their logs.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use xene_proto as pb;
+use xene_proto::run_service_server::RunService;
+
+use crate::auth::{Role, TokenCache};
+use crate::error::ServerError;
+use crate::node::ClusterNode;
+use crate::runs::{self, StoredRun};
+
+/// The `RunService` implementation.
+pub struct RunApi {
+    node: Arc<ClusterNode>,
+    tokens: TokenCache,
+    stop: CancellationToken,
+}
+
+impl RunApi {
+    pub fn new(node: Arc<ClusterNode>, tokens: TokenCache, stop: CancellationToken) -> Self {
+        RunApi { node, tokens, stop }
+    }
+}
+
+pub fn to_pb(stored: &StoredRun) -> pb::Run {
+    pb::Run {
+        id: stored.run.metadata.name.clone(),
+        resource_version: stored.revision,
+        json: serde_json::to_string(&stored.run).unwrap_or_default(),
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RunService for RunApi {
+    #[tracing::instrument(skip_all, fields(node = self.node.id))]
+    async fn create(&self, request: Request<pb::CreateRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
+        let create = request.into_inner();
+        let parameters: BTreeMap<String, String> = create.parameters.into_iter().collect();
+        let stored = runs::create(&self.node, &create.workflow, &create.pipeline, "api", parameters).await?;
+        Ok(Response::new(to_pb(&stored)))
+    }
+
+    async fn get(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
+        Ok(Response::new(to_pb(&runs::get(&self.node, &request.get_ref().id).await?)))
+    }
+
+    async fn list(&self, request: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
+        let list = request.get_ref();
+        let runs = runs::list(&self.node, &list.workflow, &list.pipeline, &list.phase).await?;
+        Ok(Response::new(pb::ListRunsResponse { runs: runs.iter().map(to_pb).collect() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id))]
+    async fn cancel(&self, request: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
+        Ok(Response::new(to_pb(&runs::cancel(&self.node, &request.get_ref().id).await?)))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
+        let logs = request.into_inner();
+        // Fails early, with NotFound, for an unknown run.
+        runs::get(&self.node, &logs.run).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let node = self.node.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            // The next sequence number to send, per (task, step): lines are sent once, in order.
+            let mut next: BTreeMap<(String, String), u64> = BTreeMap::new();
+            loop {
+                // Read the run's state before its logs: once it is terminal, the agent has
+                // shipped every line, so one more read of the logs is complete.
+                let finished = match runs::get(&node, &logs.run).await {
+                    Ok(run) => run.run.status.phase.is_terminal(),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let chunks = match runs::log_chunks(&node, &logs.run, None).await {
+                    Ok((chunks, _)) => chunks,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let mut lines = Vec::new();
+                for chunk in chunks {
+                    if (!logs.task.is_empty() && chunk.task != logs.task)
+                        || (!logs.step.is_empty() && chunk.step != logs.step)
+                    {
+                        continue;
+                    }
+                    let cursor = next.entry((chunk.task.clone(), chunk.step.clone())).or_insert(0);
+                    for line in chunk.lines {
+                        if line.seq == *cursor {
+                            *cursor += 1;
+                            lines.push(pb::LogEntry {
+                                task: chunk.task.clone(),
+                                step: chunk.step.clone(),
+                                seq: line.seq,
+                                ts_ms: line.ts_ms,
+                                stream: line.stream,
+                                text: line.text,
+                            });
+                        }
+                    }
+                }
+                if !lines.is_empty() && tx.send(Ok(pb::LogsResponse { lines })).await.is_err() {
+                    return;
+                }
+                if !logs.follow || finished {
+                    return;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// For the REST handler: the error as an HTTP status and message.
+pub fn http_error(e: &ServerError) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let code = match e {
+        ServerError::InvalidArgument(_) | ServerError::Rejected(_) => StatusCode::BAD_REQUEST,
+        ServerError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        ServerError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        ServerError::Conflict(_) | ServerError::AlreadyExists(_) => StatusCode::CONFLICT,
+        ServerError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, e.to_string())
+}
