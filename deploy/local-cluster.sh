@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts a local three-server Xene cluster on loopback, checks that it replicates, and prints
-# how to use it and how to stop it. Running it again replaces what the last run started.
+# Starts a local three-server Xene cluster and one agent on loopback, applies
+# examples/hello.yaml, runs it, follows its logs to the end, and prints how to use the cluster
+# and how to stop it. Running it again replaces what the last run started.
 #
 #   deploy/local-cluster.sh            start (or restart) the cluster
 #   deploy/local-cluster.sh stop       stop it
@@ -15,7 +16,7 @@ secret="local-cluster-secret"
 base_port="${XENE_LOCAL_PORT:-7400}"
 
 stop_cluster() {
-  for pidfile in "$dir"/node-*.pid; do
+  for pidfile in "$dir"/agent.pid "$dir"/node-*.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
@@ -67,12 +68,28 @@ for _ in $(seq 300); do
 done
 "$bin/xenectl" cluster members
 
-echo "== writing through one server and reading from each"
-"$bin/xenectl" --servers "127.0.0.1:$((base_port + 10))" kv put /hello world
-for port in $base_port $((base_port + 10)) $((base_port + 20)); do
-  printf '  127.0.0.1:%s says /hello = ' "$port"
-  "$bin/xenectl" --servers "127.0.0.1:$port" kv get /hello
+echo "== starting an agent (executor: process; the container executor is not implemented yet)"
+join_token=$("$bin/xenectl" token create --kind agent --ttl 1h --uses 1 --description "local agent" 2>/dev/null)
+"$bin/xene-agent" --servers "$servers" --token "$join_token" --name local --labels os=linux \
+  --data-dir "$dir/agent" --executor process >"$dir/agent.log" 2>&1 &
+echo $! >"$dir/agent.pid"
+
+echo "== applying examples/ and running hello/main"
+"$bin/xenectl" apply -f examples/
+for _ in $(seq 100); do
+  "$bin/xenectl" get pipelines hello/main | grep -q ' Scheduled' && break
+  sleep 0.2
 done
+"$bin/xenectl" agents
+run=$("$bin/xenectl" run hello/main)
+echo "run $run started; its logs:"
+"$bin/xenectl" logs "$run" --follow
+"$bin/xenectl" runs hello/main
+phase=$("$bin/xenectl" runs hello/main | awk -v r="$run" '$1 == r {print $2}')
+if [ "$phase" != "Success" ]; then
+  echo "run $run ended $phase; see $dir/agent.log" >&2
+  exit 1
+fi
 
 cat <<MSG
 
