@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/xene/v1/object.proto",
         "proto/xene/v1/agent.proto",
         "proto/xene/v1/run.proto",
+        "proto/xene/v1/secret.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -50,7 +50,7 @@ impl Runner {
     }
 
     /// The leader hands over a run to start under lease `epoch`.
-    pub fn start(self: &Arc<Self>, run_json: &str, epoch: u64) {
+    pub fn start(self: &Arc<Self>, run_json: &str, epoch: u64, secrets: BTreeMap<String, String>) {
         let run: RunObject = match serde_json::from_str(run_json) {
             Ok(run) => run,
             Err(e) => {
@@ -78,7 +78,7 @@ impl Runner {
         }
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
-            let done = this.execute(run, epoch, &workflow_json, cancel).await;
+            let done = this.execute(run, epoch, &workflow_json, Arc::new(secrets), cancel).await;
             let id = done.metadata.name.clone();
             this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             this.finished.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (epoch, done));
@@ -116,6 +116,7 @@ impl Runner {
         mut run: RunObject,
         epoch: u64,
         workflow_json: &str,
+        secrets: Arc<BTreeMap<String, String>>,
         cancel: CancellationToken,
     ) -> RunObject {
         let id = run.metadata.name.clone();
@@ -192,6 +193,7 @@ impl Runner {
                     outbox: self.outbox.clone(),
                     epoch,
                     cancel: step_cancel.clone(),
+                    secrets: Arc::clone(&secrets),
                 };
                 workers.spawn(async move {
                     let ok = context.run_task().await;
@@ -291,6 +293,8 @@ struct TaskContext {
     outbox: Outbox,
     epoch: u64,
     cancel: CancellationToken,
+    /// `NAME/KEY` → value, as the leader resolved them (`NAME/` for a secret's only value).
+    secrets: Arc<BTreeMap<String, String>>,
 }
 
 impl TaskContext {
@@ -350,14 +354,31 @@ impl TaskContext {
             for (key, value) in run.spec.parameters.iter() {
                 env.insert(key.clone(), value.clone());
             }
-            let mut secret = None;
+            let mut missing = None;
             for map in [&self.pipeline.env, &task.env, &step.env] {
                 for (key, value) in map {
                     match value {
                         EnvValue::Literal(text) => {
                             env.insert(key.clone(), text.clone());
                         }
-                        EnvValue::Secret(reference) => secret = Some((key.clone(), format!("{reference:?}"))),
+                        EnvValue::Secret(reference) => {
+                            let lookup = format!("{}/{}", reference.secret_ref, reference.key.as_deref().unwrap_or(""));
+                            match self.secrets.get(&lookup) {
+                                Some(value) => {
+                                    env.insert(key.clone(), value.clone());
+                                }
+                                None => {
+                                    let what = match &reference.key {
+                                        Some(k) => format!("key {k:?} of secret {:?}", reference.secret_ref),
+                                        None => format!(
+                                            "secret {:?} (which must hold exactly one key when no key is named)",
+                                            reference.secret_ref
+                                        ),
+                                    };
+                                    missing = Some(format!("environment variable {key}: {what} does not exist; create it with xenectl secret set"));
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -372,9 +393,10 @@ impl TaskContext {
                 s.steps[index].status = StepStatus::Running;
                 s.steps[index].started = Some(started);
             });
-            let mut shipper = LogShipper::new(&self.outbox, self.epoch, &run.metadata.name, &self.task, &step.name);
-            let end = if let Some((key, reference)) = &secret {
-                shipper.push("xene", format!("environment variable {key} refers to a secret ({reference}); secrets are not supported by this agent yet"));
+            let mut shipper =
+                LogShipper::new(&self.outbox, self.epoch, &run.metadata.name, &self.task, &step.name, &self.secrets);
+            let end = if let Some(message) = missing {
+                shipper.push("xene", message);
                 StepEnd::NotStarted
             } else {
                 let timeout = step.timeout.or(task.timeout).map(|d| d.as_std());
@@ -411,6 +433,8 @@ impl TaskContext {
 /// Batches a step's lines with sequence numbers and timestamps and ships them (DESIGN §9.7).
 struct LogShipper<'a> {
     outbox: &'a Outbox,
+    /// Secret values (each line of each), longest first, replaced by `***` before lines leave.
+    masks: Vec<String>,
     epoch: u64,
     run: String,
     task: String,
@@ -425,9 +449,17 @@ impl<'a> LogShipper<'a> {
     const BATCH_LINES: usize = 500;
     const BATCH_AGE: Duration = Duration::from_millis(200);
 
-    fn new(outbox: &'a Outbox, epoch: u64, run: &str, task: &str, step: &str) -> Self {
+    fn new(
+        outbox: &'a Outbox,
+        epoch: u64,
+        run: &str,
+        task: &str,
+        step: &str,
+        secrets: &BTreeMap<String, String>,
+    ) -> Self {
         LogShipper {
             outbox,
+            masks: masks(secrets),
             epoch,
             run: run.into(),
             task: task.into(),
@@ -442,6 +474,12 @@ impl<'a> LogShipper<'a> {
     fn push(&mut self, stream: &str, text: String) {
         if self.pending.is_empty() {
             self.first_seq = self.next_seq;
+        }
+        let mut text = text;
+        for mask in &self.masks {
+            if text.contains(mask.as_str()) {
+                text = text.replace(mask.as_str(), "***");
+            }
         }
         let ts_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
@@ -470,5 +508,48 @@ impl<'a> LogShipper<'a> {
             first_seq: self.first_seq,
         };
         let _ = self.outbox.send(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) });
+    }
+}
+
+/// The strings to mask: every line of every secret value (lines are what the shipper sees, so
+/// a value written in several pieces is still masked once its line is complete). Very short
+/// pieces are left alone: masking every `a` would make logs unreadable and reveal nothing.
+fn masks(secrets: &BTreeMap<String, String>) -> Vec<String> {
+    let mut masks: Vec<String> = secrets
+        .values()
+        .flat_map(|v| v.lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|m| m.trim().len() >= 3)
+        .collect();
+    masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    masks.dedup();
+    masks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_values_are_masked_line_by_line() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let secrets: BTreeMap<String, String> = [
+            ("db/password".to_string(), "hunter22".to_string()),
+            ("cert/".to_string(), "line-one\nline-two".to_string()),
+            ("x/".to_string(), "a".to_string()),
+        ]
+        .into();
+        let mut shipper = LogShipper::new(&tx, 7, "r", "t", "s", &secrets);
+        shipper.push("stdout", "password=hunter22!".into());
+        shipper.push("stdout", "cert: line-one".into());
+        shipper.push("stdout", "line-two and a".into());
+        shipper.flush();
+        let Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) = rx.try_recv().ok() else {
+            panic!("a log batch")
+        };
+        let chunk: LogChunk = serde_json::from_str(&batch.chunk_json).expect("chunk");
+        let texts: Vec<&str> = chunk.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, vec!["password=***!", "cert: ***", "*** and a"]);
+        assert_eq!(chunk.lines.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(batch.epoch, 7);
     }
 }

@@ -195,7 +195,7 @@ async fn once(
                                 runner.stop_pipeline(&revoke.pipeline);
                             }
                         }
-                        server_message::Body::Start(start) => runner.start(&start.run_json, start.epoch),
+                        server_message::Body::Start(start) => runner.start(&start.run_json, start.epoch, start.secrets.into_iter().collect()),
                         server_message::Body::Cancel(cancel) => {
                             tracing::info!(run = %cancel.run, "cancel requested");
                             runner.stop(&cancel.run);

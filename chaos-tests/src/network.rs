@@ -47,15 +47,29 @@ impl Network {
             .iter()
             .map(|plan| plan.grpc.parse().expect("invariant: the harness picks IP:port addresses"))
             .collect();
+        // A proxy's ephemeral port may be one the plans picked (they were bound and released);
+        // such a proxy is dropped and started again elsewhere.
+        let taken: Vec<String> = plans.iter().flat_map(|plan| [plan.grpc.clone(), plan.http.clone()]).collect();
+        let start = |target: SocketAddr| {
+            let taken = &taken;
+            async move {
+                loop {
+                    let proxy = Proxy::start(target).await?;
+                    if !taken.contains(&proxy.addr().to_string()) {
+                        return Ok::<Proxy, std::io::Error>(proxy);
+                    }
+                }
+            }
+        };
         let mut peers = BTreeMap::new();
         for from in 0..servers {
             for to in (0..servers).filter(|to| *to != from) {
-                peers.insert((from, to), Proxy::start(grpc[to]).await?);
+                peers.insert((from, to), start(grpc[to]).await?);
             }
         }
         let mut clients = Vec::with_capacity(servers);
         for addr in &grpc {
-            clients.push(Proxy::start(*addr).await?);
+            clients.push(start(*addr).await?);
         }
         for (from, plan) in plans.iter_mut().enumerate() {
             let routes: Vec<String> = (0..servers)

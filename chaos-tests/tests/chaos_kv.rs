@@ -31,7 +31,7 @@ use xene_chaos_tests::lincheck::{
     check_kv_history, Budget, ClientId, Completion, Key, KeyedOperation, KvOperation, Operation, RegisterInput,
     RegisterOutput, Time, Value,
 };
-use xene_chaos_tests::nemesis::{find_leader, Nemesis, NemesisProfile};
+use xene_chaos_tests::nemesis::{Nemesis, NemesisProfile};
 use xene_chaos_tests::network::Network;
 use xene_chaos_tests::report::ScenarioReport;
 use xene_chaos_tests::settings::ChaosSettings;
@@ -394,8 +394,6 @@ async fn kv_history_is_linearizable_and_keeps_acknowledged_writes_under_faults()
     }
     *report.faults.entry("kill-all-then-restart".into()).or_default() += 1;
     cluster.wait_leader(Duration::from_secs(30)).await;
-    let leader = find_leader(&cluster, &[]).await;
-    report.note("leader after restart", format!("{leader:?}"));
     let (final_history, finals) = final_reads(&cluster, &network, clock).await;
 
     // Assemble the history and the counts.

@@ -70,6 +70,16 @@ spec:
         sleepy:
           steps:
             - {name: nap, run: 'sleep 30', timeout: 1s}
+    secretive:
+      tasks:
+        use:
+          env: {TOKEN: {secretRef: api-token}}
+          steps:
+            - {name: check, run: '[ "$TOKEN" = "s3cret-value" ] && echo "token is $TOKEN"'}
+        missing:
+          dependencies: [use]
+          steps:
+            - {name: nope, run: 'true', env: {X: {secretRef: not-there}}}
     long:
       tasks:
         forever:
@@ -91,7 +101,7 @@ async fn setup() -> (TestCluster, AgentProc) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let table = String::from_utf8_lossy(&xenectl(&cluster, &["get", "pipelines"]).stdout).into_owned();
-        if table.lines().skip(1).filter(|l| l.contains("Scheduled") && !l.contains("NotScheduled")).count() == 5 {
+        if table.lines().skip(1).filter(|l| l.contains("Scheduled") && !l.contains("NotScheduled")).count() == 6 {
             break;
         }
         assert!(Instant::now() < deadline, "pipelines not placed: {table}\n{}\n{}", cluster.logs(), agent.log_tail(20));
@@ -300,4 +310,30 @@ async fn a_stale_lease_epoch_is_fenced_off() {
     let after = wait_run(&cluster, &agent, &long, |_| true).await;
     assert_eq!(after.status.phase, RunPhase::Error, "the stale write changed nothing");
     assert_eq!(after.status.reason, Some(ErrorReason::AgentLost));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_steps_masked_and_never_come_back() {
+    let (cluster, agent) = setup().await;
+    let set = xenectl(&cluster, &["secret", "set", "api-token", "--from-literal", "value=s3cret-value"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let listed = String::from_utf8_lossy(&xenectl(&cluster, &["secret", "list"]).stdout).into_owned();
+    assert!(listed.contains("api-token") && listed.contains("value"), "{listed}");
+    assert!(!listed.contains("s3cret-value"), "values are never returned: {listed}");
+
+    let id = start(&cluster, "secretive", &[]).await;
+    let run = wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
+    assert_eq!(run.status.tasks["use"].status, StepStatus::Success, "the step saw the secret's value: {run:#?}");
+    assert_eq!(run.status.tasks["missing"].steps[0].reason, Some(ErrorReason::InfrastructureError));
+    let lines = logs(&cluster, &id).await;
+    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert!(texts.contains(&"token is ***"), "masked in the logs: {texts:?}");
+    assert!(!texts.iter().any(|t| t.contains("s3cret-value")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("secret \"not-there\"") && t.contains("xenectl secret set")), "{texts:?}");
+
+    let deleted = xenectl(&cluster, &["secret", "delete", "api-token"]);
+    assert!(deleted.status.success());
+    let again = xenectl(&cluster, &["secret", "delete", "api-token"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not found"));
 }

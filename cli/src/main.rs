@@ -4,6 +4,7 @@ mod agents;
 mod client;
 mod objects;
 mod runs;
+mod secrets;
 
 use std::time::Duration;
 
@@ -88,6 +89,9 @@ enum Command {
     /// Create, list and revoke tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Set, list and delete secrets (values are never shown).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// The agents: state, labels, pipelines held, last heartbeat.
     Agents,
     /// Cluster status and membership.
@@ -96,6 +100,24 @@ enum Command {
     /// The raw key-value store (admin only).
     #[command(subcommand)]
     Kv(KvCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Create or replace a secret.
+    Set {
+        name: String,
+        /// key=value (repeatable).
+        #[arg(long = "from-literal")]
+        literals: Vec<String>,
+        /// key=PATH: the file's contents (repeatable).
+        #[arg(long = "from-file")]
+        files: Vec<String>,
+    },
+    /// List secrets and their keys.
+    List,
+    /// Delete a secret.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +217,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Token(TokenCommand::List) => agents::token_list(&cluster).await,
         Command::Token(TokenCommand::Revoke { id }) => agents::token_revoke(&cluster, &id).await,
         Command::Agents => agents::agents(&cluster).await,
+        Command::Secret(SecretCommand::Set { name, literals, files }) => {
+            secrets::set(&cluster, &name, &literals, &files).await
+        }
+        Command::Secret(SecretCommand::List) => secrets::list(&cluster).await,
+        Command::Secret(SecretCommand::Delete { name }) => secrets::delete(&cluster, &name).await,
         Command::Run { target, params, watch } => runs::run(&cluster, &target, &params, watch).await,
         Command::Runs { target, phase } => runs::list(&cluster, target.as_deref(), &phase).await,
         Command::Logs { run, task, step, follow } => runs::logs(&cluster, &run, &task, &step, follow).await,

@@ -6,7 +6,7 @@
 //! - `ClusterService`: membership and status.
 //! - `ObjectService`: workflows and their status objects.
 //! - `TokenService`, `AgentService`: tokens, agents joining and their sessions.
-//! - `RunService`: runs and their logs.
+//! - `RunService`: runs and their logs; `SecretService`: secrets (write-only values).
 
 /// Generated `xene.v1` messages, clients and servers.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

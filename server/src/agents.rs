@@ -180,6 +180,11 @@ impl AgentHub {
         true
     }
 
+    /// Whether `name`'s current session was already told to start `run`.
+    pub fn was_told_run(&self, name: &str, run: &str) -> bool {
+        self.lock().get(name).is_some_and(|s| s.runs_told.contains(run))
+    }
+
     /// Sends a message to a connected agent, if it is connected.
     pub fn send(&self, name: &str, message: ServerMessage) -> bool {
         self.lock().get(name).is_some_and(|s| s.tx.try_send(Ok(message)).is_ok())

@@ -67,3 +67,10 @@ pub fn log_chunk(run: &str, task: &str, step: &str, first_seq: u64) -> String {
 pub fn logs_of(run: &str) -> String {
     format!("{LOGS}{run}/")
 }
+
+/// Secrets: `/xene/secrets/<name>`.
+pub const SECRETS: &str = "/xene/secrets/";
+
+pub fn secret(name: &str) -> String {
+    format!("{SECRETS}{name}")
+}

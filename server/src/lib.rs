@@ -6,7 +6,7 @@
 //!   barriers, membership.
 //! - [`network`], [`peers`]: openraft's network over tonic and the reused peer channels.
 //! - [`objects`]: workflows and pipeline status objects in the store; [`runs`]: runs and
-//!   their logs, with the fenced writes of agents.
+//!   their logs, with the fenced writes of agents; [`secrets`]: write-only secrets.
 //! - [`services`]: the gRPC services (`RaftService`, `KvService`, `ClusterService`,
 //!   `ObjectService`, `TokenService`, `AgentService`).
 //! - [`auth`]: bearer tokens and roles.
@@ -29,5 +29,6 @@ pub mod objects;
 pub mod peers;
 pub mod runs;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod services;

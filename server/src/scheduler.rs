@@ -286,8 +286,25 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         if !sessions.get(&lease.value.agent).is_some_and(|s| s.alive) {
             continue;
         }
+        if hub.was_told_run(&lease.value.agent, &run.metadata.name) {
+            if run.spec.cancel_requested {
+                let cancel = xene_proto::CancelRun { run: run.metadata.name.clone() };
+                hub.tell_run(
+                    &lease.value.agent,
+                    &run.metadata.name,
+                    true,
+                    ServerMessage { body: Some(server_message::Body::Cancel(cancel)) },
+                );
+            }
+            continue;
+        }
         let run_json = serde_json::to_string(run).unwrap_or_default();
-        let start = xene_proto::StartRun { run_json, epoch: lease.revision };
+        let secrets =
+            match workflows.get(&run.spec.workflow).and_then(|w| w.value.spec.pipelines.get(&run.spec.pipeline)) {
+                Some(spec) => crate::secrets::resolve_for(node, spec).await?.into_iter().collect(),
+                None => Default::default(),
+            };
+        let start = xene_proto::StartRun { run_json, epoch: lease.revision, secrets };
         if hub.tell_run(
             &lease.value.agent,
             &run.metadata.name,

@@ -16,6 +16,7 @@ use xene_proto::kv_service_server::KvServiceServer;
 use xene_proto::object_service_server::ObjectServiceServer;
 use xene_proto::raft_service_server::RaftServiceServer;
 use xene_proto::run_service_server::RunServiceServer;
+use xene_proto::secret_service_server::SecretServiceServer;
 use xene_proto::token_service_server::TokenServiceServer;
 use xene_proto::JoinRequest;
 use xene_raft_store::{Compare, NodeInfo, Op, Raft, StoreConfig, Txn};
@@ -29,7 +30,8 @@ use crate::network::NetworkFactory;
 use crate::node::{now_ms, ClusterNode, NodeRecord, Timing};
 use crate::peers::PeerPool;
 use crate::services::{
-    agent::AgentApi, cluster::ClusterApi, kv::KvApi, object::ObjectApi, raft::RaftApi, run::RunApi, token::TokenApi,
+    agent::AgentApi, cluster::ClusterApi, kv::KvApi, object::ObjectApi, raft::RaftApi, run::RunApi, secret::SecretApi,
+    token::TokenApi,
 };
 
 /// Largest gRPC message a client may send (a 1 MiB value plus its envelope).
@@ -108,6 +110,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                     .max_decoding_message_size(MAX_CLIENT_MESSAGE),
             )
             .add_service(ClusterServiceServer::new(ClusterApi::new(node.clone(), tokens.clone())))
+            .add_service(SecretServiceServer::new(SecretApi::new(node.clone(), tokens.clone())))
             .add_service(RunServiceServer::new(RunApi::new(node.clone(), tokens.clone(), stop.clone())))
             .add_service(TokenServiceServer::new(TokenApi::new(node.clone(), tokens.clone())))
             .add_service(AgentServiceServer::new(AgentApi::new(

@@ -6,4 +6,5 @@ pub mod kv;
 pub mod object;
 pub mod raft;
 pub mod run;
+pub mod secret;
 pub mod token;
