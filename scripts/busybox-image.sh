@@ -20,6 +20,14 @@ fi
 if docker image inspect "$image" >/dev/null 2>&1; then
   exit 0
 fi
+# Test processes run at once may all find the image missing: build it once.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"${TMPDIR:-/tmp}/xene-busybox-image.lock"
+  flock 9
+  if docker image inspect "$image" >/dev/null 2>&1; then
+    exit 0
+  fi
+fi
 
 # Debian's busybox-static is one statically linked binary, so the image needs no libraries.
 # (Debian's plain `busybox` package also installs /bin/busybox, but linked dynamically.)

@@ -402,7 +402,7 @@ impl TaskContext {
                 let timeout = step.timeout.or(task.timeout).map(|d| d.as_std());
                 run_step(&step.run, &dir, &env, timeout, &self.cancel, |stream, text| shipper.push(stream, text)).await
             };
-            shipper.flush();
+            shipper.finish();
             let (status, code, reason) = match end {
                 StepEnd::Exited(0) => (StepStatus::Success, Some(0), None),
                 StepEnd::Exited(code) => (StepStatus::Error, Some(code), Some(ErrorReason::Failed)),
@@ -443,11 +443,19 @@ struct LogShipper<'a> {
     pending: Vec<LogLine>,
     first_seq: u64,
     last_flush: std::time::Instant,
+    /// Lines seen so far (shipped or not).
+    seen: u64,
+    /// Past the head, the latest lines, kept until the step ends.
+    tail: std::collections::VecDeque<(String, String, u64)>,
+    dropped: u64,
 }
 
 impl<'a> LogShipper<'a> {
     const BATCH_LINES: usize = 500;
     const BATCH_AGE: Duration = Duration::from_millis(200);
+    /// Per-step cap (DESIGN §9.7): the first half is shipped as it comes, then only the last
+    /// half is kept, behind a marker saying how many lines were dropped.
+    const CAP_LINES: u64 = 20_000;
 
     fn new(
         outbox: &'a Outbox,
@@ -468,10 +476,40 @@ impl<'a> LogShipper<'a> {
             pending: Vec::new(),
             first_seq: 0,
             last_flush: std::time::Instant::now(),
+            seen: 0,
+            tail: std::collections::VecDeque::new(),
+            dropped: 0,
         }
     }
 
     fn push(&mut self, stream: &str, text: String) {
+        self.seen += 1;
+        if self.seen > Self::CAP_LINES / 2 {
+            let ts_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            self.tail.push_back((stream.to_string(), text, ts_ms));
+            if self.tail.len() as u64 > Self::CAP_LINES / 2 {
+                self.tail.pop_front();
+                self.dropped += 1;
+            }
+            return;
+        }
+        self.ship(stream, text);
+    }
+
+    /// Ships the kept tail after a marker, at the end of the step.
+    fn finish(&mut self) {
+        if self.dropped > 0 {
+            let marker = format!("[xene: {} lines truncated; the last {} follow]", self.dropped, self.tail.len());
+            self.ship("xene", marker);
+        }
+        while let Some((stream, text, _)) = self.tail.pop_front() {
+            self.ship(&stream, text);
+        }
+        self.flush();
+    }
+
+    fn ship(&mut self, stream: &str, text: String) {
         if self.pending.is_empty() {
             self.first_seq = self.next_seq;
         }
@@ -551,5 +589,29 @@ mod tests {
         assert_eq!(texts, vec!["password=***!", "cert: ***", "*** and a"]);
         assert_eq!(chunk.lines.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(batch.epoch, 7);
+    }
+
+    #[test]
+    fn a_step_over_the_cap_keeps_head_marker_and_tail() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut shipper = LogShipper::new(&tx, 1, "r", "t", "s", &BTreeMap::new());
+        let total = LogShipper::CAP_LINES + 1_000;
+        for i in 0..total {
+            shipper.push("stdout", format!("line {i}"));
+        }
+        shipper.finish();
+        let mut lines = Vec::new();
+        while let Ok(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) = rx.try_recv() {
+            let chunk: LogChunk = serde_json::from_str(&batch.chunk_json).expect("chunk");
+            assert_eq!(chunk.lines.first().map(|l| l.seq), Some(batch.first_seq));
+            lines.extend(chunk.lines);
+        }
+        let half = LogShipper::CAP_LINES / 2;
+        assert_eq!(lines.len() as u64, LogShipper::CAP_LINES + 1, "head, marker, tail");
+        assert!(lines.iter().enumerate().all(|(i, l)| l.seq == i as u64), "sequence numbers have no gaps");
+        assert_eq!(lines[half as usize - 1].text, format!("line {}", half - 1));
+        assert_eq!(lines[half as usize].stream, "xene");
+        assert_eq!(lines[half as usize].text, "[xene: 1000 lines truncated; the last 10000 follow]");
+        assert_eq!(lines.last().map(|l| l.text.clone()), Some(format!("line {}", total - 1)));
     }
 }

@@ -165,6 +165,19 @@ async fn finish(executor: &DockerExecutor, agent_run: RunResources, container: O
 }
 
 #[tokio::test]
+async fn an_unreachable_engine_is_unavailable_with_a_clear_message() {
+    let endpoint = "unix:///nonexistent/xene-test/docker.sock";
+    match DockerExecutor::connect_to("test-unreachable", endpoint).await {
+        Err(e @ ExecError::Unavailable { .. }) => {
+            let message = e.to_string();
+            assert!(message.starts_with(&format!("Docker is not reachable at {endpoint}: ")), "{message}");
+            assert!(message.ends_with("is dockerd running, and may this user use its socket?"), "{message}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_step_reports_its_lines_and_exit_code() {
     let (executor, sweep) = executor("lines").await;
     let run = executor.prepare_run("wf.build.lines", "wf", "build").await.expect("prepare_run");
@@ -270,6 +283,7 @@ async fn a_step_over_its_timeout_is_stopped() {
     assert_eq!(end, StepEnd::TimedOut, "{output:?}");
     assert!(took >= timeout + process::GRACE - Duration::from_millis(500), "killed before the grace period: {took:?}");
     assert!(took < timeout + process::GRACE + SLACK, "took {took:?}");
+    eprintln!("took {took:?}");
     let (_, output, _) = run_step(&executor, &container, "ps", None, &cancel).await;
     assert!(!output.stdout.iter().any(|l| l.contains("sleep 0.1")), "a process survived: {output:?}");
 

@@ -89,6 +89,7 @@ spec:
 
 async fn setup() -> (TestCluster, AgentProc) {
     std::env::set_var("XENE_AGENT_TTL_MS", "2000");
+    std::env::set_var("XENE_RUN_HISTORY", "3");
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let token =
         String::from_utf8_lossy(&xenectl(&cluster, &["token", "create", "--kind", "agent"]).stdout).trim().to_string();
@@ -195,6 +196,12 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
     assert!(body.contains("no pipeline \\\"nope\\\""), "{body}");
 }
 
+async fn logs_missing(cluster: &TestCluster, id: &str) -> bool {
+    let range =
+        pb::RangeRequest { key: format!("/xene/logs/{id}/").into_bytes(), prefix: true, limit: 0, serializable: false };
+    cluster.kv(0).range(cluster.request(range)).await.expect("range").into_inner().kvs.is_empty()
+}
+
 async fn http_post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -257,9 +264,28 @@ async fn failures_retries_timeouts_and_cancellation() {
     let lines = logs(&cluster, &long).await;
     assert!(lines.iter().any(|l| l.text == "got TERM"), "the step got SIGTERM first: {lines:?}");
 
+    // Only the last three finished runs of a pipeline are kept (XENE_RUN_HISTORY=3 here).
+    for _ in 0..2 {
+        let id = start(&cluster, "failing", &[]).await;
+        wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kept = String::from_utf8_lossy(&xenectl(&cluster, &["runs", "demo/failing"]).stdout).lines().count() - 1;
+        if kept == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{kept} runs kept, expected 3");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let oldest =
+        RunServiceClient::new(cluster.channel(0)).get(cluster.request(pb::GetRunRequest { id: failing.clone() })).await;
+    assert_eq!(oldest.expect_err("the oldest run is gone").code(), tonic::Code::NotFound);
+    assert!(logs_missing(&cluster, &failing).await, "its logs went with it");
+
     // Every run is listed with its phase.
     let listed = String::from_utf8_lossy(&xenectl(&cluster, &["runs", "demo"]).stdout).into_owned();
-    assert!(listed.contains(&failing) && listed.contains("Cancelled") && listed.contains("Success"), "{listed}");
+    assert!(listed.contains("Error") && listed.contains("Cancelled") && listed.contains("Success"), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,6 +57,9 @@ pub struct Flags {
     /// An agent silent this long (ms) is marked down and its pipelines move [default: 10000].
     #[arg(long, env = "XENE_AGENT_TTL_MS")]
     pub agent_ttl_ms: Option<u64>,
+    /// Finished runs kept per pipeline, with their logs [default: 100].
+    #[arg(long, env = "XENE_RUN_HISTORY")]
+    pub run_history: Option<usize>,
 }
 
 /// The same settings as read from `--config`.
@@ -77,6 +80,7 @@ pub struct FileConfig {
     pub snapshot_logs: Option<u64>,
     pub log_format: Option<String>,
     pub agent_ttl_ms: Option<u64>,
+    pub run_history: Option<usize>,
 }
 
 /// Log output format.
@@ -103,6 +107,7 @@ pub struct ServerConfig {
     pub snapshot_logs: u64,
     pub log_format: LogFormat,
     pub agent_ttl: Duration,
+    pub run_history: usize,
 }
 
 /// A configuration problem, phrased for the operator.
@@ -194,6 +199,7 @@ impl ServerConfig {
             election_timeout,
             snapshot_logs: flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000).max(1),
             log_format,
+            run_history: flags.run_history.or(file.run_history).unwrap_or(100).max(1),
             agent_ttl: Duration::from_millis(flags.agent_ttl_ms.or(file.agent_ttl_ms).unwrap_or(10_000).max(200)),
         })
     }

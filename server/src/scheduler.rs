@@ -23,7 +23,7 @@ use crate::keys;
 use crate::node::ClusterNode;
 
 /// Owns the scheduler for the life of the server: runs it during each term this server leads.
-pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, stop: CancellationToken) {
+pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize, stop: CancellationToken) {
     let mut metrics = node.raft.metrics();
     loop {
         while !node.is_leader() {
@@ -35,7 +35,7 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, stop: CancellationT
         tracing::info!(node = node.id, "leading: the scheduler starts");
         let leader_since = Instant::now();
         loop {
-            if let Err(e) = reconcile(&node, &hub, leader_since).await {
+            if let Err(e) = reconcile(&node, &hub, leader_since, run_history).await {
                 tracing::warn!(error = %e, "scheduling pass failed; retrying");
             }
             tokio::select! {
@@ -91,7 +91,7 @@ fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 
 /// One pass of the scheduler.
 #[tracing::instrument(skip_all, fields(node = node.id))]
-pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant) -> Result<()> {
+pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant, run_history: usize) -> Result<()> {
     node.read_barrier().await?;
     let mut agents: BTreeMap<String, Versioned<AgentRecord>> = read_all(node, keys::AGENTS).await?;
     let mut leases: BTreeMap<String, Versioned<LeaseRecord>> = read_all(node, keys::LEASES).await?;
@@ -268,8 +268,33 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
     }
 
     // 5. Runs: hand each unfinished run to its pipeline's lease holder; a run started under a
-    //    lease that moved has lost its agent (DESIGN §7.4).
-    for stored in crate::runs::list_local(node, "", "", "").await? {
+    //    lease that moved has lost its agent (DESIGN §7.4). Keep the last `run_history`
+    //    finished runs of each pipeline, with their logs (DESIGN §9.7).
+    let all_runs = crate::runs::list_local(node, "", "", "").await?;
+    let mut finished: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for stored in &all_runs {
+        if stored.run.status.phase.is_terminal() {
+            let key = (stored.run.spec.workflow.clone(), stored.run.spec.pipeline.clone());
+            finished.entry(key).or_default().push(stored.run.metadata.name.clone());
+        }
+    }
+    for names in finished.values() {
+        // Run IDs sort by creation time within a pipeline.
+        let excess = names.len().saturating_sub(run_history.max(1));
+        for name in names.iter().take(excess) {
+            tracing::info!(run = %name, "removing a run beyond the history limit");
+            node.txn(Txn {
+                compare: vec![],
+                success: vec![
+                    Op::Delete { key: keys::run(name).into_bytes() },
+                    Op::DeletePrefix { prefix: keys::logs_of(name).into_bytes() },
+                ],
+                failure: vec![],
+            })
+            .await?;
+        }
+    }
+    for stored in all_runs {
         let run = &stored.run;
         if run.status.phase.is_terminal() {
             continue;

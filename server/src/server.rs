@@ -96,7 +96,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 
     let hub = Arc::new(AgentHub::new(config.agent_ttl));
     tasks.spawn(tokens.clone().follow(reader.clone(), stop.clone()));
-    tasks.spawn(crate::scheduler::run(node.clone(), hub.clone(), stop.clone()));
+    tasks.spawn(crate::scheduler::run(node.clone(), hub.clone(), config.run_history, stop.clone()));
     {
         let grpc = tonic::transport::Server::builder()
             .layer(GrpcMetricsLayer { metrics: metrics.clone() })
