@@ -120,7 +120,8 @@ pub struct TaskSpec {
 pub struct StepCommand<'a> {
     /// Run with `/bin/sh -c`.
     pub script: &'a str,
-    /// An absolute path in the container, created if missing; [`WORKSPACE`] when `None`.
+    /// Where the step runs, created if missing: an absolute path in the container, or one
+    /// relative to [`WORKSPACE`]; [`WORKSPACE`] itself when `None`.
     pub working_dir: Option<&'a str>,
     /// Added to the image's environment (a key here wins).
     pub env: &'a BTreeMap<String, String>,
@@ -180,19 +181,19 @@ impl std::fmt::Debug for DockerExecutor {
 }
 
 impl DockerExecutor {
-    /// Connects to the local engine (`DOCKER_HOST` when it is a `unix://` address, else
-    /// `/var/run/docker.sock`) and agrees on an API version with it.
+    /// Connects to the local engine (`DOCKER_HOST`, else `unix:///var/run/docker.sock`) and
+    /// agrees on an API version with it.
     pub async fn connect(agent: &str) -> Result<Self> {
-        let endpoint = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|host| host.starts_with("unix://"))
-            .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
-        Self::connect_to(agent, &endpoint).await
+        let endpoint = std::env::var("DOCKER_HOST").ok().filter(|host| !host.is_empty());
+        Self::connect_to(agent, endpoint.as_deref().unwrap_or(DEFAULT_SOCKET)).await
     }
 
     /// Connects to the engine listening on the Unix socket `endpoint` (`unix:///path`).
     pub async fn connect_to(agent: &str, endpoint: &str) -> Result<Self> {
         let unavailable = |reason: String| ExecError::Unavailable { endpoint: endpoint.to_string(), reason };
+        if !endpoint.starts_with("unix://") {
+            return Err(unavailable("only unix:// endpoints are supported".into()));
+        }
         let docker = Docker::connect_with_unix(endpoint, REQUEST_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)
             .map_err(|e| unavailable(e.to_string()))?;
         // bollard speaks a newer API than many engines; without this every call to an older
@@ -241,6 +242,9 @@ impl DockerExecutor {
 
     /// Starts the container for one task attempt: the image (pulled if absent), the run's
     /// volume at `/workspace`, the cpu and memory limits and the labels.
+    ///
+    /// A caller may drop this future to cancel (a pull can take minutes): a container it had
+    /// already created is removed by `finish_run` or the orphan sweep.
     #[tracing::instrument(skip_all, fields(run = %run.run, task = %spec.task, attempt = spec.attempt, image = %spec.image))]
     pub async fn start_task(&self, run: &RunResources, spec: &TaskSpec) -> Result<TaskContainer> {
         self.ensure_image(&spec.image, spec.credentials.as_ref()).await?;
@@ -256,7 +260,9 @@ impl DockerExecutor {
                 typ: Some(MountType::VOLUME),
                 ..Default::default()
             }]),
-            nano_cpus: spec.cpu.map(|cpu| i64::try_from(cpu.millicores() * 1_000_000).unwrap_or(i64::MAX)),
+            nano_cpus: spec
+                .cpu
+                .map(|cpu| i64::try_from(cpu.millicores().saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
             memory: spec.memory.map(|memory| i64::try_from(memory.bytes()).unwrap_or(i64::MAX)),
             init: Some(true),
             ..Default::default()
@@ -308,7 +314,11 @@ impl DockerExecutor {
             return StepEnd::Cancelled;
         }
         let env: Vec<String> = step.env.iter().map(|(key, value)| format!("{key}={value}")).collect();
-        let dir = step.working_dir.unwrap_or(WORKSPACE);
+        let dir = match step.working_dir {
+            Some(dir) if dir.starts_with('/') => dir.to_string(),
+            Some(dir) => format!("{WORKSPACE}/{dir}"),
+            None => WORKSPACE.to_string(),
+        };
         let options = CreateExecOptions::<String> {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -321,7 +331,7 @@ impl DockerExecutor {
                 STEP_WRAPPER.into(),
                 "xene-step".into(),
                 step.script.into(),
-                dir.into(),
+                dir,
             ]),
             ..Default::default()
         };

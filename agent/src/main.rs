@@ -4,6 +4,7 @@
 mod config;
 mod connect;
 mod credential;
+mod docker;
 mod leases;
 mod process;
 mod runner;
@@ -60,14 +61,49 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
             signals.cancel();
         }
     });
-    if config.executor != "process" {
-        tracing::warn!(executor = %config.executor, "the container executor is not available yet; tasks run as local processes");
-    }
-    tracing::info!(agent = %credential.agent, executor = %config.executor, "agent starting");
+    let docker = if config.executor == "docker" {
+        match docker::DockerExecutor::connect(&credential.agent).await {
+            Ok(docker) => Some(docker),
+            Err(e) => {
+                tracing::error!(error = %e, "Docker is not reachable: tasks that need containers fail with InfrastructureError until the agent restarts with Docker up, or with --executor process");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    tracing::info!(agent = %credential.agent, executor = %config.executor, docker = docker.is_some(), "agent starting");
     let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
-    let runner = runner::Runner::new(config.data_dir.join("work"), leases.clone(), outbox, parallelism);
-    let result = session::run(config, credential, leases, runner.clone(), outbox_rx, stop).await;
+    let runner = runner::Runner::new(
+        config.data_dir.join("work"),
+        leases.clone(),
+        outbox,
+        parallelism,
+        config.executor.clone(),
+        docker,
+    );
+    let collector = tokio::spawn(collect_orphans(runner.clone(), stop.clone()));
+    let result = session::run(config, credential, leases, runner.clone(), outbox_rx, stop.clone()).await;
+    stop.cancel();
+    let _ = collector.await;
     runner.shutdown().await;
     result
+}
+
+/// Removes containers and volumes of this agent that no run in flight owns: at start-up (what
+/// a crashed agent left) and every minute (DESIGN §9.3). Stops with the agent.
+async fn collect_orphans(runner: Arc<runner::Runner>, stop: CancellationToken) {
+    let Some(docker) = runner.docker().cloned() else { return };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => match docker.ping().await.and(docker.remove_orphans(&runner.running_ids()).await) {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed orphaned containers and volumes"),
+                Err(e) => tracing::warn!(error = %e, "collecting orphans failed"),
+            },
+        }
+    }
 }

@@ -14,10 +14,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
-use xene_model::{EnvValue, LogChunk, LogLine, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, Workflow};
+use xene_model::{
+    EnvValue, Executor, LogChunk, LogLine, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, Workflow,
+};
 use xene_proto as pb;
 use xene_proto::agent_message;
 
+use crate::docker::{DockerExecutor, RunResources, StepCommand, TaskContainer, TaskSpec};
 use crate::leases::Leases;
 use crate::process::{run_step, StepEnd};
 
@@ -30,6 +33,10 @@ pub struct Runner {
     leases: Arc<Leases>,
     outbox: Outbox,
     parallelism: usize,
+    /// The container executor, when the agent runs containers and Docker answered.
+    docker: Option<DockerExecutor>,
+    /// What the agent was asked to use: `docker` or `process`.
+    executor: String,
     tasks: TaskTracker,
     running: Mutex<HashMap<String, (String, CancellationToken)>>,
     /// Final statuses of finished runs, to report again if the leader asks once more.
@@ -37,12 +44,21 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(work_dir: PathBuf, leases: Arc<Leases>, outbox: Outbox, parallelism: usize) -> Arc<Self> {
+    pub fn new(
+        work_dir: PathBuf,
+        leases: Arc<Leases>,
+        outbox: Outbox,
+        parallelism: usize,
+        executor: String,
+        docker: Option<DockerExecutor>,
+    ) -> Arc<Self> {
         Arc::new(Runner {
             work_dir,
             leases,
             outbox,
             parallelism: parallelism.max(1),
+            docker,
+            executor,
             tasks: TaskTracker::new(),
             running: Mutex::default(),
             finished: Mutex::default(),
@@ -102,6 +118,16 @@ impl Runner {
         }
     }
 
+    /// The IDs of the runs in flight.
+    pub fn running_ids(&self) -> BTreeSet<String> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// The container executor, if any.
+    pub fn docker(&self) -> Option<&DockerExecutor> {
+        self.docker.as_ref()
+    }
+
     /// Stops every run; the agent is shutting down.
     pub async fn shutdown(&self) {
         for (_, cancel) in self.running.lock().unwrap_or_else(|p| p.into_inner()).values() {
@@ -157,6 +183,28 @@ impl Runner {
             Ok(graph) => graph,
             Err(e) => return self.fail(run, epoch, ErrorReason::InfrastructureError, &e.to_string()),
         };
+        // Containers when a task asks for one and this agent runs them (DESIGN §9.3, §9.4).
+        let wants_containers = self.executor == "docker"
+            && pipeline.tasks.values().any(|t| matches!(pipeline.executor_for(t), Some(Executor::Container(_)) | None));
+        let containers = if wants_containers {
+            let Some(docker) = self.docker.clone() else {
+                return self.fail(
+                    run,
+                    epoch,
+                    ErrorReason::InfrastructureError,
+                    "the pipeline runs in containers but Docker is not reachable from this agent",
+                );
+            };
+            match docker.prepare_run(&id, &run.spec.workflow, &run.spec.pipeline).await {
+                Ok(resources) => {
+                    tracing::info!(run = %id, volume = resources.volume(), "run workspace volume ready");
+                    Some((docker, Arc::new(resources)))
+                }
+                Err(e) => return self.fail(run, epoch, ErrorReason::InfrastructureError, &e.to_string()),
+            }
+        } else {
+            None
+        };
         run.status.phase = RunPhase::Running;
         report(&self.outbox, epoch, &run);
 
@@ -194,6 +242,7 @@ impl Runner {
                     epoch,
                     cancel: step_cancel.clone(),
                     secrets: Arc::clone(&secrets),
+                    containers: containers.clone(),
                 };
                 workers.spawn(async move {
                     let ok = context.run_task().await;
@@ -229,6 +278,18 @@ impl Runner {
         run.status.phase = RunPhase::ShuttingDown;
         report(&self.outbox, epoch, &run);
         let _ = tokio::fs::remove_dir_all(&workspace).await;
+        if let Some((docker, resources)) = containers {
+            match Arc::try_unwrap(resources) {
+                Ok(resources) => {
+                    if let Err(e) = docker.finish_run(resources).await {
+                        tracing::warn!(run = %id, error = %e, "removing the run's volume failed; the orphan collector will retry");
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(run = %id, "the run's resources are still in use; the orphan collector will remove them")
+                }
+            }
+        }
         run.status.finished = Some(Utc::now());
         if cancel.is_cancelled() {
             run.status.phase = RunPhase::Cancelled;
@@ -295,6 +356,8 @@ struct TaskContext {
     cancel: CancellationToken,
     /// `NAME/KEY` → value, as the leader resolved them (`NAME/` for a secret's only value).
     secrets: Arc<BTreeMap<String, String>>,
+    /// The container executor and the run's volume, when the run uses containers.
+    containers: Option<(DockerExecutor, Arc<RunResources>)>,
 }
 
 impl TaskContext {
@@ -342,6 +405,79 @@ impl TaskContext {
             }
         });
         let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // One container per task attempt, from the task's image (the pipeline's by default).
+        let container = match (&self.containers, self.pipeline.executor_for(task)) {
+            (Some((docker, resources)), Some(Executor::Container(spec))) => {
+                let task_spec = TaskSpec {
+                    task: self.task.clone(),
+                    attempt,
+                    image: spec.image.clone(),
+                    cpu: spec.cpu,
+                    memory: spec.memory,
+                    credentials: None,
+                };
+                match docker.start_task(resources, &task_spec).await {
+                    Ok(container) => {
+                        tracing::info!(task = %self.task, attempt, container = container.name(), id = container.id(), "task container started");
+                        Some((docker.clone(), container))
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        let mut shipper = LogShipper::new(
+                            &self.outbox,
+                            self.epoch,
+                            &run.metadata.name,
+                            &self.task,
+                            &task.steps[0].name,
+                            &self.secrets,
+                        );
+                        shipper.push("xene", message);
+                        shipper.finish();
+                        self.update(|s| {
+                            s.status = StepStatus::Error;
+                            s.reason = Some(ErrorReason::InfrastructureError);
+                            s.steps[0].status = StepStatus::Error;
+                            s.steps[0].reason = Some(ErrorReason::InfrastructureError);
+                        });
+                        return Some(ErrorReason::InfrastructureError);
+                    }
+                }
+            }
+            (Some(_), None) => {
+                self.update(|s| {
+                    s.status = StepStatus::Error;
+                    s.reason = Some(ErrorReason::InfrastructureError);
+                });
+                let mut shipper = LogShipper::new(
+                    &self.outbox,
+                    self.epoch,
+                    &run.metadata.name,
+                    &self.task,
+                    &task.steps[0].name,
+                    &self.secrets,
+                );
+                shipper.push("xene", "this agent runs containers, and the task names no image: set executor: {type: container, image: ...} or {type: process}".into());
+                shipper.finish();
+                return Some(ErrorReason::InfrastructureError);
+            }
+            _ => None,
+        };
+        let outcome = self.steps(task, &run, container.as_ref()).await;
+        if let Some((docker, container)) = container {
+            if let Err(e) = docker.stop_task(container).await {
+                tracing::warn!(task = %self.task, error = %e, "removing the task's container failed");
+            }
+        }
+        outcome
+    }
+
+    /// The steps of one attempt, in order, in a container or as processes.
+    async fn steps(
+        &self,
+        task: &xene_model::Task,
+        run: &RunObject,
+        container: Option<&(DockerExecutor, TaskContainer)>,
+    ) -> Option<ErrorReason> {
         let dir = match task.working_dir.as_ref().or(self.pipeline.working_dir.as_ref()) {
             Some(sub) => self.workspace.join(sub.trim_start_matches('/')),
             None => self.workspace.clone(),
@@ -387,7 +523,11 @@ impl TaskContext {
             env.insert("XENE_RUN_ID".into(), run.metadata.name.clone());
             env.insert("XENE_TASK".into(), self.task.clone());
             env.insert("XENE_STEP".into(), step.name.clone());
-            env.insert("XENE_WORKSPACE".into(), self.workspace.display().to_string());
+            let workspace = match container {
+                Some(_) => crate::docker::WORKSPACE.to_string(),
+                None => self.workspace.display().to_string(),
+            };
+            env.insert("XENE_WORKSPACE".into(), workspace);
             let started = Utc::now();
             self.update(|s| {
                 s.steps[index].status = StepStatus::Running;
@@ -400,7 +540,21 @@ impl TaskContext {
                 StepEnd::NotStarted
             } else {
                 let timeout = step.timeout.or(task.timeout).map(|d| d.as_std());
-                run_step(&step.run, &dir, &env, timeout, &self.cancel, |stream, text| shipper.push(stream, text)).await
+                match container {
+                    Some((docker, container)) => {
+                        let working_dir = task.working_dir.as_deref().or(self.pipeline.working_dir.as_deref());
+                        let command = StepCommand { script: &step.run, working_dir, env: &env, timeout };
+                        docker
+                            .exec_step(container, &command, &self.cancel, |stream, text| shipper.push(stream, text))
+                            .await
+                    }
+                    None => {
+                        run_step(&step.run, &dir, &env, timeout, &self.cancel, |stream, text| {
+                            shipper.push(stream, text)
+                        })
+                        .await
+                    }
+                }
             };
             shipper.finish();
             let (status, code, reason) = match end {

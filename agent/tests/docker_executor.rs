@@ -283,7 +283,6 @@ async fn a_step_over_its_timeout_is_stopped() {
     assert_eq!(end, StepEnd::TimedOut, "{output:?}");
     assert!(took >= timeout + process::GRACE - Duration::from_millis(500), "killed before the grace period: {took:?}");
     assert!(took < timeout + process::GRACE + SLACK, "took {took:?}");
-    eprintln!("took {took:?}");
     let (_, output, _) = run_step(&executor, &container, "ps", None, &cancel).await;
     assert!(!output.stdout.iter().any(|l| l.contains("sleep 0.1")), "a process survived: {output:?}");
 

@@ -65,8 +65,14 @@ impl Drop for AgentProc {
 }
 
 impl TestCluster {
-    /// Starts an agent named `name` with `labels` (`k=v,...`), joining with `token`.
+    /// Starts an agent named `name` with `labels` (`k=v,...`), joining with `token`, running
+    /// steps as processes.
     pub fn start_agent(&self, name: &str, labels: &str, token: &str) -> AgentProc {
+        self.start_agent_with(name, labels, token, "process")
+    }
+
+    /// Like [`TestCluster::start_agent`] with the given executor (`process` or `docker`).
+    pub fn start_agent_with(&self, name: &str, labels: &str, token: &str, executor: &str) -> AgentProc {
         let servers: Vec<String> = self.servers.iter().map(|s| s.grpc.clone()).collect();
         let data_dir = self.dir.join(format!("agent-{name}"));
         let mut args = vec![
@@ -77,7 +83,7 @@ impl TestCluster {
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--executor".into(),
-            "process".into(),
+            executor.into(),
             "--token".into(),
             token.into(),
         ];

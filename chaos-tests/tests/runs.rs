@@ -363,3 +363,66 @@ async fn secrets_reach_steps_masked_and_never_come_back() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not found"));
 }
+
+/// Builds the local busybox image the examples use (no registry is reachable).
+fn busybox_image() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/busybox-image.sh");
+    let status = Command::new("bash").arg(script).status().expect("run busybox-image.sh");
+    assert!(status.success(), "scripts/busybox-image.sh failed: these tests need Docker and a local image");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dag_runs_in_containers_sharing_the_run_workspace() {
+    busybox_image();
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let token =
+        String::from_utf8_lossy(&xenectl(&cluster, &["token", "create", "--kind", "agent"]).stdout).trim().to_string();
+    let agent_name = format!("docker-{}", std::process::id());
+    let agent = cluster.start_agent_with(&agent_name, "os=linux", &token, "docker");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fan-out-fan-in.yaml");
+    let applied = xenectl(&cluster, &["apply", "-f", &examples.display().to_string()]);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&xenectl(&cluster, &["get", "pipelines", "fan-out-fan-in/shards"]).stdout)
+        .contains(" Scheduled")
+    {
+        assert!(Instant::now() < deadline, "not placed: {}", agent.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let request = pb::CreateRunRequest {
+        workflow: "fan-out-fan-in".into(),
+        pipeline: "shards".into(),
+        parameters: Default::default(),
+    };
+    let id = RunServiceClient::new(cluster.channel(0))
+        .create(cluster.request(request))
+        .await
+        .expect("create")
+        .into_inner()
+        .id;
+    let run = wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
+    assert_eq!(run.status.phase, RunPhase::Success, "{run:#?}\n{}", agent.log_tail(30));
+    let lines = logs(&cluster, &id).await;
+    assert!(
+        lines.iter().any(|l| l.task == "report" && l.text == "465"),
+        "the fan-in read every shard's file: {lines:?}"
+    );
+    // Containers and the run's volume are gone once the run ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let label = format!("label=xene.agent={agent_name}");
+        let containers = Command::new("docker").args(["ps", "-aq", "--filter", &label]).output().expect("docker ps");
+        let volumes =
+            Command::new("docker").args(["volume", "ls", "-q", "--filter", &label]).output().expect("docker volume ls");
+        if containers.stdout.is_empty() && volumes.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?} {:?}",
+            String::from_utf8_lossy(&containers.stdout),
+            String::from_utf8_lossy(&volumes.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
