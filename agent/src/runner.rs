@@ -478,6 +478,7 @@ impl TaskContext {
         run: &RunObject,
         container: Option<&(DockerExecutor, TaskContainer)>,
     ) -> Option<ErrorReason> {
+        let task_deadline = task.timeout.map(|d| tokio::time::Instant::now() + d.as_std());
         let dir = match task.working_dir.as_ref().or(self.pipeline.working_dir.as_ref()) {
             Some(sub) => self.workspace.join(sub.trim_start_matches('/')),
             None => self.workspace.clone(),
@@ -539,7 +540,12 @@ impl TaskContext {
                 shipper.push("xene", message);
                 StepEnd::NotStarted
             } else {
-                let timeout = step.timeout.or(task.timeout).map(|d| d.as_std());
+                // A step gets its own timeout, cut short by what is left of the task's.
+                let left = task_deadline.map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
+                let timeout = match (step.timeout.map(|d| d.as_std()), left) {
+                    (Some(step), Some(left)) => Some(step.min(left)),
+                    (step, left) => step.or(left),
+                };
                 match container {
                     Some((docker, container)) => {
                         let working_dir = task.working_dir.as_deref().or(self.pipeline.working_dir.as_deref());
@@ -609,7 +615,7 @@ impl<'a> LogShipper<'a> {
     const BATCH_AGE: Duration = Duration::from_millis(200);
     /// Per-step cap (DESIGN §9.7): the first half is shipped as it comes, then only the last
     /// half is kept, behind a marker saying how many lines were dropped.
-    const CAP_LINES: u64 = 20_000;
+    const CAP_LINES: u64 = 200_000;
 
     fn new(
         outbox: &'a Outbox,
@@ -765,7 +771,7 @@ mod tests {
         assert!(lines.iter().enumerate().all(|(i, l)| l.seq == i as u64), "sequence numbers have no gaps");
         assert_eq!(lines[half as usize - 1].text, format!("line {}", half - 1));
         assert_eq!(lines[half as usize].stream, "xene");
-        assert_eq!(lines[half as usize].text, "[xene: 1000 lines truncated; the last 10000 follow]");
+        assert_eq!(lines[half as usize].text, format!("[xene: 1000 lines truncated; the last {half} follow]"));
         assert_eq!(lines.last().map(|l| l.text.clone()), Some(format!("line {}", total - 1)));
     }
 }

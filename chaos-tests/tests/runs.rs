@@ -31,6 +31,7 @@ metadata: {name: demo}
 spec:
   pipelines:
     dag:
+      executor: {type: container, image: "xene/busybox:latest"}
       env: {GREETING: hello}
       tasks:
         prepare:
@@ -43,12 +44,13 @@ spec:
         right:
           dependencies: [prepare]
           steps:
-            - {name: count, run: 'wc -l < numbers > right; echo "to stderr" >&2'}
+            - {name: count, run: 'wc -l < numbers | tr -d " " > right; echo "to stderr" >&2'}
         join:
           dependencies: [left, right]
           steps:
             - {name: total, run: 'echo "total $(cat left) lines $(cat right) param $WHO"'}
     failing:
+      executor: {type: container, image: "xene/busybox:latest"}
       tasks:
         first:
           steps:
@@ -59,17 +61,39 @@ spec:
           dependencies: [first]
           steps:
             - {name: skipped, run: 'true'}
+        independent:
+          steps:
+            - {name: fine, run: 'sleep 0.5; echo independent ran'}
     flaky:
+      executor: {type: container, image: "xene/busybox:latest"}
       tasks:
         retried:
           retries: {limit: 2, backoff: 100ms}
           steps:
-            - {name: try, run: 'n=$(cat /tmp/xene-flaky-$XENE_RUN_ID 2>/dev/null || echo 0); echo $((n+1)) > /tmp/xene-flaky-$XENE_RUN_ID; [ $n -ge 1 ]'}
+            - {name: try, run: 'f=$XENE_WORKSPACE/attempts; n=$(cat $f 2>/dev/null || echo 0); echo $((n+1)) > $f; [ $n -ge 2 ]'}
     slow:
+      executor: {type: container, image: "xene/busybox:latest"}
       tasks:
         sleepy:
           steps:
             - {name: nap, run: 'sleep 30', timeout: 1s}
+    context:
+      executor: {type: container, image: "xene/busybox:latest"}
+      tasks:
+        one:
+          steps:
+            - {name: write, run: 'echo kept > /tmp/xene-context-$XENE_RUN_ID && echo shared > $XENE_WORKSPACE/shared'}
+            - {name: read, run: 'cat /tmp/xene-context-$XENE_RUN_ID'}
+        two:
+          dependencies: [one]
+          steps:
+            - {name: read, run: 'cat $XENE_WORKSPACE/shared'}
+    chatty:
+      executor: {type: container, image: "xene/busybox:latest"}
+      tasks:
+        talk:
+          steps:
+            - {name: lines, run: 'seq 1 100000'}
     secretive:
       tasks:
         use:
@@ -81,6 +105,7 @@ spec:
           steps:
             - {name: nope, run: 'true', env: {X: {secretRef: not-there}}}
     long:
+      executor: {type: container, image: "xene/busybox:latest"}
       tasks:
         forever:
           steps:
@@ -88,12 +113,22 @@ spec:
 "#;
 
 async fn setup() -> (TestCluster, AgentProc) {
+    setup_with("process").await
+}
+
+/// A cluster, one agent with `executor`, and the demo workflow placed on it.
+async fn setup_with(executor: &str) -> (TestCluster, AgentProc) {
+    if executor == "docker" {
+        busybox_image();
+    }
     std::env::set_var("XENE_AGENT_TTL_MS", "2000");
     std::env::set_var("XENE_RUN_HISTORY", "3");
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let token =
         String::from_utf8_lossy(&xenectl(&cluster, &["token", "create", "--kind", "agent"]).stdout).trim().to_string();
-    let agent = cluster.start_agent("runner", "os=linux", &token);
+    // A name unique on this machine, so the Docker labels of parallel tests never collide.
+    let name = format!("runner-{}", std::process::id());
+    let agent = cluster.start_agent_with(&name, "os=linux", &token, executor);
     ObjectServiceClient::new(cluster.channel(0))
         .apply(cluster.request(pb::ApplyRequest { manifest: WORKFLOW.into() }))
         .await
@@ -102,7 +137,7 @@ async fn setup() -> (TestCluster, AgentProc) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let table = String::from_utf8_lossy(&xenectl(&cluster, &["get", "pipelines"]).stdout).into_owned();
-        if table.lines().skip(1).filter(|l| l.contains("Scheduled") && !l.contains("NotScheduled")).count() == 6 {
+        if table.lines().skip(1).filter(|l| l.contains("Scheduled") && !l.contains("NotScheduled")).count() == 8 {
             break;
         }
         assert!(Instant::now() < deadline, "pipelines not placed: {table}\n{}\n{}", cluster.logs(), agent.log_tail(20));
@@ -126,18 +161,32 @@ async fn start(cluster: &TestCluster, pipeline: &str, params: &[(&str, &str)]) -
 }
 
 async fn wait_run(cluster: &TestCluster, agent: &AgentProc, id: &str, done: impl Fn(&RunObject) -> bool) -> RunObject {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_run_for(cluster, agent, id, Duration::from_secs(30), done).await
+}
+
+/// Polls the run until `done`; a call that fails (a busy server) is retried until the deadline.
+async fn wait_run_for(
+    cluster: &TestCluster,
+    agent: &AgentProc,
+    id: &str,
+    timeout: Duration,
+    done: impl Fn(&RunObject) -> bool,
+) -> RunObject {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
     loop {
-        let reply = RunServiceClient::new(cluster.channel(2))
-            .get(cluster.request(pb::GetRunRequest { id: id.into() }))
-            .await
-            .expect("get run")
-            .into_inner();
-        let run: RunObject = serde_json::from_str(&reply.json).expect("run json");
-        if done(&run) {
-            return run;
+        match RunServiceClient::new(cluster.channel(2)).get(cluster.request(pb::GetRunRequest { id: id.into() })).await
+        {
+            Ok(reply) => {
+                let run: RunObject = serde_json::from_str(&reply.into_inner().json).expect("run json");
+                if done(&run) {
+                    return run;
+                }
+                last = format!("{run:#?}");
+            }
+            Err(status) => last = format!("get run failed: {status}"),
         }
-        assert!(Instant::now() < deadline, "run {id} stuck: {run:#?}\n{}\n{}", cluster.logs(), agent.log_tail(30));
+        assert!(Instant::now() < deadline, "run {id} stuck: {last}\n{}\n{}", cluster.logs(), agent.log_tail(30));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -168,7 +217,7 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
     assert!(watched.status.success(), "xenectl run --watch: {}", String::from_utf8_lossy(&watched.stderr));
     let run = wait_run(&cluster, &_agent, &id, |r| r.status.phase.is_terminal()).await;
     assert_eq!(run.status.phase, RunPhase::Success);
-    assert_eq!(run.status.agent.as_deref(), Some("runner"));
+    assert!(run.status.agent.as_deref().is_some_and(|a| a.starts_with("runner-")));
     assert!(run.status.lease_epoch.is_some());
     for task in ["prepare", "left", "right", "join"] {
         assert_eq!(run.status.tasks[task].status, StepStatus::Success, "{task}");
@@ -218,10 +267,45 @@ async fn http_post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (
     (status, body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_retries_timeouts_and_cancellation() {
-    let (cluster, agent) = setup().await;
+/// Whether anything of run `id` is left: its containers or volume (Docker), or processes.
+fn leftovers(id: &str) -> String {
+    let label = format!("label=xene.run={id}");
+    let mut found = String::new();
+    if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &label]).output() {
+        found.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    if let Ok(out) = Command::new("docker").args(["volume", "ls", "-q", "--filter", &label]).output() {
+        found.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    if let Ok(out) = Command::new("pgrep").args(["-f", "got TERM"]).output() {
+        // Processes of a process-executor step carry their script on the command line.
+        let ours: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+        for pid in ours {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if String::from_utf8_lossy(&environ).contains(&format!("XENE_RUN_ID={id}")) {
+                found.push_str(&format!("process {pid}\n"));
+            }
+        }
+    }
+    found.trim().to_string()
+}
 
+/// The behaviour every executor must have (issue "Runs", Tests).
+async fn executor_behaviour(executor: &str) {
+    let (cluster, agent) = setup_with(executor).await;
+
+    // One task's steps share one context (/tmp); a run's tasks share /workspace.
+    let context = start(&cluster, "context", &[]).await;
+    let run = wait_run(&cluster, &agent, &context, |r| r.status.phase.is_terminal()).await;
+    assert_eq!(run.status.phase, RunPhase::Success, "{run:#?}\n{}", agent.log_tail(20));
+    let texts: Vec<String> =
+        logs(&cluster, &context).await.into_iter().map(|l| format!("{}/{} {}", l.task, l.step, l.text)).collect();
+    assert!(
+        texts.contains(&"one/read kept".to_string()) && texts.contains(&"two/read shared".to_string()),
+        "{texts:?}"
+    );
+
+    // A failing step: its task fails with the exit code, the rest waits, independent work runs.
     let failing = start(&cluster, "failing", &[]).await;
     let run = wait_run(&cluster, &agent, &failing, |r| r.status.phase.is_terminal()).await;
     assert_eq!(run.status.phase, RunPhase::Error);
@@ -238,15 +322,17 @@ async fn failures_retries_timeouts_and_cancellation() {
             ("never", StepStatus::NotExecuted, None)
         ]
     );
+    assert_eq!(first.steps[1].reason, Some(ErrorReason::Failed));
     assert_eq!(run.status.tasks["after"].status, StepStatus::NotExecuted, "a task after a failed one never runs");
-    let watched = xenectl(&cluster, &["run", "demo/failing", "--watch"]);
-    assert!(!watched.status.success(), "--watch exits non-zero for a failed run");
+    assert_eq!(run.status.tasks["independent"].status, StepStatus::Success, "an independent branch still runs");
 
+    // Fails twice, passes on the third attempt.
     let flaky = start(&cluster, "flaky", &[]).await;
     let run = wait_run(&cluster, &agent, &flaky, |r| r.status.phase.is_terminal()).await;
     assert_eq!(run.status.phase, RunPhase::Success, "{run:#?}");
-    assert_eq!(run.status.tasks["retried"].attempt, 1, "succeeded on the second attempt");
+    assert_eq!(run.status.tasks["retried"].attempt, 2, "three attempts: 0, 1, 2");
 
+    // A step over its timeout.
     let slow = start(&cluster, "slow", &[]).await;
     let started = Instant::now();
     let run = wait_run(&cluster, &agent, &slow, |r| r.status.phase.is_terminal()).await;
@@ -254,18 +340,28 @@ async fn failures_retries_timeouts_and_cancellation() {
     assert_eq!(run.status.tasks["sleepy"].steps[0].reason, Some(ErrorReason::TimedOut));
     assert!(started.elapsed() < Duration::from_secs(15), "the step was stopped at its timeout");
 
+    // Cancel a running run: SIGTERM reaches the step, and nothing is left behind.
     let long = start(&cluster, "long", &[]).await;
     wait_run(&cluster, &agent, &long, |r| r.status.phase == RunPhase::Running).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let cancelled = xenectl(&cluster, &["cancel", &long]);
     assert!(cancelled.status.success(), "{}", String::from_utf8_lossy(&cancelled.stderr));
     let run = wait_run(&cluster, &agent, &long, |r| r.status.phase.is_terminal()).await;
     assert_eq!(run.status.phase, RunPhase::Cancelled);
     let lines = logs(&cluster, &long).await;
     assert!(lines.iter().any(|l| l.text == "got TERM"), "the step got SIGTERM first: {lines:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = leftovers(&long);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind after cancel: {left}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Only the last three finished runs of a pipeline are kept (XENE_RUN_HISTORY=3 here).
-    for _ in 0..2 {
+    for _ in 0..3 {
         let id = start(&cluster, "failing", &[]).await;
         wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
     }
@@ -282,10 +378,64 @@ async fn failures_retries_timeouts_and_cancellation() {
         RunServiceClient::new(cluster.channel(0)).get(cluster.request(pb::GetRunRequest { id: failing.clone() })).await;
     assert_eq!(oldest.expect_err("the oldest run is gone").code(), tonic::Code::NotFound);
     assert!(logs_missing(&cluster, &failing).await, "its logs went with it");
-
-    // Every run is listed with its phase.
     let listed = String::from_utf8_lossy(&xenectl(&cluster, &["runs", "demo"]).stdout).into_owned();
     assert!(listed.contains("Error") && listed.contains("Cancelled") && listed.contains("Success"), "{listed}");
+}
+
+/// 100,000 lines: `logs -f` during the run and `logs` after both give every line once, in order.
+async fn many_lines(executor: &str) {
+    let (cluster, agent) = setup_with(executor).await;
+    let id = start(&cluster, "chatty", &[]).await;
+    let follow = {
+        let servers: Vec<String> = cluster.servers.iter().map(|s| s.grpc.clone()).collect();
+        Command::new(bin_dir().join("xenectl"))
+            .args(["--servers", &servers.join(","), "logs", &id, "--task", "talk", "--step", "lines", "-f"])
+            .env("XENE_TOKEN", &cluster.token)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("xenectl logs -f")
+    };
+    let run = wait_run_for(&cluster, &agent, &id, Duration::from_secs(120), |r| r.status.phase.is_terminal()).await;
+    assert_eq!(run.status.phase, RunPhase::Success);
+    let followed = tokio::task::spawn_blocking(move || follow.wait_with_output()).await.expect("join").expect("output");
+    let after = xenectl(&cluster, &["logs", &id, "--task", "talk", "--step", "lines"]);
+    let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    let describe = |out: &[u8]| {
+        let text = String::from_utf8_lossy(out);
+        let lines: Vec<&str> = text.lines().collect();
+        format!("{} lines, first {:?}, last {:?}", lines.len(), lines.first(), lines.last())
+    };
+    assert!(
+        String::from_utf8_lossy(&followed.stdout) == expected,
+        "logs -f gave every line once, in order: {}",
+        describe(&followed.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&after.stdout) == expected,
+        "logs after the run gave every line once, in order: {} {}",
+        describe(&after.stdout),
+        String::from_utf8_lossy(&after.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_executor_behaviour() {
+    executor_behaviour("process").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_executor_behaviour() {
+    executor_behaviour("docker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_executor_logs_every_line() {
+    many_lines("process").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_executor_logs_every_line() {
+    many_lines("docker").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

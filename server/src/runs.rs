@@ -210,14 +210,20 @@ pub async fn agent_update(node: &ClusterNode, agent: &str, epoch: u64, reported:
     Err(Refused::Other(ServerError::unavailable("the run kept changing; retry")))
 }
 
-/// Stores a chunk of log lines, fenced by the lease epoch of the run's pipeline.
-pub async fn agent_logs(node: &ClusterNode, epoch: u64, first_seq: u64, chunk: LogChunk) -> Result<(), Refused> {
-    let run = get(node, &chunk.run).await?;
+/// Stores a chunk of log lines, fenced by the lease epoch of the run's pipeline
+/// (`workflow`, `pipeline`), which the caller knows from the run.
+pub async fn agent_logs(
+    node: &ClusterNode,
+    pipeline: (&str, &str),
+    epoch: u64,
+    first_seq: u64,
+    chunk: LogChunk,
+) -> Result<(), Refused> {
     let key = keys::log_chunk(&chunk.run, &chunk.task, &chunk.step, first_seq);
     let value = serde_json::to_vec(&chunk).map_err(internal)?;
     let response = node
         .txn(Txn {
-            compare: vec![fence(&run.run.spec.workflow, &run.run.spec.pipeline, epoch)],
+            compare: vec![fence(pipeline.0, pipeline.1, epoch)],
             success: vec![Op::Put { key: key.into_bytes(), value }],
             failure: vec![],
         })

@@ -182,7 +182,61 @@ impl AgentService for AgentApi {
         tracing::info!(agent = %name, held = hello.held.len(), "agent session opened");
         let hub = self.hub.clone();
         let stop = self.stop.clone();
-        let node = self.node.clone();
+        // The agent's writes (run statuses, log chunks) go through Raft one after another in
+        // their own task, so heartbeats and their acks never wait behind a backlog of writes.
+        let (writes, mut pending) = tokio::sync::mpsc::channel::<agent_message::Body>(1024);
+        {
+            let node = self.node.clone();
+            let tx = tx.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                // Which pipeline each run belongs to, read once per run.
+                let mut pipelines: std::collections::HashMap<String, (String, String)> = Default::default();
+                while let Some(body) = pending.recv().await {
+                    let (run, epoch, result) = match body {
+                        agent_message::Body::RunUpdate(update) => {
+                            let result = match serde_json::from_str::<xene_model::RunObject>(&update.run_json) {
+                                Ok(run) => runs::agent_update(&node, &name, update.epoch, run).await,
+                                Err(e) => Err(Refused::Other(ServerError::InvalidArgument(format!("run update: {e}")))),
+                            };
+                            (update.run, update.epoch, result)
+                        }
+                        agent_message::Body::Logs(batch) => {
+                            let pipeline = match pipelines.get(&batch.run) {
+                                Some(found) => Ok(found.clone()),
+                                None => runs::get(&node, &batch.run).await.map(|stored| {
+                                    let found = (stored.run.spec.workflow, stored.run.spec.pipeline);
+                                    pipelines.insert(batch.run.clone(), found.clone());
+                                    found
+                                }),
+                            };
+                            let result =
+                                match (pipeline, serde_json::from_str::<xene_model::LogChunk>(&batch.chunk_json)) {
+                                    (Ok((workflow, pipeline)), Ok(chunk)) => {
+                                        runs::agent_logs(
+                                            &node,
+                                            (&workflow, &pipeline),
+                                            batch.epoch,
+                                            batch.first_seq,
+                                            chunk,
+                                        )
+                                        .await
+                                    }
+                                    (Err(e), _) => Err(Refused::Other(e)),
+                                    (_, Err(e)) => {
+                                        Err(Refused::Other(ServerError::InvalidArgument(format!("log batch: {e}"))))
+                                    }
+                                };
+                            (batch.run, batch.epoch, result)
+                        }
+                        _ => continue,
+                    };
+                    if !answer_refusal(&tx, &run, epoch, result).await {
+                        break;
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
@@ -200,23 +254,11 @@ impl AgentService for AgentApi {
                             break;
                         }
                     }
-                    Some(Ok(pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(update)) })) => {
+                    Some(Ok(pb::AgentMessage {
+                        body: Some(body @ (agent_message::Body::RunUpdate(_) | agent_message::Body::Logs(_))),
+                    })) => {
                         hub.heartbeat(&name, serial, now_ms());
-                        let result = match serde_json::from_str::<xene_model::RunObject>(&update.run_json) {
-                            Ok(run) => runs::agent_update(&node, &name, update.epoch, run).await,
-                            Err(e) => Err(Refused::Other(ServerError::InvalidArgument(format!("run update: {e}")))),
-                        };
-                        if !answer_refusal(&tx, &update.run, update.epoch, result).await {
-                            break;
-                        }
-                    }
-                    Some(Ok(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) })) => {
-                        hub.heartbeat(&name, serial, now_ms());
-                        let result = match serde_json::from_str::<xene_model::LogChunk>(&batch.chunk_json) {
-                            Ok(chunk) => runs::agent_logs(&node, batch.epoch, batch.first_seq, chunk).await,
-                            Err(e) => Err(Refused::Other(ServerError::InvalidArgument(format!("log batch: {e}")))),
-                        };
-                        if !answer_refusal(&tx, &batch.run, batch.epoch, result).await {
+                        if writes.send(body).await.is_err() {
                             break;
                         }
                     }

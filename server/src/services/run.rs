@@ -83,9 +83,10 @@ impl RunService for RunApi {
         tokio::spawn(async move {
             // The next sequence number to send, per (task, step): lines are sent once, in order.
             let mut next: BTreeMap<(String, String), u64> = BTreeMap::new();
-            loop {
+            let prefix = crate::keys::logs_of(&logs.run).into_bytes();
+            'list: loop {
                 // Read the run's state before its logs: once it is terminal, the agent has
-                // shipped every line, so one more read of the logs is complete.
+                // shipped every line, so the logs read after are complete.
                 let finished = match runs::get(&node, &logs.run).await {
                     Ok(run) => run.run.status.phase.is_terminal(),
                     Err(e) => {
@@ -93,50 +94,86 @@ impl RunService for RunApi {
                         return;
                     }
                 };
-                let chunks = match runs::log_chunks(&node, &logs.run, None).await {
-                    Ok((chunks, _)) => chunks,
+                let (chunks, revision) = match runs::log_chunks(&node, &logs.run, None).await {
+                    Ok(found) => found,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
-                let mut lines = Vec::new();
-                for chunk in chunks {
-                    if (!logs.task.is_empty() && chunk.task != logs.task)
-                        || (!logs.step.is_empty() && chunk.step != logs.step)
-                    {
-                        continue;
-                    }
-                    let cursor = next.entry((chunk.task.clone(), chunk.step.clone())).or_insert(0);
-                    for line in chunk.lines {
-                        if line.seq == *cursor {
-                            *cursor += 1;
-                            lines.push(pb::LogEntry {
-                                task: chunk.task.clone(),
-                                step: chunk.step.clone(),
-                                seq: line.seq,
-                                ts_ms: line.ts_ms,
-                                stream: line.stream,
-                                text: line.text,
-                            });
-                        }
-                    }
-                }
-                if !lines.is_empty() && tx.send(Ok(pb::LogsResponse { lines })).await.is_err() {
+                if !send_lines(&tx, &logs, &mut next, chunks).await {
                     return;
                 }
                 if !logs.follow || finished {
                     return;
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                // Then follow new chunks through a watch, and the run's end by polling its phase.
+                let Ok(mut watcher) = node.reader.watch(revision + 1, prefix.clone()) else { continue 'list };
+                loop {
+                    let events = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tx.closed() => return,
+                        events = watcher.next() => events,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                            match runs::get(&node, &logs.run).await {
+                                Ok(run) if run.run.status.phase.is_terminal() => continue 'list,
+                                Ok(_) => continue,
+                                Err(_) => continue 'list,
+                            }
+                        }
+                    };
+                    let Ok(events) = events else { continue 'list };
+                    let chunks = events
+                        .into_iter()
+                        .filter(|e| e.kind == xene_raft_store::EventKind::Put)
+                        .filter_map(|e| serde_json::from_slice::<xene_model::LogChunk>(&e.kv.value).ok())
+                        .collect();
+                    if !send_lines(&tx, &logs, &mut next, chunks).await {
+                        return;
+                    }
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Sends the lines of `chunks` that come next for their step, in messages of at most 1,000
+/// lines (well under gRPC's message size limit). Returns false when the client is gone.
+async fn send_lines(
+    tx: &tokio::sync::mpsc::Sender<Result<pb::LogsResponse, Status>>,
+    logs: &pb::LogsRequest,
+    next: &mut BTreeMap<(String, String), u64>,
+    chunks: Vec<xene_model::LogChunk>,
+) -> bool {
+    let mut lines = Vec::new();
+    for chunk in chunks {
+        if (!logs.task.is_empty() && chunk.task != logs.task) || (!logs.step.is_empty() && chunk.step != logs.step) {
+            continue;
+        }
+        let cursor = next.entry((chunk.task.clone(), chunk.step.clone())).or_insert(0);
+        for line in chunk.lines {
+            if line.seq == *cursor {
+                *cursor += 1;
+                lines.push(pb::LogEntry {
+                    task: chunk.task.clone(),
+                    step: chunk.step.clone(),
+                    seq: line.seq,
+                    ts_ms: line.ts_ms,
+                    stream: line.stream,
+                    text: line.text,
+                });
+            }
+        }
+    }
+    let mut lines = lines.into_iter().peekable();
+    while lines.peek().is_some() {
+        let batch: Vec<pb::LogEntry> = lines.by_ref().take(1_000).collect();
+        if tx.send(Ok(pb::LogsResponse { lines: batch })).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// For the REST handler: the error as an HTTP status and message.
