@@ -173,8 +173,8 @@ async fn wait_run_for(
     done: impl Fn(&RunObject) -> bool,
 ) -> RunObject {
     let deadline = Instant::now() + timeout;
-    let mut last = String::new();
     loop {
+        let last;
         match RunServiceClient::new(cluster.channel(2)).get(cluster.request(pb::GetRunRequest { id: id.into() })).await
         {
             Ok(reply) => {
