@@ -174,18 +174,18 @@ async fn wait_run_for(
 ) -> RunObject {
     let deadline = Instant::now() + timeout;
     loop {
-        let last;
-        match RunServiceClient::new(cluster.channel(2)).get(cluster.request(pb::GetRunRequest { id: id.into() })).await
-        {
+        let reply =
+            RunServiceClient::new(cluster.channel(2)).get(cluster.request(pb::GetRunRequest { id: id.into() })).await;
+        let last = match reply {
             Ok(reply) => {
                 let run: RunObject = serde_json::from_str(&reply.into_inner().json).expect("run json");
                 if done(&run) {
                     return run;
                 }
-                last = format!("{run:#?}");
+                format!("{run:#?}")
             }
-            Err(status) => last = format!("get run failed: {status}"),
-        }
+            Err(status) => format!("get run failed: {status}"),
+        };
         assert!(Instant::now() < deadline, "run {id} stuck: {last}\n{}\n{}", cluster.logs(), agent.log_tail(30));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
