@@ -65,6 +65,17 @@ impl Drop for AgentProc {
 }
 
 impl TestCluster {
+    /// Runs `xenectl` against every server of the cluster with the admin token.
+    pub fn xenectl(&self, args: &[&str]) -> std::process::Output {
+        let servers: Vec<String> = self.servers.iter().map(|s| s.grpc.clone()).collect();
+        Command::new(bin_dir().join("xenectl"))
+            .args(["--servers", &servers.join(",")])
+            .args(args)
+            .env("XENE_TOKEN", &self.token)
+            .output()
+            .expect("run xenectl")
+    }
+
     /// Starts an agent named `name` with `labels` (`k=v,...`), joining with `token`, running
     /// steps as processes.
     pub fn start_agent(&self, name: &str, labels: &str, token: &str) -> AgentProc {

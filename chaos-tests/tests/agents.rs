@@ -1,11 +1,10 @@
 //! Agents as real processes (issue "Agents"; DESIGN §7): join tokens, spreading, selectors,
 //! failover of leases when an agent dies, and the agent role's limits.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use xene_chaos_tests::harness::{bin_dir, ClusterOptions, TestCluster};
+use xene_chaos_tests::harness::{ClusterOptions, TestCluster};
 use xene_model::PipelineObject;
 use xene_proto as pb;
 use xene_proto::object_service_client::ObjectServiceClient;
@@ -19,20 +18,10 @@ async fn cluster() -> TestCluster {
     TestCluster::start(ClusterOptions::default()).await
 }
 
-fn xenectl(cluster: &TestCluster, args: &[&str]) -> Output {
-    let servers: Vec<String> = cluster.servers.iter().map(|s| s.grpc.clone()).collect();
-    Command::new(bin_dir().join("xenectl"))
-        .args(["--servers", &servers.join(",")])
-        .args(args)
-        .env("XENE_TOKEN", &cluster.token)
-        .output()
-        .expect("run xenectl")
-}
-
 fn join_token(cluster: &TestCluster, extra: &[&str]) -> String {
     let mut args = vec!["token", "create", "--kind", "agent"];
     args.extend_from_slice(extra);
-    let output = xenectl(cluster, &args);
+    let output = cluster.xenectl(&args);
     assert!(output.status.success(), "token create: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
@@ -122,10 +111,10 @@ async fn join_tokens_are_checked_and_used_once() {
 
     // Revoked, expired and unknown tokens.
     let revoked = join_token(&cluster, &[]);
-    let list = String::from_utf8_lossy(&xenectl(&cluster, &["token", "list"]).stdout).into_owned();
+    let list = String::from_utf8_lossy(&cluster.xenectl(&["token", "list"]).stdout).into_owned();
     let id = revoked.split('_').nth(1).expect("token id");
     assert!(list.contains(id), "{list}");
-    let output = xenectl(&cluster, &["token", "revoke", id]);
+    let output = cluster.xenectl(&["token", "revoke", id]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let mut third = cluster.start_agent("third", "", &revoked);
     wait_refused(&mut third, "revoked").await;
@@ -141,7 +130,7 @@ async fn join_tokens_are_checked_and_used_once() {
     // The first agent, restarted without a token, is connected.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let agents = String::from_utf8_lossy(&xenectl(&cluster, &["agents"]).stdout).into_owned();
+        let agents = String::from_utf8_lossy(&cluster.xenectl(&["agents"]).stdout).into_owned();
         if agents.lines().any(|l| l.starts_with("first") && l.contains(" Up ")) {
             assert!(!agents.contains("second"), "refused agents are not recorded: {agents}");
             break;
@@ -191,7 +180,7 @@ async fn pipelines_spread_follow_selectors_and_move_when_an_agent_dies() {
     let mut two = cluster.start_agent("two", "os=linux", &token);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let agents = String::from_utf8_lossy(&xenectl(&cluster, &["agents"]).stdout).into_owned();
+        let agents = String::from_utf8_lossy(&cluster.xenectl(&["agents"]).stdout).into_owned();
         if agents.lines().filter(|l| l.contains(" Up ")).count() == 2 {
             break;
         }
@@ -255,6 +244,6 @@ async fn pipelines_spread_follow_selectors_and_move_when_an_agent_dies() {
         let now = moved.iter().find(|p| &p.metadata.name == name).expect("pipeline");
         assert!(now.status.lease_epoch.unwrap_or(0) > *old_epoch, "a moved lease has a new epoch: {now:?}");
     }
-    let agents = String::from_utf8_lossy(&xenectl(&cluster, &["agents"]).stdout).into_owned();
+    let agents = String::from_utf8_lossy(&cluster.xenectl(&["agents"]).stdout).into_owned();
     assert!(agents.lines().any(|l| l.starts_with("two") && l.contains("Down")), "{agents}");
 }

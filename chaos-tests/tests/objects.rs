@@ -2,11 +2,10 @@
 //! (issue "Workflow manifests"; DESIGN §6, §11.1, §12).
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use tokio_stream::StreamExt;
 use tonic::Code;
-use xene_chaos_tests::harness::{bin_dir, ClusterOptions, TestCluster};
+use xene_chaos_tests::harness::{ClusterOptions, TestCluster};
 use xene_model::{parse_manifest, PipelineObject, Workflow};
 use xene_proto as pb;
 use xene_proto::object_service_client::ObjectServiceClient;
@@ -34,16 +33,6 @@ async fn list(cluster: &TestCluster, kind: &str, selector: &str) -> Vec<pb::Obje
     let request =
         pb::ListObjectsRequest { kind: kind.into(), label_selector: selector.into(), workflow: String::new() };
     objects(cluster, 0).list(cluster.request(request)).await.expect("list").into_inner().objects
-}
-
-fn xenectl(cluster: &TestCluster, args: &[&str]) -> Output {
-    let servers: Vec<String> = cluster.servers.iter().map(|s| s.grpc.clone()).collect();
-    Command::new(bin_dir().join("xenectl"))
-        .args(["--servers", &servers.join(",")])
-        .args(args)
-        .env("XENE_TOKEN", &cluster.token)
-        .output()
-        .expect("run xenectl")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +79,7 @@ async fn apply_is_idempotent_versioned_and_delete_removes_pipelines() {
     assert_eq!(before.metadata.creation_timestamp, after.metadata.creation_timestamp);
 
     // Store → YAML → parse: the manifest comes back as it was applied (lossless).
-    let yaml = xenectl(&cluster, &["get", "workflows", "ping-ci", "-o", "yaml"]);
+    let yaml = cluster.xenectl(&["get", "workflows", "ping-ci", "-o", "yaml"]);
     assert!(yaml.status.success(), "{}", String::from_utf8_lossy(&yaml.stderr));
     let round_trip =
         parse_manifest(&String::from_utf8_lossy(&yaml.stdout)).expect("the YAML xenectl prints is a valid manifest");
@@ -212,35 +201,33 @@ async fn xenectl_validates_before_sending_and_shows_workflows() {
     std::fs::write(dir.path().join("good.yaml"), example("hello.yaml")).expect("write");
     std::fs::write(dir.path().join("bad.yaml"), example("hello.yaml").replace("name: hello", "name: Hello_World"))
         .expect("write");
-    let refused = xenectl(&cluster, &["apply", "-f", &dir.path().display().to_string()]);
+    let refused = cluster.xenectl(&["apply", "-f", &dir.path().display().to_string()]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("bad.yaml: metadata.name"), "{stderr}");
     assert!(stderr.contains("nothing was applied"), "{stderr}");
     assert!(list(&cluster, "workflows", "").await.is_empty(), "the valid file was not sent either");
 
-    let applied = xenectl(&cluster, &["apply", "-f", &examples().display().to_string()]);
+    let applied = cluster.xenectl(&["apply", "-f", &examples().display().to_string()]);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let stdout = String::from_utf8_lossy(&applied.stdout);
     assert_eq!(stdout.matches(" created").count(), 3, "{stdout}");
-    let again = xenectl(&cluster, &["apply", "-f", &examples().display().to_string()]);
+    let again = cluster.xenectl(&["apply", "-f", &examples().display().to_string()]);
     assert_eq!(String::from_utf8_lossy(&again.stdout).matches(" unchanged").count(), 3);
 
-    let table = String::from_utf8_lossy(&xenectl(&cluster, &["get", "workflows"]).stdout).into_owned();
+    let table = String::from_utf8_lossy(&cluster.xenectl(&["get", "workflows"]).stdout).into_owned();
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("ping-ci") && l.contains(" 1 ")), "{table}");
-    let pipelines =
-        String::from_utf8_lossy(&xenectl(&cluster, &["get", "pipelines", "-o", "wide"]).stdout).into_owned();
+    let pipelines = String::from_utf8_lossy(&cluster.xenectl(&["get", "pipelines", "-o", "wide"]).stdout).into_owned();
     assert!(
         pipelines.contains("ping-ci/build") && pipelines.contains("NotScheduled") && pipelines.contains("no agents"),
         "{pipelines}"
     );
-    let json = xenectl(&cluster, &["get", "pipelines", "ping-ci/build", "-o", "json"]);
+    let json = cluster.xenectl(&["get", "pipelines", "ping-ci/build", "-o", "json"]);
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json output");
     assert_eq!(value["status"]["phase"], "NotScheduled");
 
-    let describe =
-        String::from_utf8_lossy(&xenectl(&cluster, &["describe", "workflow", "ping-ci"]).stdout).into_owned();
+    let describe = String::from_utf8_lossy(&cluster.xenectl(&["describe", "workflow", "ping-ci"]).stdout).into_owned();
     for expected in [
         "Name:              ping-ci",
         "nightly (cron \"0 3 * * *\" Europe/Berlin)",
@@ -251,12 +238,12 @@ async fn xenectl_validates_before_sending_and_shows_workflows() {
         assert!(describe.contains(expected), "describe lacks {expected:?}:\n{describe}");
     }
     let fan =
-        String::from_utf8_lossy(&xenectl(&cluster, &["describe", "workflow", "fan-out-fan-in"]).stdout).into_owned();
+        String::from_utf8_lossy(&cluster.xenectl(&["describe", "workflow", "fan-out-fan-in"]).stdout).into_owned();
     assert!(fan.contains("(see above)"), "a fan-in task shows once and is referred to after:\n{fan}");
 
-    let deleted = xenectl(&cluster, &["delete", "workflow", "hello"]);
+    let deleted = cluster.xenectl(&["delete", "workflow", "hello"]);
     assert!(String::from_utf8_lossy(&deleted.stdout).contains("workflow/hello deleted"));
-    let missing = xenectl(&cluster, &["get", "workflows", "hello"]);
+    let missing = cluster.xenectl(&["get", "workflows", "hello"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 }

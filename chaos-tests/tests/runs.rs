@@ -2,7 +2,7 @@
 //! the process executor, failure rules, retries, timeouts, cancellation, logs, the REST
 //! trigger, and fencing of an agent whose lease epoch is stale (§7.5).
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
@@ -13,16 +13,6 @@ use xene_model::RunObject;
 use xene_proto as pb;
 use xene_proto::object_service_client::ObjectServiceClient;
 use xene_proto::run_service_client::RunServiceClient;
-
-fn xenectl(cluster: &TestCluster, args: &[&str]) -> Output {
-    let servers: Vec<String> = cluster.servers.iter().map(|s| s.grpc.clone()).collect();
-    Command::new(bin_dir().join("xenectl"))
-        .args(["--servers", &servers.join(",")])
-        .args(args)
-        .env("XENE_TOKEN", &cluster.token)
-        .output()
-        .expect("run xenectl")
-}
 
 const WORKFLOW: &str = r#"
 apiVersion: xene.dev/v1
@@ -125,7 +115,7 @@ async fn setup_with(executor: &str) -> (TestCluster, AgentProc) {
     std::env::set_var("XENE_RUN_HISTORY", "3");
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let token =
-        String::from_utf8_lossy(&xenectl(&cluster, &["token", "create", "--kind", "agent"]).stdout).trim().to_string();
+        String::from_utf8_lossy(&cluster.xenectl(&["token", "create", "--kind", "agent"]).stdout).trim().to_string();
     // A name unique on this machine, so the Docker labels of parallel tests never collide.
     let name = format!("runner-{}", std::process::id());
     let agent = cluster.start_agent_with(&name, "os=linux", &token, executor);
@@ -136,7 +126,7 @@ async fn setup_with(executor: &str) -> (TestCluster, AgentProc) {
     // Wait until every pipeline is placed on the agent.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let table = String::from_utf8_lossy(&xenectl(&cluster, &["get", "pipelines"]).stdout).into_owned();
+        let table = String::from_utf8_lossy(&cluster.xenectl(&["get", "pipelines"]).stdout).into_owned();
         if table.lines().skip(1).filter(|l| l.contains("Scheduled") && !l.contains("NotScheduled")).count() == 8 {
             break;
         }
@@ -212,7 +202,7 @@ async fn logs(cluster: &TestCluster, id: &str) -> Vec<pb::LogEntry> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
     let (cluster, _agent) = setup().await;
-    let watched = xenectl(&cluster, &["run", "demo/dag", "--param", "WHO=tester", "--watch"]);
+    let watched = cluster.xenectl(&["run", "demo/dag", "--param", "WHO=tester", "--watch"]);
     let id = String::from_utf8_lossy(&watched.stdout).trim().to_string();
     assert!(watched.status.success(), "xenectl run --watch: {}", String::from_utf8_lossy(&watched.stderr));
     let run = wait_run(&cluster, &_agent, &id, |r| r.status.phase.is_terminal()).await;
@@ -228,7 +218,7 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
     assert!(text.contains(&"join/total stdout total 15 lines 5 param tester".to_string()), "{text:#?}");
     assert!(text.contains(&"right/count stderr to stderr".to_string()), "{text:#?}");
     // xenectl logs prints the same lines.
-    let printed = String::from_utf8_lossy(&xenectl(&cluster, &["logs", &id]).stdout).into_owned();
+    let printed = String::from_utf8_lossy(&cluster.xenectl(&["logs", &id]).stdout).into_owned();
     assert!(printed.contains("[join/total] total 15 lines 5 param tester"), "{printed}");
 
     // The REST trigger: a bearer token is required.
@@ -344,7 +334,7 @@ async fn executor_behaviour(executor: &str) {
     let long = start(&cluster, "long", &[]).await;
     wait_run(&cluster, &agent, &long, |r| r.status.phase == RunPhase::Running).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cancelled = xenectl(&cluster, &["cancel", &long]);
+    let cancelled = cluster.xenectl(&["cancel", &long]);
     assert!(cancelled.status.success(), "{}", String::from_utf8_lossy(&cancelled.stderr));
     let run = wait_run(&cluster, &agent, &long, |r| r.status.phase.is_terminal()).await;
     assert_eq!(run.status.phase, RunPhase::Cancelled);
@@ -367,7 +357,7 @@ async fn executor_behaviour(executor: &str) {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let kept = String::from_utf8_lossy(&xenectl(&cluster, &["runs", "demo/failing"]).stdout).lines().count() - 1;
+        let kept = String::from_utf8_lossy(&cluster.xenectl(&["runs", "demo/failing"]).stdout).lines().count() - 1;
         if kept == 3 {
             break;
         }
@@ -378,7 +368,7 @@ async fn executor_behaviour(executor: &str) {
         RunServiceClient::new(cluster.channel(0)).get(cluster.request(pb::GetRunRequest { id: failing.clone() })).await;
     assert_eq!(oldest.expect_err("the oldest run is gone").code(), tonic::Code::NotFound);
     assert!(logs_missing(&cluster, &failing).await, "its logs went with it");
-    let listed = String::from_utf8_lossy(&xenectl(&cluster, &["runs", "demo"]).stdout).into_owned();
+    let listed = String::from_utf8_lossy(&cluster.xenectl(&["runs", "demo"]).stdout).into_owned();
     assert!(listed.contains("Error") && listed.contains("Cancelled") && listed.contains("Success"), "{listed}");
 }
 
@@ -398,7 +388,7 @@ async fn many_lines(executor: &str) {
     let run = wait_run_for(&cluster, &agent, &id, Duration::from_secs(120), |r| r.status.phase.is_terminal()).await;
     assert_eq!(run.status.phase, RunPhase::Success);
     let followed = tokio::task::spawn_blocking(move || follow.wait_with_output()).await.expect("join").expect("output");
-    let after = xenectl(&cluster, &["logs", &id, "--task", "talk", "--step", "lines"]);
+    let after = cluster.xenectl(&["logs", &id, "--task", "talk", "--step", "lines"]);
     let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
     let describe = |out: &[u8]| {
         let text = String::from_utf8_lossy(out);
@@ -491,9 +481,9 @@ async fn a_stale_lease_epoch_is_fenced_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_reach_steps_masked_and_never_come_back() {
     let (cluster, agent) = setup().await;
-    let set = xenectl(&cluster, &["secret", "set", "api-token", "--from-literal", "value=s3cret-value"]);
+    let set = cluster.xenectl(&["secret", "set", "api-token", "--from-literal", "value=s3cret-value"]);
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
-    let listed = String::from_utf8_lossy(&xenectl(&cluster, &["secret", "list"]).stdout).into_owned();
+    let listed = String::from_utf8_lossy(&cluster.xenectl(&["secret", "list"]).stdout).into_owned();
     assert!(listed.contains("api-token") && listed.contains("value"), "{listed}");
     assert!(!listed.contains("s3cret-value"), "values are never returned: {listed}");
 
@@ -507,9 +497,9 @@ async fn secrets_reach_steps_masked_and_never_come_back() {
     assert!(!texts.iter().any(|t| t.contains("s3cret-value")), "{texts:?}");
     assert!(texts.iter().any(|t| t.contains("secret \"not-there\"") && t.contains("xenectl secret set")), "{texts:?}");
 
-    let deleted = xenectl(&cluster, &["secret", "delete", "api-token"]);
+    let deleted = cluster.xenectl(&["secret", "delete", "api-token"]);
     assert!(deleted.status.success());
-    let again = xenectl(&cluster, &["secret", "delete", "api-token"]);
+    let again = cluster.xenectl(&["secret", "delete", "api-token"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not found"));
 }
@@ -526,14 +516,14 @@ async fn a_dag_runs_in_containers_sharing_the_run_workspace() {
     busybox_image();
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let token =
-        String::from_utf8_lossy(&xenectl(&cluster, &["token", "create", "--kind", "agent"]).stdout).trim().to_string();
+        String::from_utf8_lossy(&cluster.xenectl(&["token", "create", "--kind", "agent"]).stdout).trim().to_string();
     let agent_name = format!("docker-{}", std::process::id());
     let agent = cluster.start_agent_with(&agent_name, "os=linux", &token, "docker");
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fan-out-fan-in.yaml");
-    let applied = xenectl(&cluster, &["apply", "-f", &examples.display().to_string()]);
+    let applied = cluster.xenectl(&["apply", "-f", &examples.display().to_string()]);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&xenectl(&cluster, &["get", "pipelines", "fan-out-fan-in/shards"]).stdout)
+    while !String::from_utf8_lossy(&cluster.xenectl(&["get", "pipelines", "fan-out-fan-in/shards"]).stdout)
         .contains(" Scheduled")
     {
         assert!(Instant::now() < deadline, "not placed: {}", agent.log_tail(20));
