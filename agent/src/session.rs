@@ -43,6 +43,7 @@ pub async fn run(
     let mut hint: Option<String> = None;
     let mut pause = Duration::from_millis(100);
     let mut contact = Contact { last: tokio::time::Instant::now(), ttl: None };
+    let mut recent = std::collections::VecDeque::new();
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -68,7 +69,7 @@ pub async fn run(
                 config.servers[next % config.servers.len()].clone()
             }
         };
-        let link = Link { leases: &leases, runner: &runner, outbox: &mut outbox };
+        let link = Link { leases: &leases, runner: &runner, outbox: &mut outbox, recent: &mut recent };
         match once(&server, &config, &credential, link, &stop, &mut contact).await {
             End::Redirect(leader) => {
                 tracing::info!(from = %server, leader = %leader, "redirected to the leader");
@@ -103,7 +104,14 @@ struct Link<'a> {
     leases: &'a Leases,
     runner: &'a Arc<Runner>,
     outbox: &'a mut UnboundedReceiver<pb::AgentMessage>,
+    /// The last writes sent (run statuses, log chunks). A session that breaks may lose what
+    /// was in flight, so a new session sends these again first: the server applies them
+    /// idempotently (a status is the whole state, a log chunk is keyed by its first line).
+    recent: &'a mut std::collections::VecDeque<pb::AgentMessage>,
 }
+
+/// How many recent writes a new session sends again.
+const RESEND: usize = 256;
 
 async fn once(
     server: &str,
@@ -113,7 +121,7 @@ async fn once(
     stop: &CancellationToken,
     contact: &mut Contact,
 ) -> End {
-    let Link { leases, runner, outbox } = link;
+    let Link { leases, runner, outbox, recent } = link;
     let channel = match channel(server) {
         Ok(channel) => channel,
         Err(e) => return End::Fatal(e.to_string()),
@@ -160,12 +168,21 @@ async fn once(
     };
     contact.ttl = Some(ttl);
     contact.last = tokio::time::Instant::now();
+    for message in recent.iter() {
+        if tx.send(message.clone()).await.is_err() {
+            return End::Retry("the session's send side closed".into());
+        }
+    }
     let mut ticker = tokio::time::interval(heartbeat);
     let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return End::Retry("stopping".into()),
             Some(message) = outbox.recv() => {
+                recent.push_back(message.clone());
+                if recent.len() > RESEND {
+                    recent.pop_front();
+                }
                 if tx.send(message).await.is_err() {
                     return End::Retry("the session's send side closed".into());
                 }

@@ -84,6 +84,12 @@ spec:
         talk:
           steps:
             - {name: lines, run: 'seq 1 100000'}
+    noimage:
+      executor: {type: container, image: "xene/does-not-exist:1"}
+      tasks:
+        only:
+          steps:
+            - {name: never, run: 'true'}
     secretive:
       tasks:
         use:
@@ -127,7 +133,7 @@ async fn setup_with(executor: &str) -> (TestCluster, AgentProc) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let table = String::from_utf8_lossy(&cluster.xenectl(&["get", "pipelines"]).stdout).into_owned();
-        if table.lines().skip(1).filter(|l| l.contains("Scheduled") && !l.contains("NotScheduled")).count() == 8 {
+        if table.lines().skip(1).filter(|l| l.contains("Scheduled") && !l.contains("NotScheduled")).count() == 9 {
             break;
         }
         assert!(Instant::now() < deadline, "pipelines not placed: {table}\n{}\n{}", cluster.logs(), agent.log_tail(20));
@@ -348,6 +354,19 @@ async fn executor_behaviour(executor: &str) {
         }
         assert!(Instant::now() < deadline, "left behind after cancel: {left}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A container image that is neither present nor pullable: InfrastructureError, clearly.
+    if executor == "docker" {
+        let id = start(&cluster, "noimage", &[]).await;
+        let run = wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
+        assert_eq!(run.status.phase, RunPhase::Error);
+        assert_eq!(run.status.tasks["only"].reason, Some(ErrorReason::InfrastructureError), "{run:#?}");
+        let lines = logs(&cluster, &id).await;
+        assert!(
+            lines.iter().any(|l| l.text.contains("xene/does-not-exist:1") && l.text.contains("pull failed")),
+            "the log says which image and why: {lines:?}"
+        );
     }
 
     // Only the last three finished runs of a pipeline are kept (XENE_RUN_HISTORY=3 here).
