@@ -59,3 +59,15 @@ async fn xenectl_reads_writes_and_fails_over() {
     assert!(!unauthenticated.status.success());
     assert!(String::from_utf8_lossy(&unauthenticated.stderr).contains("XENE_TOKEN"));
 }
+
+#[test]
+fn xenectl_prints_shell_completions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = Command::new(bin_dir().join("xenectl")).args(["completion", shell]).output().expect("run xenectl");
+        assert!(output.status.success(), "{shell}: {}", String::from_utf8_lossy(&output.stderr));
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(script.contains("xenectl") && script.contains("apply"), "{shell}: {script}");
+    }
+    let bad = Command::new(bin_dir().join("xenectl")).args(["completion", "tcsh"]).output().expect("run xenectl");
+    assert!(!bad.status.success());
+}

@@ -97,6 +97,8 @@ enum Command {
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
     /// The raw key-value store (admin only).
     #[command(subcommand)]
     Kv(KvCommand),
@@ -203,6 +205,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Command::Completion { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "xenectl", &mut std::io::stdout());
+        return Ok(());
+    }
     let cluster = Cluster::new(cli.servers, cli.token, Duration::from_secs(cli.timeout))?;
     match cli.command {
         Command::Apply { file } => objects::apply(&cluster, &file).await,
@@ -227,6 +234,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Logs { run, task, step, follow } => runs::logs(&cluster, &run, &task, &step, follow).await,
         Command::Cancel { run } => runs::cancel(&cluster, &run).await,
         Command::Cluster(command) => cluster_command(&cluster, command).await,
+        Command::Completion { .. } => Ok(()),
         Command::Kv(command) => kv_command(&cluster, command).await,
     }
 }
