@@ -421,44 +421,12 @@ impl TaskContext {
                         tracing::info!(task = %self.task, attempt, container = container.name(), id = container.id(), "task container started");
                         Some((docker.clone(), container))
                     }
-                    Err(e) => {
-                        let message = e.to_string();
-                        let mut shipper = LogShipper::new(
-                            &self.outbox,
-                            self.epoch,
-                            &run.metadata.name,
-                            &self.task,
-                            &task.steps[0].name,
-                            &self.secrets,
-                        );
-                        shipper.push("xene", message);
-                        shipper.finish();
-                        self.update(|s| {
-                            s.status = StepStatus::Error;
-                            s.reason = Some(ErrorReason::InfrastructureError);
-                            s.steps[0].status = StepStatus::Error;
-                            s.steps[0].reason = Some(ErrorReason::InfrastructureError);
-                        });
-                        return Some(ErrorReason::InfrastructureError);
-                    }
+                    Err(e) => return self.infrastructure_error(task, &run, e.to_string()),
                 }
             }
             (Some(_), None) => {
-                self.update(|s| {
-                    s.status = StepStatus::Error;
-                    s.reason = Some(ErrorReason::InfrastructureError);
-                });
-                let mut shipper = LogShipper::new(
-                    &self.outbox,
-                    self.epoch,
-                    &run.metadata.name,
-                    &self.task,
-                    &task.steps[0].name,
-                    &self.secrets,
-                );
-                shipper.push("xene", "this agent runs containers, and the task names no image: set executor: {type: container, image: ...} or {type: process}".into());
-                shipper.finish();
-                return Some(ErrorReason::InfrastructureError);
+                let message = "this agent runs containers, and the task names no image: set executor: {type: container, image: ...} or {type: process}";
+                return self.infrastructure_error(task, &run, message.into());
             }
             _ => None,
         };
@@ -469,6 +437,24 @@ impl TaskContext {
             }
         }
         outcome
+    }
+
+    /// Fails the attempt before its first step could run, saying why in the first step's log.
+    fn infrastructure_error(&self, task: &xene_model::Task, run: &RunObject, message: String) -> Option<ErrorReason> {
+        let first = task.steps.first().map_or("", |s| s.name.as_str());
+        let mut shipper =
+            LogShipper::new(&self.outbox, self.epoch, &run.metadata.name, &self.task, first, &self.secrets);
+        shipper.push("xene", message);
+        shipper.finish();
+        self.update(|s| {
+            s.status = StepStatus::Error;
+            s.reason = Some(ErrorReason::InfrastructureError);
+            if let Some(step) = s.steps.first_mut() {
+                step.status = StepStatus::Error;
+                step.reason = Some(ErrorReason::InfrastructureError);
+            }
+        });
+        Some(ErrorReason::InfrastructureError)
     }
 
     /// The steps of one attempt, in order, in a container or as processes.
@@ -611,7 +597,7 @@ struct LogShipper<'a> {
 }
 
 impl<'a> LogShipper<'a> {
-    const BATCH_LINES: usize = 500;
+    const BATCH_LINES: usize = 200;
     const BATCH_AGE: Duration = Duration::from_millis(200);
     /// Per-step cap (DESIGN §9.7): the first half is shipped as it comes, then only the last
     /// half is kept, behind a marker saying how many lines were dropped.

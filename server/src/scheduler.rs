@@ -311,42 +311,36 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         if !sessions.get(&lease.value.agent).is_some_and(|s| s.alive) {
             continue;
         }
-        if hub.was_told_run(&lease.value.agent, &run.metadata.name) {
-            if run.spec.cancel_requested {
-                let cancel = xene_proto::CancelRun { run: run.metadata.name.clone() };
-                hub.tell_run(
-                    &lease.value.agent,
-                    &run.metadata.name,
-                    true,
-                    ServerMessage { body: Some(server_message::Body::Cancel(cancel)) },
-                );
-            }
-            continue;
-        }
-        let run_json = serde_json::to_string(run).unwrap_or_default();
-        let secrets =
-            match workflows.get(&run.spec.workflow).and_then(|w| w.value.spec.pipelines.get(&run.spec.pipeline)) {
-                Some(spec) => crate::secrets::resolve_for(node, spec).await?.into_iter().collect(),
-                None => Default::default(),
-            };
-        let start = xene_proto::StartRun { run_json, epoch: lease.revision, secrets };
-        if hub.tell_run(
-            &lease.value.agent,
-            &run.metadata.name,
-            false,
-            ServerMessage { body: Some(server_message::Body::Start(start)) },
-        ) {
-            tracing::info!(run = %run.metadata.name, agent = %lease.value.agent, "run handed to its agent");
+        if !hub.was_told_run(&lease.value.agent, &run.metadata.name) {
+            hand_over(node, hub, &workflows, run, &lease.value.agent, lease.revision).await?;
         }
         if run.spec.cancel_requested {
             let cancel = xene_proto::CancelRun { run: run.metadata.name.clone() };
-            hub.tell_run(
-                &lease.value.agent,
-                &run.metadata.name,
-                true,
-                ServerMessage { body: Some(server_message::Body::Cancel(cancel)) },
-            );
+            let message = ServerMessage { body: Some(server_message::Body::Cancel(cancel)) };
+            hub.tell_run(&lease.value.agent, &run.metadata.name, true, message);
         }
+    }
+    Ok(())
+}
+
+/// Sends a run to the agent holding its pipeline's lease, with the secrets it refers to.
+async fn hand_over(
+    node: &ClusterNode,
+    hub: &AgentHub,
+    workflows: &BTreeMap<String, Versioned<Workflow>>,
+    run: &xene_model::RunObject,
+    agent: &str,
+    epoch: u64,
+) -> Result<()> {
+    let run_json = serde_json::to_string(run).unwrap_or_default();
+    let secrets = match workflows.get(&run.spec.workflow).and_then(|w| w.value.spec.pipelines.get(&run.spec.pipeline)) {
+        Some(spec) => crate::secrets::resolve_for(node, spec).await?.into_iter().collect(),
+        None => Default::default(),
+    };
+    let start = xene_proto::StartRun { run_json, epoch, secrets };
+    let message = ServerMessage { body: Some(server_message::Body::Start(start)) };
+    if hub.tell_run(agent, &run.metadata.name, false, message) {
+        tracing::info!(run = %run.metadata.name, agent, "run handed to its agent");
     }
     Ok(())
 }
