@@ -194,6 +194,23 @@ impl ClusterNode {
         }
     }
 
+    /// Writes `value` at `key` only if the key does not exist; `what` names it in the error
+    /// (random IDs should never collide, so a collision is an internal error to retry).
+    pub async fn create(&self, key: String, value: Vec<u8>, what: &str) -> Result<u64> {
+        let response = self
+            .txn(Txn {
+                compare: vec![Compare::absent(key.clone())],
+                success: vec![Op::Put { key: key.into_bytes(), value }],
+                failure: vec![],
+            })
+            .await?;
+        if response.succeeded {
+            Ok(response.revision)
+        } else {
+            Err(ServerError::Internal(format!("{what} ID collision; retry")))
+        }
+    }
+
     /// Returns once a read on this server sees every write acknowledged before the call
     /// (ReadIndex, DESIGN §4.5): the leader confirms its leadership with a quorum, and this
     /// server waits until it has applied up to the leader's read index.

@@ -97,6 +97,12 @@ fn decode_pipeline(kv: &KeyValue) -> Result<StoredObject> {
     })
 }
 
+/// The workflow an apply just wrote at `revision`, as reads return it.
+fn written(key: &str, workflow: &Workflow, revision: u64) -> Result<StoredObject> {
+    let value = serde_json::to_vec(workflow).map_err(internal)?;
+    decode_workflow(&KeyValue { key: key.as_bytes().to_vec(), value, mod_revision: revision, ..KeyValue::default() })
+}
+
 pub fn decode(kind: Kind, kv: &KeyValue) -> Result<StoredObject> {
     match kind {
         Kind::Workflow => decode_workflow(kv),
@@ -160,13 +166,7 @@ pub async fn apply(node: &ClusterNode, manifest: &str) -> Result<(ApplyResult, S
                     .txn(Txn { compare: vec![Compare::absent(key.clone())], success: ops, failure: vec![] })
                     .await?;
                 if response.succeeded {
-                    let kv = KeyValue {
-                        key: key.clone().into_bytes(),
-                        value: serde_json::to_vec(&workflow).map_err(internal)?,
-                        mod_revision: response.revision,
-                        ..KeyValue::default()
-                    };
-                    return Ok((ApplyResult::Created, decode_workflow(&kv)?));
+                    return Ok((ApplyResult::Created, written(&key, &workflow, response.revision)?));
                 }
             }
             Some(kv) => {
@@ -200,13 +200,7 @@ pub async fn apply(node: &ClusterNode, manifest: &str) -> Result<(ApplyResult, S
                     })
                     .await?;
                 if response.succeeded {
-                    let kv = KeyValue {
-                        key: key.clone().into_bytes(),
-                        value: serde_json::to_vec(&workflow).map_err(internal)?,
-                        mod_revision: response.revision,
-                        ..KeyValue::default()
-                    };
-                    return Ok((ApplyResult::Configured, decode_workflow(&kv)?));
+                    return Ok((ApplyResult::Configured, written(&key, &workflow, response.revision)?));
                 }
                 if requested.is_some() {
                     return Err(ServerError::Conflict(format!(

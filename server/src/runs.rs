@@ -78,19 +78,10 @@ pub async fn create(
     run.metadata.creation_timestamp = Some(Utc::now());
     let key = keys::run(&id);
     let value = serde_json::to_vec(&run).map_err(internal)?;
-    let response = node
-        .txn(Txn {
-            compare: vec![Compare::absent(key.clone())],
-            success: vec![Op::Put { key: key.into_bytes(), value }],
-            failure: vec![],
-        })
-        .await?;
-    if !response.succeeded {
-        return Err(ServerError::Internal("run ID collision; retry".into()));
-    }
-    run.metadata.resource_version = Some(response.revision);
+    let revision = node.create(key, value, "run").await?;
+    run.metadata.resource_version = Some(revision);
     tracing::info!(run = %id, workflow, pipeline, trigger, "run created");
-    Ok(StoredRun { run, revision: response.revision })
+    Ok(StoredRun { run, revision })
 }
 
 /// Reads one run (linearizably).

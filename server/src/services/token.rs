@@ -69,17 +69,7 @@ impl TokenService for TokenApi {
         }
         let key = keys::token(&token.record.id);
         let value = serde_json::to_vec(&token.record).map_err(|e| ServerError::Internal(e.to_string()))?;
-        let response = self
-            .node
-            .txn(Txn {
-                compare: vec![Compare::absent(key.clone())],
-                success: vec![Op::Put { key: key.into_bytes(), value }],
-                failure: vec![],
-            })
-            .await?;
-        if !response.succeeded {
-            return Err(ServerError::Internal("token ID collision; retry".into()).into());
-        }
+        self.node.create(key, value, "token").await?;
         tracing::info!(token = %token.record.id, kind = token.record.kind(), "token created");
         Ok(Response::new(pb::CreateTokenResponse { info: Some(info(&token.record)), token: token.text }))
     }
