@@ -8,8 +8,9 @@ xene_need_packages() {
   command -v ccache >/dev/null 2>&1 || missing+=(ccache)
   command -v c++ >/dev/null 2>&1 || missing+=(g++)
   # bindgen (RocksDB's build script) needs libclang.
-  ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 \
-    || missing+=(libclang-dev)
+  # (libclang-cpp, which other packages bring, is not it: bindgen loads libclang.so itself.)
+  compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/*-linux-gnu/libclang-[0-9]*.so*' \
+    >/dev/null || missing+=(libclang-dev)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "xene: installing ${missing[*]} with apt-get" >&2
