@@ -113,7 +113,12 @@ pub struct TaskSpec {
     pub cpu: Option<Cpu>,
     pub memory: Option<Memory>,
     pub credentials: Option<RegistryCredentials>,
+    /// The webhook payload of the run, put at [`EVENT_PATH`] before any step runs.
+    pub event: Option<Arc<Vec<u8>>>,
 }
+
+/// Where a task container finds the webhook payload of its run.
+pub const EVENT_PATH: &str = "/xene/event.json";
 
 /// One step to run in a task container.
 #[derive(Clone, Copy, Debug)]
@@ -297,8 +302,25 @@ impl DockerExecutor {
             let _ = self.remove_container(&container.id).await;
             return Err(error);
         }
+        if let Some(event) = &spec.event {
+            if let Err(error) = self.put_event(&container, event).await {
+                let _ = self.remove_container(&container.id).await;
+                return Err(error);
+            }
+        }
         tracing::info!(container = %container.name, "task container started");
         Ok(container)
+    }
+
+    /// Copies the run's webhook payload into the container at [`EVENT_PATH`].
+    async fn put_event(&self, container: &TaskContainer, event: &[u8]) -> Result<()> {
+        let archive = event_archive(event)
+            .map_err(|e| ExecError::Infrastructure(format!("packing the webhook payload for the container: {e}")))?;
+        let options = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path("/").build();
+        self.docker
+            .upload_to_container(&container.id, Some(options), bollard::body_full(bytes::Bytes::from(archive)))
+            .await
+            .map_err(|e| self.error(format!("copying the webhook payload into container {}", container.name), e))
     }
 
     /// Runs one step in the task's container, calling `line(stream, text)` for every line of
@@ -629,6 +651,24 @@ impl DockerExecutor {
             ExecError::Infrastructure(format!("{doing}: {e}"))
         }
     }
+}
+
+/// A tar archive holding [`EVENT_PATH`] (and its directory), for the engine to unpack at `/`.
+fn event_archive(event: &[u8]) -> std::io::Result<Vec<u8>> {
+    let path = EVENT_PATH.trim_start_matches('/');
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    dir.set_cksum();
+    builder.append_data(&mut dir, path.rsplit_once('/').map_or("", |(d, _)| d), std::io::empty())?;
+    let mut file = tar::Header::new_gnu();
+    file.set_mode(0o644);
+    file.set_size(event.len() as u64);
+    file.set_cksum();
+    builder.append_data(&mut file, path, event)?;
+    builder.into_inner()
 }
 
 /// Errors that mean the engine did not answer at all, rather than answered with a refusal.

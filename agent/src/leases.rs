@@ -10,12 +10,16 @@ pub struct HeldLease {
     pub epoch: u64,
     /// The workflow as the leader sent it, JSON.
     pub workflow_json: String,
+    /// Where each cron trigger of the pipeline resumes (Unix ms), as the leader sent it.
+    pub cron_since_ms: BTreeMap<String, i64>,
 }
 
 /// Leases by pipeline name (`WORKFLOW/PIPELINE`).
 #[derive(Debug, Default)]
 pub struct Leases {
     held: Mutex<BTreeMap<String, HeldLease>>,
+    /// Woken on every grant and revocation (the cron controller waits on it).
+    pub changed: tokio::sync::Notify,
 }
 
 impl Leases {
@@ -24,23 +28,33 @@ impl Leases {
     }
 
     /// Takes a grant; an older epoch never replaces a newer one.
-    pub fn grant(&self, pipeline: &str, epoch: u64, workflow_json: String) -> bool {
-        let mut held = self.lock();
-        if held.get(pipeline).is_some_and(|h| h.epoch > epoch) {
-            return false;
+    pub fn grant(&self, pipeline: &str, lease: HeldLease) -> bool {
+        {
+            let mut held = self.lock();
+            if held.get(pipeline).is_some_and(|h| h.epoch > lease.epoch) {
+                return false;
+            }
+            held.insert(pipeline.to_string(), lease);
         }
-        held.insert(pipeline.to_string(), HeldLease { epoch, workflow_json });
+        self.changed.notify_waiters();
         true
     }
 
     /// Drops a pipeline whose lease (at `epoch` or older) was revoked.
     pub fn revoke(&self, pipeline: &str, epoch: u64) -> bool {
-        let mut held = self.lock();
-        if held.get(pipeline).is_some_and(|h| h.epoch <= epoch) {
-            held.remove(pipeline);
-            return true;
+        let removed = {
+            let mut held = self.lock();
+            held.get(pipeline).is_some_and(|h| h.epoch <= epoch) && held.remove(pipeline).is_some()
+        };
+        if removed {
+            self.changed.notify_waiters();
         }
-        false
+        removed
+    }
+
+    /// Everything held, by pipeline.
+    pub fn snapshot(&self) -> BTreeMap<String, HeldLease> {
+        self.lock().clone()
     }
 
     /// The workflow JSON of `pipeline` if it is held at exactly `epoch`.
@@ -61,9 +75,10 @@ mod tests {
     #[test]
     fn newer_epochs_win_and_stale_revokes_are_ignored() {
         let leases = Leases::default();
-        assert!(leases.grant("w/p", 10, "{}".into()));
-        assert!(!leases.grant("w/p", 9, "{}".into()), "an older grant does not replace a newer one");
-        assert!(leases.grant("w/p", 12, "{}".into()));
+        let at = |epoch| HeldLease { epoch, workflow_json: "{}".into(), cron_since_ms: BTreeMap::new() };
+        assert!(leases.grant("w/p", at(10)));
+        assert!(!leases.grant("w/p", at(9)), "an older grant does not replace a newer one");
+        assert!(leases.grant("w/p", at(12)));
         assert!(!leases.revoke("w/p", 10), "revoking an older epoch leaves the newer lease");
         assert_eq!(leases.list(), vec![("w/p".to_string(), 12)]);
         assert!(leases.revoke("w/p", 12));

@@ -4,6 +4,7 @@
 mod config;
 mod connect;
 mod credential;
+mod cron;
 mod docker;
 mod leases;
 mod process;
@@ -75,7 +76,9 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(agent = %credential.agent, executor = %config.executor, docker = docker.is_some(), "agent starting");
     let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+    let cron = tokio::spawn(cron::run(leases.clone(), outbox.clone(), stop.clone()));
     let runner = runner::Runner::new(
+        credential.agent.clone(),
         config.data_dir.join("work"),
         leases.clone(),
         outbox,
@@ -87,6 +90,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let result = session::run(config, credential, leases, runner.clone(), outbox_rx, stop.clone()).await;
     stop.cancel();
     let _ = collector.await;
+    let _ = cron.await;
     runner.shutdown().await;
     result
 }

@@ -29,6 +29,8 @@ pub type Outbox = UnboundedSender<pb::AgentMessage>;
 
 /// The agent's runs.
 pub struct Runner {
+    /// This agent's name, which steps see as `XENE_AGENT`.
+    agent: String,
     work_dir: PathBuf,
     leases: Arc<Leases>,
     outbox: Outbox,
@@ -45,6 +47,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(
+        agent: String,
         work_dir: PathBuf,
         leases: Arc<Leases>,
         outbox: Outbox,
@@ -53,6 +56,7 @@ impl Runner {
         docker: Option<DockerExecutor>,
     ) -> Arc<Self> {
         Arc::new(Runner {
+            agent,
             work_dir,
             leases,
             outbox,
@@ -66,7 +70,8 @@ impl Runner {
     }
 
     /// The leader hands over a run to start under lease `epoch`.
-    pub fn start(self: &Arc<Self>, run_json: &str, epoch: u64, secrets: BTreeMap<String, String>) {
+    /// `payload` is the body of the webhook delivery that started it, empty for other triggers.
+    pub fn start(self: &Arc<Self>, run_json: &str, epoch: u64, secrets: BTreeMap<String, String>, payload: Vec<u8>) {
         let run: RunObject = match serde_json::from_str(run_json) {
             Ok(run) => run,
             Err(e) => {
@@ -94,7 +99,8 @@ impl Runner {
         }
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
-            let done = this.execute(run, epoch, &workflow_json, Arc::new(secrets), cancel).await;
+            let event = (!payload.is_empty()).then(|| Arc::new(payload));
+            let done = this.execute(run, epoch, &workflow_json, Arc::new(secrets), event, cancel).await;
             let id = done.metadata.name.clone();
             this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             this.finished.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (epoch, done));
@@ -143,11 +149,14 @@ impl Runner {
         epoch: u64,
         workflow_json: &str,
         secrets: Arc<BTreeMap<String, String>>,
+        event: Option<Arc<Vec<u8>>>,
         cancel: CancellationToken,
     ) -> RunObject {
         let id = run.metadata.name.clone();
         run.status.started = Some(Utc::now());
         run.status.phase = RunPhase::StartingUp;
+        run.status.agent = Some(self.agent.clone());
+        run.status.lease_epoch = Some(epoch);
         let pipeline = match serde_json::from_str::<Workflow>(workflow_json)
             .ok()
             .and_then(|w| w.spec.pipelines.get(&run.spec.pipeline).cloned())
@@ -178,6 +187,19 @@ impl Runner {
                 ErrorReason::InfrastructureError,
                 &format!("creating the workspace {}: {e}", workspace.display()),
             );
+        }
+        // The webhook payload beside the workspace, not in it: a step may clone into an empty
+        // workspace.
+        let event_file = self.work_dir.join(format!("{id}.event.json"));
+        if let Some(event) = &event {
+            if let Err(e) = std::fs::write(&event_file, event.as_slice()) {
+                return self.fail(
+                    run,
+                    epoch,
+                    ErrorReason::InfrastructureError,
+                    &format!("writing the webhook payload to {}: {e}", event_file.display()),
+                );
+            }
         }
         let graph = match TaskGraph::from_pipeline(&pipeline) {
             Ok(graph) => graph,
@@ -243,6 +265,7 @@ impl Runner {
                     cancel: step_cancel.clone(),
                     secrets: Arc::clone(&secrets),
                     containers: containers.clone(),
+                    event: event.clone().map(|payload| (event_file.clone(), payload)),
                 };
                 workers.spawn(async move {
                     let ok = context.run_task().await;
@@ -278,6 +301,9 @@ impl Runner {
         run.status.phase = RunPhase::ShuttingDown;
         report(&self.outbox, epoch, &run);
         let _ = tokio::fs::remove_dir_all(&workspace).await;
+        if event.is_some() {
+            let _ = tokio::fs::remove_file(&event_file).await;
+        }
         if let Some((docker, resources)) = containers {
             match Arc::try_unwrap(resources) {
                 Ok(resources) => {
@@ -358,6 +384,9 @@ struct TaskContext {
     secrets: Arc<BTreeMap<String, String>>,
     /// The container executor and the run's volume, when the run uses containers.
     containers: Option<(DockerExecutor, Arc<RunResources>)>,
+    /// The webhook payload and the file on this host that holds it, when a webhook started
+    /// the run.
+    event: Option<(PathBuf, Arc<Vec<u8>>)>,
 }
 
 impl TaskContext {
@@ -415,6 +444,7 @@ impl TaskContext {
                     cpu: spec.cpu,
                     memory: spec.memory,
                     credentials: None,
+                    event: self.event.as_ref().map(|(_, payload)| Arc::clone(payload)),
                 };
                 match docker.start_task(resources, &task_spec).await {
                     Ok(container) => {
@@ -508,6 +538,8 @@ impl TaskContext {
             env.insert("XENE_WORKFLOW".into(), run.spec.workflow.clone());
             env.insert("XENE_PIPELINE".into(), run.spec.pipeline.clone());
             env.insert("XENE_RUN_ID".into(), run.metadata.name.clone());
+            env.insert("XENE_AGENT".into(), run.status.agent.clone().unwrap_or_default());
+            env.insert("XENE_LEASE_EPOCH".into(), self.epoch.to_string());
             env.insert("XENE_TASK".into(), self.task.clone());
             env.insert("XENE_STEP".into(), step.name.clone());
             let workspace = match container {
@@ -515,6 +547,13 @@ impl TaskContext {
                 None => self.workspace.display().to_string(),
             };
             env.insert("XENE_WORKSPACE".into(), workspace);
+            if let Some((file, _)) = &self.event {
+                let path = match container {
+                    Some(_) => crate::docker::EVENT_PATH.to_string(),
+                    None => file.display().to_string(),
+                };
+                env.insert("XENE_EVENT_PATH".into(), path);
+            }
             let started = Utc::now();
             self.update(|s| {
                 s.steps[index].status = StepStatus::Running;

@@ -202,7 +202,12 @@ async fn once(
                 match message {
                     Some(Ok(pb::ServerMessage { body: Some(body) })) => match body {
                         server_message::Body::Grant(grant) => {
-                            if leases.grant(&grant.pipeline, grant.epoch, grant.workflow_json) {
+                            let lease = crate::leases::HeldLease {
+                                epoch: grant.epoch,
+                                workflow_json: grant.workflow_json,
+                                cron_since_ms: grant.cron_since_ms.into_iter().collect(),
+                            };
+                            if leases.grant(&grant.pipeline, lease) {
                                 tracing::info!(pipeline = %grant.pipeline, epoch = grant.epoch, "holding pipeline");
                             }
                         }
@@ -212,7 +217,9 @@ async fn once(
                                 runner.stop_pipeline(&revoke.pipeline);
                             }
                         }
-                        server_message::Body::Start(start) => runner.start(&start.run_json, start.epoch, start.secrets.into_iter().collect()),
+                        server_message::Body::Start(start) => {
+                            runner.start(&start.run_json, start.epoch, start.secrets.into_iter().collect(), start.payload)
+                        }
                         server_message::Body::Cancel(cancel) => {
                             tracing::info!(run = %cancel.run, "cancel requested");
                             runner.stop(&cancel.run);

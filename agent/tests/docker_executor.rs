@@ -116,7 +116,15 @@ async fn count(agent: &str, run: Option<&str>) -> (usize, usize) {
 }
 
 fn spec(task: &str, attempt: u32) -> TaskSpec {
-    TaskSpec { task: task.into(), attempt, image: IMAGE.into(), cpu: None, memory: None, credentials: None }
+    TaskSpec {
+        task: task.into(),
+        attempt,
+        image: IMAGE.into(),
+        cpu: None,
+        memory: None,
+        credentials: None,
+        event: None,
+    }
 }
 
 /// What a step printed and how it ended.

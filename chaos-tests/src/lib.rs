@@ -19,4 +19,5 @@ pub mod nemesis;
 pub mod network;
 pub mod proxy;
 pub mod report;
+pub mod rest;
 pub mod settings;

@@ -53,7 +53,8 @@ enum Command {
         #[arg(short = 'l', long, default_value = "")]
         selector: String,
     },
-    /// Show a workflow in detail: pipelines, their status and triggers, and the task tree.
+    /// Show a workflow (pipelines, status, triggers, task tree) or a pipeline WORKFLOW/PIPELINE
+    /// (placement; each trigger with its next and last fire and webhook URL).
     Describe { kind: String, name: String },
     /// Delete a workflow and its pipelines.
     Delete { kind: String, name: String },

@@ -232,7 +232,7 @@ fn print_table(rows: &[Vec<String>]) {
 /// task DAG drawn as a tree.
 pub async fn describe(cluster: &Cluster, kind: &str, name: &str) -> Result<()> {
     if normalize_kind(kind)? != "Workflow" {
-        bail!("describe supports workflows; for a pipeline use: xenectl get pipelines {name} -o yaml");
+        return describe_pipeline(cluster, name).await;
     }
     let object = fetch(cluster, "Workflow", Some(name), "").await?.remove(0);
     let workflow: Workflow = serde_json::from_str(&object.json).context("reading the workflow")?;
@@ -304,6 +304,50 @@ pub async fn describe(cluster: &Cluster, kind: &str, name: &str) -> Result<()> {
         let mut shown = std::collections::BTreeSet::new();
         for root in graph.topological_order().into_iter().filter(|t| graph.dependencies(t).is_empty()) {
             draw(&graph, pipeline, root, "      ", true, true, &mut shown);
+        }
+    }
+    Ok(())
+}
+
+/// `xenectl describe pipeline WORKFLOW/PIPELINE`: placement, and each trigger with its next
+/// and last fire and, for webhooks, the URL to give the sender.
+async fn describe_pipeline(cluster: &Cluster, name: &str) -> Result<()> {
+    if !name.contains('/') {
+        bail!("name the pipeline as WORKFLOW/PIPELINE, e.g. xenectl describe pipeline {name}/build");
+    }
+    let message = pb::GetObjectRequest { kind: "Pipeline".into(), name: name.into() };
+    let object = cluster
+        .call(|ch| {
+            let message = message.clone();
+            async move { ObjectServiceClient::new(ch).get(cluster.request(message)).await }
+        })
+        .await?
+        .into_inner();
+    let pipeline: PipelineObject = serde_json::from_str(&object.json).context("reading the pipeline")?;
+    let status = &pipeline.status;
+    println!("Name:              {}", pipeline.metadata.name);
+    println!("Workflow:          {}", pipeline.spec.workflow);
+    println!("Status:            {}", status.phase.as_str());
+    if let Some(reason) = &status.reason {
+        println!("Reason:            {reason}");
+    }
+    println!("Agent:             {}", status.agent.as_deref().unwrap_or("-"));
+    println!("Lease epoch:       {}", status.lease_epoch.map_or("-".into(), |e| e.to_string()));
+    println!("Triggers:");
+    println!(
+        "  api              xenectl run {name}, or POST /api/v1/workflows/{}/pipelines/{}/runs",
+        pipeline.spec.workflow, pipeline.spec.pipeline
+    );
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".to_string(), |t| t.to_rfc3339());
+    for trigger in &status.triggers {
+        println!("  {} ({}: {})", trigger.name, trigger.kind, trigger.detail);
+        if trigger.kind == "cron" {
+            println!("    Next fire:      {}", time(trigger.next_fire));
+        }
+        let last_run = trigger.last_run.as_deref().map_or(String::new(), |r| format!(" (run {r})"));
+        println!("    Last fire:      {}{last_run}", time(trigger.last_fire));
+        if let Some(url) = &trigger.webhook_url {
+            println!("    Webhook URL:    {url}");
         }
     }
     Ok(())

@@ -77,6 +77,45 @@ impl CronSchedule {
         let local = after.with_timezone(&self.timezone);
         self.cron.find_next_occurrence(&local, false).ok().map(|next| next.with_timezone(&Utc))
     }
+
+    /// Whether the schedule fires at exactly `at`.
+    pub fn fires_at(&self, at: DateTime<Utc>) -> bool {
+        self.next_after(at - chrono::Duration::milliseconds(1)) == Some(at)
+    }
+
+    /// The fires after `after` up to and including `until`: at most the `limit` latest of
+    /// them, oldest first.
+    ///
+    /// The search looks back from `until` over growing windows (a minute, an hour, a day,
+    /// a month, a year, then everything), so a schedule that fires every second and was
+    /// missed for a week costs a minute's worth of steps, not a week's.
+    pub fn missed(&self, after: DateTime<Utc>, until: DateTime<Utc>, limit: usize) -> Vec<DateTime<Utc>> {
+        const WINDOWS_S: [i64; 5] = [60, 3_600, 86_400, 31 * 86_400, 366 * 86_400];
+        const MAX_STEPS: usize = 200_000;
+        if limit == 0 || until <= after {
+            return Vec::new();
+        }
+        let windows = WINDOWS_S.iter().map(|s| until - chrono::Duration::seconds(*s)).chain(std::iter::once(after));
+        for start in windows {
+            let start = start.max(after);
+            let mut found = Vec::new();
+            let mut cursor = start;
+            for _ in 0..MAX_STEPS {
+                match self.next_after(cursor) {
+                    Some(next) if next <= until => {
+                        found.push(next);
+                        cursor = next;
+                    }
+                    _ => break,
+                }
+            }
+            if found.len() >= limit || start == after {
+                let skip = found.len().saturating_sub(limit);
+                return found.split_off(skip);
+            }
+        }
+        Vec::new()
+    }
 }
 
 /// Parses a cron expression of five fields, or six with seconds.
@@ -184,6 +223,31 @@ mod tests {
         assert_eq!(nightly.next_after(at("2024-01-10T12:00:00Z")), Some(at("2024-01-11T02:00:00Z")));
         let with_seconds = CronSchedule::new("30 * * * * *", None).unwrap();
         assert_eq!(with_seconds.next_after(at("2024-01-10T12:00:00Z")), Some(at("2024-01-10T12:00:30Z")));
+    }
+
+    #[test]
+    fn finds_missed_fires_latest_first_within_the_limit() {
+        let every_second = CronSchedule::new("* * * * * *", None).unwrap();
+        let after = at("2024-01-10T12:00:00Z");
+        let until = at("2024-01-17T12:00:00Z");
+        // A week of missed seconds: only the latest few are looked for and returned.
+        assert_eq!(every_second.missed(after, until, 1), vec![until]);
+        assert_eq!(
+            every_second.missed(after, until, 3),
+            vec![at("2024-01-17T11:59:58Z"), at("2024-01-17T11:59:59Z"), until]
+        );
+        let monthly = CronSchedule::new("0 0 1 * *", None).unwrap();
+        assert_eq!(
+            monthly.missed(at("2024-01-15T00:00:00Z"), at("2024-03-20T00:00:00Z"), 1),
+            vec![at("2024-03-01T00:00:00Z")]
+        );
+        assert_eq!(
+            monthly.missed(at("2024-01-15T00:00:00Z"), at("2024-03-20T00:00:00Z"), 10),
+            vec![at("2024-02-01T00:00:00Z"), at("2024-03-01T00:00:00Z")]
+        );
+        assert!(monthly.missed(at("2024-03-02T00:00:00Z"), at("2024-03-20T00:00:00Z"), 10).is_empty());
+        assert!(monthly.fires_at(at("2024-03-01T00:00:00Z")));
+        assert!(!monthly.fires_at(at("2024-03-01T00:00:01Z")));
     }
 
     #[test]

@@ -99,7 +99,9 @@ pub use memory::{Memory, MemoryError};
 pub use metadata::Metadata;
 pub use path::{FieldPath, Segment};
 pub use pipeline::Pipeline;
-pub use pipeline_object::{PipelineObject, PipelineRef, PipelineStatus, PIPELINE_KIND, REASON_NO_AGENTS};
+pub use pipeline_object::{
+    PipelineObject, PipelineRef, PipelineStatus, TriggerStatus, PIPELINE_KIND, REASON_NO_AGENTS,
+};
 pub use retry::RetryPolicy;
 pub use run::{LogChunk, LogLine, RunObject, RunSpec, RunStatus, StepRunStatus, TaskRunStatus, RUN_KIND};
 pub use selector::{LabelSelector, Requirement, SelectorError};

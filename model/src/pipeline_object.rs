@@ -1,6 +1,7 @@
 //! [`PipelineObject`]: the status object the server keeps for each pipeline of a workflow
 //! (DESIGN §6.3, §9.1): whether an agent holds it, which one, and why not.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::status::PipelinePhase;
@@ -45,6 +46,33 @@ pub struct PipelineStatus {
     /// The lease's epoch (the revision that granted it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_epoch: Option<u64>,
+    /// The pipeline's triggers, filled in when the object is read (not stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerStatus>,
+}
+
+/// What a trigger of a pipeline does and did, as `xenectl describe pipeline` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerStatus {
+    pub name: String,
+    /// `cron` or `webhook`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The schedule and time zone, or the provider and events.
+    pub detail: String,
+    /// A cron trigger's next fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire: Option<DateTime<Utc>>,
+    /// When the trigger last started a run (a cron fire's scheduled time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire: Option<DateTime<Utc>>,
+    /// The run that last fire started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<String>,
+    /// Where a webhook trigger listens, on the server that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 impl PipelineObject {
@@ -67,6 +95,7 @@ impl PipelineObject {
                 reason: Some(reason.into()),
                 agent: None,
                 lease_epoch: None,
+                triggers: Vec::new(),
             },
         }
     }

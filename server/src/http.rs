@@ -1,10 +1,10 @@
-//! The REST port (axum): `/healthz`, `/readyz` and `/metrics` (DESIGN §5.4), and starting a
-//! run over HTTP (DESIGN §8.1).
+//! The REST port (axum): `/healthz`, `/readyz` and `/metrics` (DESIGN §5.4), starting a run
+//! over HTTP (DESIGN §8.1) and webhook deliveries (DESIGN §8.2).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -13,6 +13,7 @@ use axum::Router;
 use crate::auth::{Role, TokenCache};
 use crate::error::ServerError;
 use crate::node::ClusterNode;
+use crate::triggers::webhook::{self, Accepted, WebhookError};
 
 /// What the REST handlers share.
 #[derive(Clone)]
@@ -32,6 +33,12 @@ pub fn router(node: Arc<ClusterNode>, tokens: TokenCache) -> Router {
         .merge(
             Router::new()
                 .route("/api/v1/workflows/{workflow}/pipelines/{pipeline}/runs", post(create_run))
+                .route(
+                    "/api/v1/webhooks/{workflow}/{trigger}",
+                    // One byte more than allowed, so an oversized body is told apart from one
+                    // that fits exactly.
+                    post(webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES + 1)),
+                )
                 .with_state(state),
         )
 }
@@ -77,6 +84,54 @@ async fn create_run(
         Err(e) => {
             let (code, message) = crate::services::run::http_error(&e);
             (code, axum::Json(serde_json::json!({ "error": message }))).into_response()
+        }
+    }
+}
+
+/// `POST /api/v1/webhooks/{workflow}/{trigger}`: a delivery from a forge or any sender that
+/// signs its body (DESIGN §8.2). No bearer token: the signature is the credential.
+async fn webhook(
+    State(state): State<RestState>,
+    Path((workflow, trigger)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> axum::response::Response {
+    let json = |code: StatusCode, value: serde_json::Value| (code, axum::Json(value)).into_response();
+    let too_large = || {
+        json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({ "error": format!(
+                "the delivery is larger than {} bytes; webhooks take payloads up to that size",
+                webhook::MAX_BODY_BYTES
+            ) }),
+        )
+    };
+    let body = match body {
+        Ok(body) if body.len() > webhook::MAX_BODY_BYTES => return too_large(),
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(),
+        Err(rejection) => return json(rejection.status(), serde_json::json!({ "error": rejection.body_text() })),
+    };
+    match webhook::receive(&state.node, &workflow, &trigger, &headers, &body).await {
+        Ok(Accepted::Runs { runs, duplicate }) => {
+            if !duplicate {
+                tracing::info!(workflow, trigger, ?runs, "webhook delivery started runs");
+            }
+            json(StatusCode::ACCEPTED, serde_json::json!({ "runs": runs, "duplicate": duplicate }))
+        }
+        Ok(Accepted::Ignored(reason)) => json(StatusCode::OK, serde_json::json!({ "runs": [], "ignored": reason })),
+        Err(e) => {
+            let code = match &e {
+                WebhookError::NotFound(_) => StatusCode::NOT_FOUND,
+                WebhookError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                WebhookError::Unreadable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                WebhookError::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                WebhookError::Server(e) => crate::services::run::http_error(e).0,
+            };
+            if code != StatusCode::NOT_FOUND {
+                tracing::warn!(workflow, trigger, status = code.as_u16(), error = %e, "webhook delivery refused");
+            }
+            json(code, serde_json::json!({ "error": e.to_string() }))
         }
     }
 }

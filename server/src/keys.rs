@@ -74,3 +74,30 @@ pub const SECRETS: &str = "/xene/secrets/";
 pub fn secret(name: &str) -> String {
     format!("{SECRETS}{name}")
 }
+
+/// Cron cursors, one per cron trigger of a pipeline:
+/// `/xene/cron/<workflow>/<pipeline>/<trigger>`, holding the last fire that made a run. A fire
+/// at or before it is refused, so each scheduled time makes at most one run (DESIGN §8.3).
+pub const CRON: &str = "/xene/cron/";
+/// Webhook deliveries seen, by delivery ID: `/xene/deliveries/<workflow>/<trigger>/<id>`,
+/// holding the runs the delivery made, so a redelivery makes none (DESIGN §8.2).
+pub const DELIVERIES: &str = "/xene/deliveries/";
+/// Webhook payloads, one per run a delivery started: `/xene/payloads/<run>`.
+pub const PAYLOADS: &str = "/xene/payloads/";
+
+pub fn cron_cursor(workflow: &str, pipeline: &str, trigger: &str) -> String {
+    format!("{CRON}{workflow}/{pipeline}/{trigger}")
+}
+
+/// The prefix of the cron cursors of a pipeline.
+pub fn cron_cursors_of(workflow: &str, pipeline: &str) -> String {
+    format!("{CRON}{workflow}/{pipeline}/")
+}
+
+pub fn delivery(workflow: &str, trigger: &str, id: &str) -> String {
+    format!("{DELIVERIES}{workflow}/{trigger}/{id}")
+}
+
+pub fn payload(run: &str) -> String {
+    format!("{PAYLOADS}{run}")
+}

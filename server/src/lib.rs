@@ -12,6 +12,7 @@
 //! - [`auth`]: bearer tokens and roles.
 //! - [`agents`]: agent and lease records and the leader's live sessions; [`scheduler`]: the
 //!   leader-only reconciler that places pipelines and moves leases.
+//! - [`triggers`]: webhooks and cron fires (DESIGN §8).
 //! - [`http`]: health, readiness and metrics over REST; [`metrics`]: the Prometheus registry.
 //! - [`convert`]: wire ↔ store type conversions; [`error`]: errors and their gRPC status.
 
@@ -32,3 +33,4 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod services;
+pub mod triggers;

@@ -236,6 +236,16 @@ pub async fn get(node: &ClusterNode, kind: Kind, name: &str) -> Result<StoredObj
     }
 }
 
+/// A pipeline status object with its triggers' state filled in (next and last fire, webhook
+/// URL), as `xenectl describe pipeline` shows it.
+pub async fn with_triggers(node: &ClusterNode, mut object: StoredObject) -> Result<StoredObject> {
+    let mut pipeline: PipelineObject = serde_json::from_str(&object.json).map_err(internal)?;
+    let (spec, _) = crate::runs::workflow(node, &pipeline.spec.workflow).await?;
+    crate::triggers::describe(node, &spec, &mut pipeline).await?;
+    object.json = serde_json::to_string(&pipeline).map_err(internal)?;
+    Ok(object)
+}
+
 /// Lists objects of a kind that match `selector` (pipelines optionally of one workflow).
 pub async fn list(node: &ClusterNode, kind: Kind, selector: &str, workflow: &str) -> Result<(Vec<StoredObject>, u64)> {
     let selector = LabelSelector::parse(selector).map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
@@ -279,6 +289,8 @@ pub async fn delete(node: &ClusterNode, kind: Kind, name: &str, resource_version
             compare: vec![Compare::mod_revision(key.clone(), current.resource_version)],
             success: vec![
                 Op::DeletePrefix { prefix: keys::pipelines_of(name).into_bytes() },
+                Op::DeletePrefix { prefix: format!("{}{name}/", keys::CRON).into_bytes() },
+                Op::DeletePrefix { prefix: format!("{}{name}/", keys::DELIVERIES).into_bytes() },
                 Op::Delete { key: key.into_bytes() },
             ],
             failure: vec![],

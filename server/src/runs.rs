@@ -36,20 +36,41 @@ fn new_id(workflow: &str, pipeline: &str) -> String {
     format!("{workflow}.{pipeline}.{}{}", Utc::now().format("%Y%m%d%H%M%S"), hex::encode(bytes))
 }
 
-/// Creates a pending run of `workflow/pipeline`.
-pub async fn create(
-    node: &ClusterNode,
-    workflow: &str,
-    pipeline: &str,
-    trigger: &str,
-    parameters: std::collections::BTreeMap<String, String>,
-) -> Result<StoredRun> {
-    node.read_barrier().await?;
+/// Reads the workflow `workflow` as this server has applied it (callers that need the latest
+/// call [`ClusterNode::read_barrier`] first), with the revision it was stored at.
+pub async fn workflow(node: &ClusterNode, workflow: &str) -> Result<(Workflow, u64)> {
     let stored = node.reader.range(keys::workflow(workflow).into_bytes(), false, 0).await?;
     let Some(kv) = stored.kvs.first() else {
         return Err(ServerError::NotFound(format!("workflow {workflow:?} not found; apply it first")));
     };
-    let spec: Workflow = serde_json::from_slice(&kv.value).map_err(internal)?;
+    Ok((serde_json::from_slice(&kv.value).map_err(internal)?, kv.mod_revision))
+}
+
+/// A run about to be created: its key, its stored form and the object.
+pub struct NewRun {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub run: RunObject,
+}
+
+impl NewRun {
+    /// The run as created at `revision`.
+    pub fn created(mut self, revision: u64) -> StoredRun {
+        self.run.metadata.resource_version = Some(revision);
+        tracing::info!(run = %self.run.metadata.name, workflow = %self.run.spec.workflow,
+            pipeline = %self.run.spec.pipeline, trigger = %self.run.spec.trigger, "run created");
+        StoredRun { run: self.run, revision }
+    }
+}
+
+/// Builds a pending run of `pipeline` of `spec`, checking the pipeline and parameter names.
+pub fn pending(
+    spec: &Workflow,
+    pipeline: &str,
+    trigger: &str,
+    parameters: std::collections::BTreeMap<String, String>,
+) -> Result<NewRun> {
+    let workflow = spec.metadata.name.as_str();
     if !spec.spec.pipelines.contains_key(pipeline) {
         let known: Vec<&str> = spec.spec.pipelines.keys().map(String::as_str).collect();
         return Err(ServerError::NotFound(format!(
@@ -76,12 +97,23 @@ pub async fn create(
         },
     );
     run.metadata.creation_timestamp = Some(Utc::now());
-    let key = keys::run(&id);
     let value = serde_json::to_vec(&run).map_err(internal)?;
-    let revision = node.create(key, value, "run").await?;
-    run.metadata.resource_version = Some(revision);
-    tracing::info!(run = %id, workflow, pipeline, trigger, "run created");
-    Ok(StoredRun { run, revision })
+    Ok(NewRun { key: keys::run(&id), value, run })
+}
+
+/// Creates a pending run of `workflow/pipeline` (the API trigger, DESIGN §8.1).
+pub async fn create(
+    node: &ClusterNode,
+    workflow: &str,
+    pipeline: &str,
+    trigger: &str,
+    parameters: std::collections::BTreeMap<String, String>,
+) -> Result<StoredRun> {
+    node.read_barrier().await?;
+    let (spec, _) = self::workflow(node, workflow).await?;
+    let new = pending(&spec, pipeline, trigger, parameters)?;
+    let revision = node.create(new.key.clone(), new.value.clone(), "run").await?;
+    Ok(new.created(revision))
 }
 
 /// Reads one run (linearizably).

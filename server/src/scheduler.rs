@@ -34,9 +34,18 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize,
         }
         tracing::info!(node = node.id, "leading: the scheduler starts");
         let leader_since = Instant::now();
+        let mut last_sweep = Instant::now();
         loop {
             if let Err(e) = reconcile(&node, &hub, leader_since, run_history).await {
                 tracing::warn!(error = %e, "scheduling pass failed; retrying");
+            }
+            if last_sweep.elapsed() > Duration::from_secs(60) {
+                last_sweep = Instant::now();
+                match crate::triggers::webhook::forget_old_deliveries(&node).await {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "forgot webhook deliveries older than 7 days"),
+                    Err(e) => tracing::warn!(error = %e, "forgetting old webhook deliveries failed"),
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => { hub.clear(); return; }
@@ -241,11 +250,18 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
             leases.iter().filter(|(_, l)| &l.value.agent == agent).collect();
         for (pipeline, lease) in &wanted {
             if session.told.get(pipeline.as_str()) != Some(&lease.revision) {
-                let workflow_json = workflows
-                    .get(&lease.value.workflow)
-                    .and_then(|w| serde_json::to_string(&w.value).ok())
-                    .unwrap_or_default();
-                let grant = LeaseGrant { pipeline: pipeline.to_string(), epoch: lease.revision, workflow_json };
+                let spec = workflows.get(&lease.value.workflow).map(|w| &w.value);
+                let workflow_json = spec.and_then(|w| serde_json::to_string(w).ok()).unwrap_or_default();
+                let cron_since_ms = match spec {
+                    Some(spec) => crate::triggers::cron::since_ms(node, spec, &lease.value.pipeline).await?,
+                    None => Default::default(),
+                };
+                let grant = LeaseGrant {
+                    pipeline: pipeline.to_string(),
+                    epoch: lease.revision,
+                    workflow_json,
+                    cron_since_ms: cron_since_ms.into_iter().collect(),
+                };
                 hub.tell(
                     agent,
                     pipeline,
@@ -287,6 +303,7 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
                 compare: vec![],
                 success: vec![
                     Op::Delete { key: keys::run(name).into_bytes() },
+                    Op::Delete { key: keys::payload(name).into_bytes() },
                     Op::DeletePrefix { prefix: keys::logs_of(name).into_bytes() },
                 ],
                 failure: vec![],
@@ -294,33 +311,120 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
             .await?;
         }
     }
+    let mut unfinished: BTreeMap<String, Vec<crate::runs::StoredRun>> = BTreeMap::new();
     for stored in all_runs {
-        let run = &stored.run;
-        if run.status.phase.is_terminal() {
-            continue;
+        if !stored.run.status.phase.is_terminal() {
+            let pipeline = format!("{}/{}", stored.run.spec.workflow, stored.run.spec.pipeline);
+            unfinished.entry(pipeline).or_default().push(stored);
         }
-        let pipeline = format!("{}/{}", run.spec.workflow, run.spec.pipeline);
+    }
+    for (pipeline, mut runs) in unfinished {
+        runs.sort_by(|a, b| {
+            (a.run.metadata.creation_timestamp, &a.run.metadata.name)
+                .cmp(&(b.run.metadata.creation_timestamp, &b.run.metadata.name))
+        });
         let lease = leases.get(&pipeline);
-        let started_under = run.status.lease_epoch;
-        if started_under.is_some() && started_under != lease.map(|l| l.revision) && grace_over {
-            tracing::info!(run = %run.metadata.name, "the run's agent lost its lease: AgentLost");
-            crate::runs::agent_lost(node, &stored).await?;
-            continue;
+        let mut live = Vec::new();
+        for stored in runs {
+            let started_under = stored.run.status.lease_epoch;
+            if started_under.is_some() && started_under != lease.map(|l| l.revision) && grace_over {
+                tracing::info!(run = %stored.run.metadata.name, "the run's agent lost its lease: AgentLost");
+                crate::runs::agent_lost(node, &stored).await?;
+            } else {
+                live.push(stored);
+            }
         }
         let Some(lease) = lease else { continue };
-        if !sessions.get(&lease.value.agent).is_some_and(|s| s.alive) {
+        let agent = &lease.value.agent;
+        if !sessions.get(agent).is_some_and(|s| s.alive) {
             continue;
         }
-        if !hub.was_told_run(&lease.value.agent, &run.metadata.name) {
-            hand_over(node, hub, &workflows, run, &lease.value.agent, lease.revision).await?;
+        let concurrency = workflows
+            .get(&lease.value.workflow)
+            .and_then(|w| w.value.spec.pipelines.get(&lease.value.pipeline))
+            .and_then(|p| p.concurrency.clone())
+            .unwrap_or_default();
+        let admission = admit(&concurrency, &live, |run| hub.was_told_run(agent, run), grace_over);
+        for name in &admission.cancel {
+            tracing::info!(run = %name, pipeline = %pipeline, "concurrency policy Replace: cancelling");
+            crate::runs::cancel(node, name).await?;
         }
-        if run.spec.cancel_requested {
-            let cancel = xene_proto::CancelRun { run: run.metadata.name.clone() };
-            let message = ServerMessage { body: Some(server_message::Body::Cancel(cancel)) };
-            hub.tell_run(&lease.value.agent, &run.metadata.name, true, message);
+        for stored in &live {
+            let run = &stored.run;
+            let name = &run.metadata.name;
+            if admission.start.contains(name) && !hub.was_told_run(agent, name) {
+                hand_over(node, hub, &workflows, run, agent, lease.revision).await?;
+            }
+            if run.spec.cancel_requested {
+                let cancel = xene_proto::CancelRun { run: name.clone() };
+                let message = ServerMessage { body: Some(server_message::Body::Cancel(cancel)) };
+                hub.tell_run(agent, name, true, message);
+            }
         }
     }
     Ok(())
+}
+
+/// What the concurrency policy does with a pipeline's unfinished runs (oldest first).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Admission {
+    /// Pending runs to hand to the agent now.
+    start: BTreeSet<String>,
+    /// Runs to cancel (policy `Replace`: every run older than the newest).
+    cancel: Vec<String>,
+}
+
+/// Decides, for one pipeline, which pending runs start and which runs `Replace` cancels
+/// (DESIGN §8.4). A run counts as in progress once it left `Pending` or was handed to the agent
+/// (`handed`). With a limit, a new leader starts nothing during its grace period: the runs the
+/// previous leader handed over are still `Pending` in the store until their agents report.
+fn admit(
+    concurrency: &xene_model::Concurrency,
+    runs: &[crate::runs::StoredRun],
+    handed: impl Fn(&str) -> bool,
+    grace_over: bool,
+) -> Admission {
+    use xene_model::status::RunPhase;
+    use xene_model::ConcurrencyPolicy;
+    let policy = concurrency.policy();
+    let limit = match policy {
+        ConcurrencyPolicy::Allow => concurrency.max_concurrent.map_or(usize::MAX, |m| m as usize),
+        ConcurrencyPolicy::Forbid | ConcurrencyPolicy::Replace => 1,
+    };
+    let mut admission = Admission::default();
+    let in_progress =
+        |r: &crate::runs::StoredRun| r.run.status.phase != RunPhase::Pending || handed(&r.run.metadata.name);
+    let candidates: Vec<&crate::runs::StoredRun> = match policy {
+        ConcurrencyPolicy::Replace => {
+            // The newest run replaces every other; it starts once they have ended.
+            let Some(newest) = runs.last() else { return admission };
+            admission.cancel = runs[..runs.len() - 1]
+                .iter()
+                .filter(|r| !r.run.spec.cancel_requested)
+                .map(|r| r.run.metadata.name.clone())
+                .collect();
+            if runs.len() > 1 {
+                Vec::new()
+            } else {
+                vec![newest]
+            }
+        }
+        _ => runs.iter().collect(),
+    };
+    if limit != usize::MAX && !grace_over {
+        return admission;
+    }
+    let mut active = runs.iter().filter(|r| in_progress(r)).count();
+    for run in candidates {
+        if in_progress(run) {
+            // Already handed over; (re)sending is the hub's business.
+            admission.start.insert(run.run.metadata.name.clone());
+        } else if active < limit {
+            active += 1;
+            admission.start.insert(run.run.metadata.name.clone());
+        }
+    }
+    admission
 }
 
 /// Sends a run to the agent holding its pipeline's lease, with the secrets it refers to.
@@ -337,7 +441,9 @@ async fn hand_over(
         Some(spec) => crate::secrets::resolve_for(node, spec).await?.into_iter().collect(),
         None => Default::default(),
     };
-    let start = xene_proto::StartRun { run_json, epoch, secrets };
+    let payload = node.reader.range(keys::payload(&run.metadata.name).into_bytes(), false, 0).await?;
+    let payload = payload.kvs.into_iter().next().map(|kv| kv.value).unwrap_or_default();
+    let start = xene_proto::StartRun { run_json, epoch, secrets, payload };
     let message = ServerMessage { body: Some(server_message::Body::Start(start)) };
     if hub.tell_run(agent, &run.metadata.name, false, message) {
         tracing::info!(run = %run.metadata.name, agent, "run handed to its agent");
@@ -373,4 +479,60 @@ async fn set_status(
     })
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xene_model::status::RunPhase;
+    use xene_model::{Concurrency, ConcurrencyPolicy, RunObject, RunSpec};
+
+    fn run(name: &str, phase: RunPhase) -> crate::runs::StoredRun {
+        let mut run =
+            RunObject::pending(name, RunSpec { workflow: "w".into(), pipeline: "p".into(), ..RunSpec::default() });
+        run.status.phase = phase;
+        crate::runs::StoredRun { run, revision: 1 }
+    }
+
+    fn policy(policy: ConcurrencyPolicy, max: Option<u32>) -> Concurrency {
+        Concurrency { policy: Some(policy), max_concurrent: max }
+    }
+
+    fn names(admission: &Admission) -> Vec<&str> {
+        admission.start.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn allow_starts_everything_and_max_concurrent_caps() {
+        let runs = [run("a", RunPhase::Running), run("b", RunPhase::Pending), run("c", RunPhase::Pending)];
+        let none = |_: &str| false;
+        assert_eq!(names(&admit(&Concurrency::default(), &runs, none, false)), ["a", "b", "c"]);
+        assert_eq!(names(&admit(&policy(ConcurrencyPolicy::Allow, Some(2)), &runs, none, true)), ["a", "b"]);
+        // A run handed over but not yet reported counts as in progress.
+        let handed = |name: &str| name == "b";
+        assert_eq!(names(&admit(&policy(ConcurrencyPolicy::Allow, Some(2)), &runs, handed, true)), ["a", "b"]);
+        // A new leader starts nothing of a limited pipeline during its grace period.
+        assert!(admit(&policy(ConcurrencyPolicy::Allow, Some(2)), &runs, none, false).start.is_empty());
+    }
+
+    #[test]
+    fn forbid_queues_behind_the_run_in_progress() {
+        let forbid = policy(ConcurrencyPolicy::Forbid, None);
+        let busy = [run("a", RunPhase::Running), run("b", RunPhase::Pending)];
+        assert_eq!(names(&admit(&forbid, &busy, |_| false, true)), ["a"]);
+        let idle = [run("b", RunPhase::Pending), run("c", RunPhase::Pending)];
+        assert_eq!(names(&admit(&forbid, &idle, |_| false, true)), ["b"]);
+    }
+
+    #[test]
+    fn replace_cancels_older_runs_and_starts_the_newest_once_they_ended() {
+        let replace = policy(ConcurrencyPolicy::Replace, None);
+        let runs = [run("a", RunPhase::Running), run("b", RunPhase::Pending), run("c", RunPhase::Pending)];
+        let admission = admit(&replace, &runs, |_| false, true);
+        assert_eq!(admission.cancel, ["a", "b"]);
+        assert!(admission.start.is_empty(), "nothing starts while a replaced run is still going");
+        let admission = admit(&replace, &[run("c", RunPhase::Pending)], |_| false, true);
+        assert!(admission.cancel.is_empty());
+        assert_eq!(names(&admission), ["c"]);
+    }
 }

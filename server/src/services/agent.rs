@@ -56,6 +56,29 @@ async fn answer_refusal(tx: &crate::agents::SessionSender, run: &str, epoch: u64
     }
 }
 
+/// Takes a cron fire of the agent's; a refused one needs no answer (a duplicate made its run
+/// already; a stale holder is told by the lease's revocation).
+async fn cron_fire(node: &crate::node::ClusterNode, agent: &str, fire: pb::CronFire) {
+    let Some(scheduled) = chrono::DateTime::from_timestamp_millis(fire.scheduled_ms) else {
+        tracing::warn!(agent, pipeline = %fire.pipeline, "cron fire with an impossible time ignored");
+        return;
+    };
+    match crate::triggers::cron::fire(node, agent, fire.epoch, &fire.pipeline, &fire.trigger, scheduled).await {
+        Ok(Some(run)) => {
+            tracing::info!(agent, pipeline = %fire.pipeline, trigger = %fire.trigger, %scheduled, %run, "cron fire")
+        }
+        Ok(None) => {
+            tracing::debug!(agent, pipeline = %fire.pipeline, trigger = %fire.trigger, %scheduled, "cron fire already made its run")
+        }
+        Err(Refused::StaleEpoch(reason)) => {
+            tracing::info!(agent, pipeline = %fire.pipeline, %reason, "cron fire of a stale lease refused")
+        }
+        Err(Refused::Other(e)) => {
+            tracing::warn!(agent, pipeline = %fire.pipeline, trigger = %fire.trigger, error = %e, "cron fire failed")
+        }
+    }
+}
+
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -229,6 +252,10 @@ impl AgentService for AgentApi {
                                 };
                             (batch.run, batch.epoch, result)
                         }
+                        agent_message::Body::CronFire(fire) => {
+                            cron_fire(&node, &name, fire).await;
+                            continue;
+                        }
                         _ => continue,
                     };
                     if !answer_refusal(&tx, &run, epoch, result).await {
@@ -255,7 +282,12 @@ impl AgentService for AgentApi {
                         }
                     }
                     Some(Ok(pb::AgentMessage {
-                        body: Some(body @ (agent_message::Body::RunUpdate(_) | agent_message::Body::Logs(_))),
+                        body:
+                            Some(
+                                body @ (agent_message::Body::RunUpdate(_)
+                                | agent_message::Body::Logs(_)
+                                | agent_message::Body::CronFire(_)),
+                            ),
                     })) => {
                         hub.heartbeat(&name, serial, now_ms());
                         if writes.send(body).await.is_err() {

@@ -60,7 +60,11 @@ impl ObjectService for ObjectApi {
     async fn get(&self, request: Request<pb::GetObjectRequest>) -> Result<Response<pb::Object>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
         let kind = Kind::parse(&request.get_ref().kind)?;
-        Ok(Response::new(to_pb(objects::get(&self.node, kind, &request.get_ref().name).await?)))
+        let mut object = objects::get(&self.node, kind, &request.get_ref().name).await?;
+        if kind == Kind::Pipeline {
+            object = objects::with_triggers(&self.node, object).await?;
+        }
+        Ok(Response::new(to_pb(object)))
     }
 
     async fn list(
