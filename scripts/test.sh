@@ -16,7 +16,7 @@ echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # The heavy tests (chaos scenarios, 100,000 log lines through Raft) run after the others,
   # one at a time: on two cores they would starve the clusters of the tests beside them.
-  heavy='test(/logs_every_line/) | binary(/chaos_/)'
+  heavy='test(/logs_every_line/) | binary(/chaos_/) | binary(compose)'
   status=0
   cargo nextest run --workspace --locked --no-fail-fast --profile ci -E "not ($heavy)" || status=$?
   echo "== heavy tests, one at a time"

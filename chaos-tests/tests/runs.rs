@@ -338,7 +338,11 @@ async fn executor_behaviour(executor: &str) {
 
     // Cancel a running run: SIGTERM reaches the step, and nothing is left behind.
     let long = start(&cluster, "long", &[]).await;
-    wait_run(&cluster, &agent, &long, |r| r.status.phase == RunPhase::Running).await;
+    // The step itself must be running (a container can take a while to start under load), and
+    // have had time to set its trap.
+    let step_running =
+        |r: &RunObject| r.status.tasks.get("forever").is_some_and(|t| t.steps[0].status == StepStatus::Running);
+    wait_run(&cluster, &agent, &long, step_running).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cancelled = cluster.xenectl(&["cancel", &long]);
     assert!(cancelled.status.success(), "{}", String::from_utf8_lossy(&cancelled.stderr));

@@ -303,9 +303,13 @@ async fn cron_fires_move_with_the_lease_and_never_double() {
     let gaps: Vec<i64> = times.windows(2).map(|w| (w[1] - w[0]).num_milliseconds()).collect();
     let widest = gaps.iter().copied().max().unwrap_or(0);
     println!("cron runs: {}, widest gap between fires: {widest} ms (agent TTL 2000 ms)", times.len());
-    // The new holder gets the lease one TTL after the last heartbeat, and its catch-up fire is
-    // the latest missed second: the gap stays within the TTL, a scheduler pass and the fire.
-    assert!(widest <= 2_000 + 1_500, "fires stopped for {widest} ms: {times:?}");
+    // Outside the move, every second made its run: one gap only is wider than a second.
+    assert!(gaps.iter().filter(|g| **g > 1_000).count() <= 1, "fires were lost outside the lease move: {times:?}");
+    // The move: the holder's last fire came at most a second before the kill; the new holder
+    // gets the lease one TTL after the last heartbeat (plus a scheduler pass), and its catch-up
+    // fire is the latest missed second. So the gap is the TTL plus one fire period, plus what a
+    // loaded two-core machine adds to the pass and the writes (1.5 s allowed).
+    assert!(widest <= 2_000 + 1_000 + 1_500, "fires stopped for {widest} ms: {times:?}");
     let by_agent: BTreeMap<String, usize> = runs.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.status.agent.clone().unwrap_or_default()).or_default() += 1;
         m

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use xene_proto::{JoinRequest, Member, RaftPayload, ReadIndexRequest, TimeoutNowRequest};
@@ -313,6 +313,12 @@ impl ClusterNode {
         if id == 0 {
             return Err(ServerError::InvalidArgument("node ID 0 is reserved; use 1 or more".into()));
         }
+        if let Some(other) = self.members().into_iter().find(|m| m.node_id != id && m.grpc_addr == info.grpc_addr) {
+            return Err(ServerError::AlreadyExists(format!(
+                "{} is the address of member {} already; check the address, or remove that member first",
+                info.grpc_addr, other.node_id
+            )));
+        }
         let record =
             NodeRecord { grpc_addr: info.grpc_addr.clone(), http_addr: info.http_addr.clone(), removed: false };
         let key = keys::node(id);
@@ -505,6 +511,11 @@ fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Ser
             message: "the leader changed during the membership change; retry".into(),
             leader: f.leader_node.map(|n| n.grpc_addr),
         },
+        // Another change (a server joining at the same moment) is still being committed: it
+        // ends by itself, so the caller retries.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e @ ChangeMembershipError::InProgress(_))) => {
+            ServerError::unavailable(format!("{e}; retrying once it is committed"))
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ServerError::FailedPrecondition(e.to_string())
         }
