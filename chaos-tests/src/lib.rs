@@ -14,6 +14,7 @@
 pub mod agent_proc;
 pub mod client;
 pub mod harness;
+pub mod images;
 pub mod lincheck;
 pub mod nemesis;
 pub mod network;

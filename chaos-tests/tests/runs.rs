@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 use xene_chaos_tests::agent_proc::AgentProc;
 use xene_chaos_tests::harness::{bin_dir, ClusterOptions, TestCluster};
+use xene_chaos_tests::images::busybox_image;
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
 use xene_model::RunObject;
 use xene_proto as pb;
@@ -528,12 +529,6 @@ async fn secrets_reach_steps_masked_and_never_come_back() {
 }
 
 /// Builds the local busybox image the examples use (no registry is reachable).
-fn busybox_image() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/busybox-image.sh");
-    let status = Command::new("bash").arg(script).status().expect("run busybox-image.sh");
-    assert!(status.success(), "scripts/busybox-image.sh failed: these tests need Docker and a local image");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dag_runs_in_containers_sharing_the_run_workspace() {
     busybox_image();

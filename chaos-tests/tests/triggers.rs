@@ -39,8 +39,12 @@ spec:
 
 const SECRET: &str = "It's a Secret to Everybody";
 
-/// A cluster with one process-executor agent holding the workflow `manifest`.
+/// A cluster with process-executor agents named after `agents`, and the workflow `manifest`.
 async fn setup(manifest: &str, agents: &[&str]) -> (TestCluster, Vec<AgentProc>) {
+    setup_with(manifest, agents, "process").await
+}
+
+async fn setup_with(manifest: &str, agents: &[&str], executor: &str) -> (TestCluster, Vec<AgentProc>) {
     std::env::set_var("XENE_AGENT_TTL_MS", "2000");
     std::env::set_var("XENE_RUN_HISTORY", "1000");
     let cluster = TestCluster::start(ClusterOptions::default()).await;
@@ -48,7 +52,7 @@ async fn setup(manifest: &str, agents: &[&str]) -> (TestCluster, Vec<AgentProc>)
         String::from_utf8_lossy(&cluster.xenectl(&["token", "create", "--kind", "agent"]).stdout).trim().to_string();
     let agents = agents
         .iter()
-        .map(|name| cluster.start_agent(&format!("{name}-{}", std::process::id()), "os=linux", &token))
+        .map(|name| cluster.start_agent_with(&format!("{name}-{}", std::process::id()), "os=linux", &token, executor))
         .collect();
     ObjectServiceClient::new(cluster.channel(0))
         .apply(cluster.request(pb::ApplyRequest { manifest: manifest.into() }))
@@ -412,4 +416,45 @@ async fn start_many(cluster: &TestCluster, pipeline: &str, count: usize) -> Vec<
         ids.push(start(cluster, pipeline).await);
     }
     ids
+}
+
+const CONTAINER_HOOK: &str = r#"
+apiVersion: xene.dev/v1
+kind: Workflow
+metadata: {name: boxed}
+spec:
+  triggers:
+    hook: {type: webhook, webhook: {provider: generic, secretRef: box-secret}}
+  pipelines:
+    build:
+      triggers: [hook]
+      executor: {type: container, image: "xene/busybox:latest"}
+      tasks:
+        show:
+          steps:
+            - {name: payload, run: 'echo "path=$XENE_EVENT_PATH"; cat "$XENE_EVENT_PATH"; echo; ls -A "$XENE_WORKSPACE" | wc -l'}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_step_reads_the_webhook_payload() {
+    xene_chaos_tests::images::busybox_image();
+    let (cluster, agents) = setup_with(CONTAINER_HOOK, &["boxed"], "docker").await;
+    let set = cluster.xenectl(&["secret", "set", "box-secret", "--from-literal", "k=box"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    wait_placed(&cluster, 1).await;
+    let body = br#"{"event":"deploy","ref":"refs/tags/v1"}"#;
+    let headers = [("X-Xene-Signature-256", format!("sha256={}", hmac_hex("box", body)))];
+    let (status, answer) = rest::post(&cluster.servers[0].http, "/api/v1/webhooks/boxed/hook", &headers, body).await;
+    assert_eq!(status, 202, "{answer}");
+    let value: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    let id = value["runs"][0].as_str().expect("a run id").to_string();
+    let run = wait_run(&cluster, &id, |r| r.status.phase.is_terminal()).await;
+    assert_eq!(run.status.phase, RunPhase::Success, "{run:#?}\n{}", agents[0].log_tail(30));
+    assert_eq!(run.spec.parameters.get("XENE_EVENT").map(String::as_str), Some("deploy"), "the generic event field");
+    assert_eq!(run.spec.parameters.get("XENE_REF").map(String::as_str), Some("refs/tags/v1"));
+    let text = logs_text(&cluster, &id);
+    assert!(text.contains("path=/xene/event.json"), "{text}");
+    assert!(text.contains(&String::from_utf8_lossy(body).to_string()), "{text}");
+    // The payload is not in the workspace, which a step may want empty (git clone .).
+    assert!(text.contains("[show/payload] 0"), "{text}");
 }
