@@ -315,14 +315,7 @@ async fn describe_pipeline(cluster: &Cluster, name: &str) -> Result<()> {
     if !name.contains('/') {
         bail!("name the pipeline as WORKFLOW/PIPELINE, e.g. xenectl describe pipeline {name}/build");
     }
-    let message = pb::GetObjectRequest { kind: "Pipeline".into(), name: name.into() };
-    let object = cluster
-        .call(|ch| {
-            let message = message.clone();
-            async move { ObjectServiceClient::new(ch).get(cluster.request(message)).await }
-        })
-        .await?
-        .into_inner();
+    let object = fetch(cluster, "Pipeline", Some(name), "").await?.remove(0);
     let pipeline: PipelineObject = serde_json::from_str(&object.json).context("reading the pipeline")?;
     let status = &pipeline.status;
     println!("Name:              {}", pipeline.metadata.name);
