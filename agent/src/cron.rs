@@ -122,6 +122,7 @@ fn send(outbox: &UnboundedSender<pb::AgentMessage>, pipeline: &str, trigger: &st
         epoch,
         trigger: trigger.to_string(),
         scheduled_ms: at.timestamp_millis(),
+        seq: 0,
     };
     let _ = outbox.send(pb::AgentMessage { body: Some(agent_message::Body::CronFire(fire)) });
 }

@@ -40,9 +40,19 @@ pub struct Runner {
     /// What the agent was asked to use: `docker` or `process`.
     executor: String,
     tasks: TaskTracker,
-    running: Mutex<HashMap<String, (String, CancellationToken)>>,
+    running: Mutex<HashMap<String, (String, u64, CancellationToken)>>,
+    /// Starts under a newer epoch of runs still stopping under an older one, by run.
+    deferred: Mutex<HashMap<String, Deferred>>,
     /// Final statuses of finished runs, to report again if the leader asks once more.
     finished: Mutex<HashMap<String, (u64, RunObject)>>,
+}
+
+/// A start that waits for the run's older execution to stop.
+struct Deferred {
+    run_json: String,
+    epoch: u64,
+    secrets: BTreeMap<String, String>,
+    payload: Vec<u8>,
 }
 
 impl Runner {
@@ -65,6 +75,7 @@ impl Runner {
             executor,
             tasks: TaskTracker::new(),
             running: Mutex::default(),
+            deferred: Mutex::default(),
             finished: Mutex::default(),
         })
     }
@@ -80,9 +91,12 @@ impl Runner {
             }
         };
         let id = run.metadata.name.clone();
-        if let Some((epoch, done)) = self.finished.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned() {
-            report(&self.outbox, epoch, &done);
-            return;
+        if let Some((done_epoch, done)) = self.finished.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned() {
+            if done_epoch >= epoch {
+                report(&self.outbox, done_epoch, &done);
+                return;
+            }
+            self.finished.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         }
         let pipeline_name = format!("{}/{}", run.spec.workflow, run.spec.pipeline);
         let Some(workflow_json) = self.leases.workflow_of(&pipeline_name, epoch) else {
@@ -92,10 +106,17 @@ impl Runner {
         let cancel = CancellationToken::new();
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if running.contains_key(&id) {
+            if let Some((_, old_epoch, old_cancel)) = running.get(&id) {
+                if *old_epoch < epoch {
+                    old_cancel.cancel();
+                    self.deferred
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), Deferred { run_json: run_json.to_string(), epoch, secrets, payload });
+                }
                 return;
             }
-            running.insert(id.clone(), (pipeline_name.clone(), cancel.clone()));
+            running.insert(id.clone(), (pipeline_name.clone(), epoch, cancel.clone()));
         }
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
@@ -103,20 +124,33 @@ impl Runner {
             let done = this.execute(run, epoch, &workflow_json, Arc::new(secrets), event, cancel).await;
             let id = done.metadata.name.clone();
             this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            this.finished.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (epoch, done));
+            this.finished.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (epoch, done));
+            let deferred = this.deferred.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            if let Some(next) = deferred {
+                this.start(&next.run_json, next.epoch, next.secrets, next.payload);
+            }
         });
     }
 
     /// Stops a run (cancelled by a user, or fenced off because the lease moved).
     pub fn stop(&self, run: &str) {
-        if let Some((_, cancel)) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(run) {
+        if let Some((_, _, cancel)) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(run) {
             cancel.cancel();
+        }
+    }
+
+    /// Stops a run only if it runs under `epoch` or older (a fenced write of that epoch).
+    pub fn stop_at(&self, run: &str, epoch: u64) {
+        if let Some((_, at, cancel)) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(run) {
+            if *at <= epoch {
+                cancel.cancel();
+            }
         }
     }
 
     /// Stops every run of a pipeline whose lease this agent no longer holds.
     pub fn stop_pipeline(&self, pipeline: &str) {
-        for (run, (of, cancel)) in self.running.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (run, (of, _, cancel)) in self.running.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             if of == pipeline {
                 tracing::info!(run = %run, pipeline, "stopping a run whose lease is gone");
                 cancel.cancel();
@@ -136,7 +170,7 @@ impl Runner {
 
     /// Stops every run; the agent is shutting down.
     pub async fn shutdown(&self) {
-        for (_, cancel) in self.running.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for (_, _, cancel) in self.running.lock().unwrap_or_else(|p| p.into_inner()).values() {
             cancel.cancel();
         }
         self.tasks.close();
@@ -367,6 +401,8 @@ fn report(outbox: &Outbox, epoch: u64, run: &RunObject) {
         run: run.metadata.name.clone(),
         epoch,
         run_json: serde_json::to_string(run).unwrap_or_default(),
+        // Numbered by the session when it sends it.
+        seq: 0,
     };
     let _ = outbox.send(pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(update)) });
 }
@@ -729,6 +765,7 @@ impl<'a> LogShipper<'a> {
             epoch: self.epoch,
             chunk_json: serde_json::to_string(&chunk).unwrap_or_default(),
             first_seq: self.first_seq,
+            seq: 0,
         };
         let _ = self.outbox.send(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) });
     }

@@ -43,7 +43,7 @@ pub async fn run(
     let mut hint: Option<String> = None;
     let mut pause = Duration::from_millis(100);
     let mut contact = Contact { last: tokio::time::Instant::now(), ttl: None };
-    let mut recent = std::collections::VecDeque::new();
+    let mut unacked = Unacked::default();
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -69,8 +69,14 @@ pub async fn run(
                 config.servers[next % config.servers.len()].clone()
             }
         };
-        let link = Link { leases: &leases, runner: &runner, outbox: &mut outbox, recent: &mut recent };
-        match once(&server, &config, &credential, link, &stop, &mut contact).await {
+        let link = Link { leases: &leases, runner: &runner, outbox: &mut outbox, unacked: &mut unacked };
+        let before = contact.last;
+        let end = once(&server, &config, &credential, link, &stop, &mut contact).await;
+        if contact.last > before {
+            // The session was up: the next break starts the backoff afresh.
+            pause = Duration::from_millis(100);
+        }
+        match end {
             End::Redirect(leader) => {
                 tracing::info!(from = %server, leader = %leader, "redirected to the leader");
                 hint = Some(leader);
@@ -104,14 +110,45 @@ struct Link<'a> {
     leases: &'a Leases,
     runner: &'a Arc<Runner>,
     outbox: &'a mut UnboundedReceiver<pb::AgentMessage>,
-    /// The last writes sent (run statuses, log chunks). A session that breaks may lose what
-    /// was in flight, so a new session sends these again first: the server applies them
-    /// idempotently (a status is the whole state, a log chunk is keyed by its first line).
-    recent: &'a mut std::collections::VecDeque<pb::AgentMessage>,
+    unacked: &'a mut Unacked,
 }
 
-/// How many recent writes a new session sends again.
-const RESEND: usize = 256;
+/// How many writes may wait for the leader's acknowledgement; the leader's queue per session
+/// holds as many, so its reading side never blocks behind writes.
+const WINDOW: usize = 1024;
+
+/// The writes sent (run statuses, log chunks, cron fires) that the leader has not yet
+/// acknowledged, numbered in sending order. A session that breaks may lose what was in flight,
+/// so a new session sends these again first; the leader applies them idempotently (a status is
+/// the whole state, a log chunk is keyed by its first line, a cron fire by its time).
+#[derive(Default)]
+struct Unacked {
+    next_seq: u64,
+    writes: std::collections::VecDeque<(u64, pb::AgentMessage)>,
+}
+
+impl Unacked {
+    /// Numbers `message` and keeps it until acknowledged.
+    fn add(&mut self, mut message: pb::AgentMessage) -> pb::AgentMessage {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        match &mut message.body {
+            Some(agent_message::Body::RunUpdate(update)) => update.seq = seq,
+            Some(agent_message::Body::Logs(batch)) => batch.seq = seq,
+            Some(agent_message::Body::CronFire(fire)) => fire.seq = seq,
+            _ => {}
+        }
+        self.writes.push_back((seq, message.clone()));
+        message
+    }
+
+    /// Forgets every write up to `seq`.
+    fn acked(&mut self, seq: u64) {
+        while self.writes.front().is_some_and(|(s, _)| *s <= seq) {
+            self.writes.pop_front();
+        }
+    }
+}
 
 async fn once(
     server: &str,
@@ -121,7 +158,7 @@ async fn once(
     stop: &CancellationToken,
     contact: &mut Contact,
 ) -> End {
-    let Link { leases, runner, outbox, recent } = link;
+    let Link { leases, runner, outbox, unacked } = link;
     let channel = match channel(server) {
         Ok(channel) => channel,
         Err(e) => return End::Fatal(e.to_string()),
@@ -168,7 +205,10 @@ async fn once(
     };
     contact.ttl = Some(ttl);
     contact.last = tokio::time::Instant::now();
-    for message in recent.iter() {
+    if !unacked.writes.is_empty() {
+        tracing::info!(writes = unacked.writes.len(), "sending the writes the last session did not confirm");
+    }
+    for (_, message) in unacked.writes.iter() {
         if tx.send(message.clone()).await.is_err() {
             return End::Retry("the session's send side closed".into());
         }
@@ -178,11 +218,8 @@ async fn once(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return End::Retry("stopping".into()),
-            Some(message) = outbox.recv() => {
-                recent.push_back(message.clone());
-                if recent.len() > RESEND {
-                    recent.pop_front();
-                }
+            Some(message) = outbox.recv(), if unacked.writes.len() < WINDOW => {
+                let message = unacked.add(message);
                 if tx.send(message).await.is_err() {
                     return End::Retry("the session's send side closed".into());
                 }
@@ -226,8 +263,9 @@ async fn once(
                         }
                         server_message::Body::Fenced(fenced) => {
                             tracing::warn!(run = %fenced.run, epoch = fenced.epoch, reason = %fenced.reason, "a write was fenced off; stopping the run");
-                            runner.stop(&fenced.run);
+                            runner.stop_at(&fenced.run, fenced.epoch);
                         }
+                        server_message::Body::Written(ack) => unacked.acked(ack.seq),
                         server_message::Body::Ack(_) | server_message::Body::Welcome(_) => {}
                     },
                     Some(Ok(_)) => {}

@@ -85,6 +85,20 @@ impl TestCluster {
     /// Like [`TestCluster::start_agent`] with the given executor (`process` or `docker`).
     pub fn start_agent_with(&self, name: &str, labels: &str, token: &str, executor: &str) -> AgentProc {
         let servers: Vec<String> = self.servers.iter().map(|s| s.grpc.clone()).collect();
+        self.start_agent_via(name, labels, token, executor, &servers)
+    }
+
+    /// Like [`TestCluster::start_agent_with`], reaching the servers at `servers` (the chaos
+    /// tests give the client proxies' addresses, see
+    /// [`Network::plan_advertising_client_proxies`](crate::network::Network::plan_advertising_client_proxies)).
+    pub fn start_agent_via(
+        &self,
+        name: &str,
+        labels: &str,
+        token: &str,
+        executor: &str,
+        servers: &[String],
+    ) -> AgentProc {
         let data_dir = self.dir.join(format!("agent-{name}"));
         let mut args = vec![
             "--servers".to_string(),

@@ -5,7 +5,9 @@
 //!
 //! Servers are sent through their peer links with the `XENE_TEST_PEER_ROUTES` test hook of
 //! `xene-server` (`ADDR=VIA,...`: reach the peer advertised at `ADDR` through `VIA`); clients
-//! connect to [`Network::client_addr`] instead of the server's own address.
+//! connect to [`Network::client_addr`] instead of the server's own address. With
+//! [`Network::plan_advertising_client_proxies`] servers also advertise their client proxy's
+//! address, so clients that follow leader hints (agents) stay behind the proxies.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +20,18 @@ use crate::proxy::{Direction, Flow, Proxy};
 
 /// The name of the server's test hook that routes peer traffic through proxies.
 pub const PEER_ROUTES_ENV: &str = "XENE_TEST_PEER_ROUTES";
+
+/// The server's setting for the gRPC address it gives peers and clients.
+pub const ADVERTISE_GRPC_ENV: &str = "XENE_ADVERTISE_GRPC_ADDR";
+
+/// Which address a planned server advertises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Advertise {
+    /// The address it listens on.
+    OwnAddress,
+    /// The address of its client proxy.
+    ClientProxy,
+}
 
 /// How a cut link fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +56,18 @@ impl Network {
     /// Chooses addresses for `servers` servers, starts a proxy on every link, and returns the
     /// plans to start the servers with (see `TestCluster::start_planned`).
     pub async fn plan(servers: usize) -> std::io::Result<(Network, Vec<ServerPlan>)> {
+        Self::plan_with(servers, Advertise::OwnAddress).await
+    }
+
+    /// Like [`Network::plan`], and each server advertises its client proxy's address as its
+    /// gRPC address (`XENE_ADVERTISE_GRPC_ADDR`), so the leader hints a follower gives point at
+    /// client proxies too: a client that follows them (an agent, `xenectl`) never leaves the
+    /// proxies, and cutting a client link cuts it. Peer traffic still takes the per-link proxies.
+    pub async fn plan_advertising_client_proxies(servers: usize) -> std::io::Result<(Network, Vec<ServerPlan>)> {
+        Self::plan_with(servers, Advertise::ClientProxy).await
+    }
+
+    async fn plan_with(servers: usize, advertise: Advertise) -> std::io::Result<(Network, Vec<ServerPlan>)> {
         let mut plans: Vec<ServerPlan> = (0..servers).map(|_| ServerPlan::on_free_ports()).collect();
         let grpc: Vec<SocketAddr> = plans
             .iter()
@@ -71,12 +97,20 @@ impl Network {
         for addr in &grpc {
             clients.push(start(*addr).await?);
         }
+        // The address each server is known by to its peers, which the peer routes are keyed on.
+        let advertised: Vec<SocketAddr> = match advertise {
+            Advertise::OwnAddress => grpc.clone(),
+            Advertise::ClientProxy => clients.iter().map(Proxy::addr).collect(),
+        };
         for (from, plan) in plans.iter_mut().enumerate() {
             let routes: Vec<String> = (0..servers)
                 .filter(|to| *to != from)
-                .map(|to| format!("{}={}", grpc[to], peers[&(from, to)].addr()))
+                .map(|to| format!("{}={}", advertised[to], peers[&(from, to)].addr()))
                 .collect();
             plan.env.push((PEER_ROUTES_ENV.to_string(), routes.join(",")));
+            if advertise == Advertise::ClientProxy {
+                plan.env.push((ADVERTISE_GRPC_ENV.to_string(), advertised[from].to_string()));
+            }
         }
         Ok((Network { servers, peers, clients }, plans))
     }

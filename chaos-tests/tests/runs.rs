@@ -475,7 +475,8 @@ async fn a_stale_lease_epoch_is_fenced_off() {
     tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }).await.expect("hello");
     let mut stale = running.clone();
     stale.status.phase = RunPhase::Success;
-    let update = pb::RunUpdate { run: long.clone(), epoch, run_json: serde_json::to_string(&stale).expect("json") };
+    let update =
+        pb::RunUpdate { run: long.clone(), epoch, run_json: serde_json::to_string(&stale).expect("json"), seq: 1 };
     tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::RunUpdate(update)) }).await.expect("update");
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));

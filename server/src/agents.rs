@@ -67,6 +67,9 @@ struct Session {
     /// Runs this session was told to start, and to cancel.
     runs_told: std::collections::BTreeSet<String>,
     cancels_told: std::collections::BTreeSet<String>,
+    /// Ends the session's tasks, and so its stream: on a newer session of the same agent, and
+    /// when this server stops leading (the agent must then find the new leader).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// A copy of one session's state for the scheduler.
@@ -106,7 +109,7 @@ impl AgentHub {
         labels: BTreeMap<String, String>,
         capacity: u32,
         now_ms: u64,
-    ) -> u64 {
+    ) -> (u64, tokio_util::sync::CancellationToken) {
         let serial = {
             let mut next = self.next_serial.lock().unwrap_or_else(|p| p.into_inner());
             *next += 1;
@@ -122,10 +125,14 @@ impl AgentHub {
             told: BTreeMap::new(),
             runs_told: Default::default(),
             cancels_told: Default::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
         };
-        self.lock().insert(name.to_string(), session);
+        let stop = session.stop.clone();
+        if let Some(older) = self.lock().insert(name.to_string(), session) {
+            older.stop.cancel();
+        }
         self.changed.notify_one();
-        serial
+        (serial, stop)
     }
 
     pub fn heartbeat(&self, name: &str, serial: u64, now_ms: u64) {
@@ -149,7 +156,9 @@ impl AgentHub {
 
     /// Drops every session: this server is no longer the leader, agents must reconnect.
     pub fn clear(&self) {
-        self.lock().clear();
+        for (_, session) in self.lock().drain() {
+            session.stop.cancel();
+        }
     }
 
     pub fn views(&self) -> Vec<SessionView> {
@@ -167,16 +176,29 @@ impl AgentHub {
             .collect()
     }
 
-    /// Sends a run message once per session: `cancel` says whether it is a cancellation.
-    /// Returns whether it was sent now.
-    pub fn tell_run(&self, name: &str, run: &str, cancel: bool, message: ServerMessage) -> bool {
+    /// Sends the cancellation of `run` once per session. Returns whether it was sent now.
+    pub fn tell_cancel(&self, name: &str, run: &str, message: ServerMessage) -> bool {
         let mut sessions = self.lock();
         let Some(session) = sessions.get_mut(name) else { return false };
-        let told = if cancel { &mut session.cancels_told } else { &mut session.runs_told };
-        if told.contains(run) || session.tx.try_send(Ok(message)).is_err() {
+        if session.cancels_told.contains(run) || session.tx.try_send(Ok(message)).is_err() {
             return false;
         }
-        told.insert(run.to_string());
+        session.cancels_told.insert(run.to_string());
+        true
+    }
+
+    /// Sends the start of `run` once per session, and only to a session that was told it holds
+    /// `pipeline` at `epoch`: a start never overtakes its grant. Returns whether it was sent now.
+    pub fn tell_start(&self, name: &str, pipeline: &str, epoch: u64, run: &str, message: ServerMessage) -> bool {
+        let mut sessions = self.lock();
+        let Some(session) = sessions.get_mut(name) else { return false };
+        if session.told.get(pipeline) != Some(&epoch)
+            || session.runs_told.contains(run)
+            || session.tx.try_send(Ok(message)).is_err()
+        {
+            return false;
+        }
+        session.runs_told.insert(run.to_string());
         true
     }
 

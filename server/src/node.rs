@@ -184,14 +184,14 @@ impl ClusterNode {
 
     /// Runs a transaction built by the server itself.
     pub async fn txn(&self, txn: Txn) -> Result<xene_raft_store::TxnResponse> {
-        match self.propose(self.request(Command::Txn(txn))).await? {
-            ClientResponse::Txn(response) => Ok(response),
-            ClientResponse::Rejected(rejection) => Err(rejection.into()),
-            ClientResponse::Duplicate(d) => {
-                Ok(xene_raft_store::TxnResponse { revision: d.revision, succeeded: d.succeeded, results: vec![] })
-            }
-            ClientResponse::Empty => Err(ServerError::Internal("empty answer to a transaction".into())),
-        }
+        txn_response(self.propose(self.request(Command::Txn(txn))).await?)
+    }
+
+    /// Runs a transaction only while this server leads, never forwarding it: the leader-only
+    /// controllers write with it, so a deposed leader's pass stops at its first write instead
+    /// of racing the new leader's through forwarding.
+    pub async fn leader_txn(&self, txn: Txn) -> Result<xene_raft_store::TxnResponse> {
+        txn_response(self.propose_local(self.request(Command::Txn(txn))).await?)
     }
 
     /// Writes `value` at `key` only if the key does not exist; `what` names it in the error
@@ -502,6 +502,17 @@ impl ClusterNode {
                 }
             }
         }
+    }
+}
+
+fn txn_response(response: ClientResponse) -> Result<xene_raft_store::TxnResponse> {
+    match response {
+        ClientResponse::Txn(response) => Ok(response),
+        ClientResponse::Rejected(rejection) => Err(rejection.into()),
+        ClientResponse::Duplicate(d) => {
+            Ok(xene_raft_store::TxnResponse { revision: d.revision, succeeded: d.succeeded, results: vec![] })
+        }
+        ClientResponse::Empty => Err(ServerError::Internal("empty answer to a transaction".into())),
     }
 }
 

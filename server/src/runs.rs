@@ -119,6 +119,12 @@ pub async fn create(
 /// Reads one run (linearizably).
 pub async fn get(node: &ClusterNode, id: &str) -> Result<StoredRun> {
     node.read_barrier().await?;
+    get_local(node, id).await
+}
+
+/// Reads one run from this server's applied state: for writes that compare its revision, which
+/// a stale read only makes fail and retry, so they need no read barrier.
+async fn get_local(node: &ClusterNode, id: &str) -> Result<StoredRun> {
     let found = node.reader.range(keys::run(id).into_bytes(), false, 0).await?;
     match found.kvs.first() {
         Some(kv) => decode(kv),
@@ -210,8 +216,12 @@ pub fn fence(workflow: &str, pipeline: &str, epoch: u64) -> Compare {
 /// Applies an agent's view of a run: its status (never its spec, which the server owns),
 /// fenced by the lease epoch; a run that has ended stays as it ended.
 pub async fn agent_update(node: &ClusterNode, agent: &str, epoch: u64, reported: RunObject) -> Result<(), Refused> {
-    for _ in 0..5 {
-        let current = get(node, &reported.metadata.name).await?;
+    for attempt in 0..5u64 {
+        if attempt > 0 {
+            // The leader may not have applied the last change yet.
+            tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+        }
+        let current = get_local(node, &reported.metadata.name).await?;
         let pipeline = format!("{}/{}", current.run.spec.workflow, current.run.spec.pipeline);
         let lease =
             node.reader.range(keys::lease(&pipeline).into_bytes(), false, 0).await.map_err(ServerError::from)?;

@@ -127,7 +127,7 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
             tracing::info!(agent = %name, state = record.state.as_str(), "agent state changes");
             let key = keys::agent(name);
             let response = node
-                .txn(Txn {
+                .leader_txn(Txn {
                     compare: vec![Compare::mod_revision(key.clone(), agent.revision)],
                     success: vec![Op::Put { key: key.into_bytes(), value: to_json(&record) }],
                     failure: vec![],
@@ -162,7 +162,7 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         if let Some(lease) = leases.remove(pipeline) {
             tracing::info!(pipeline = %pipeline, agent = %lease.value.agent, epoch = lease.revision, "revoking lease");
             let key = keys::lease(pipeline);
-            node.txn(Txn {
+            node.leader_txn(Txn {
                 compare: vec![Compare::mod_revision(key.clone(), lease.revision)],
                 success: vec![Op::Delete { key: key.into_bytes() }],
                 failure: vec![],
@@ -205,7 +205,7 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
                     };
                     let key = keys::lease(name);
                     let response = node
-                        .txn(Txn {
+                        .leader_txn(Txn {
                             compare: vec![Compare::absent(key.clone())],
                             success: vec![Op::Put { key: key.into_bytes(), value: to_json(&record) }],
                             failure: vec![],
@@ -299,7 +299,7 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         let excess = names.len().saturating_sub(run_history.max(1));
         for name in names.iter().take(excess) {
             tracing::info!(run = %name, "removing a run beyond the history limit");
-            node.txn(Txn {
+            node.leader_txn(Txn {
                 compare: vec![],
                 success: vec![
                     Op::Delete { key: keys::run(name).into_bytes() },
@@ -358,7 +358,7 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
             if run.spec.cancel_requested {
                 let cancel = xene_proto::CancelRun { run: name.clone() };
                 let message = ServerMessage { body: Some(server_message::Body::Cancel(cancel)) };
-                hub.tell_run(agent, name, true, message);
+                hub.tell_cancel(agent, name, message);
             }
         }
     }
@@ -445,7 +445,8 @@ async fn hand_over(
     let payload = payload.kvs.into_iter().next().map(|kv| kv.value).unwrap_or_default();
     let start = xene_proto::StartRun { run_json, epoch, secrets, payload };
     let message = ServerMessage { body: Some(server_message::Body::Start(start)) };
-    if hub.tell_run(agent, &run.metadata.name, false, message) {
+    let pipeline = format!("{}/{}", run.spec.workflow, run.spec.pipeline);
+    if hub.tell_start(agent, &pipeline, epoch, &run.metadata.name, message) {
         tracing::info!(run = %run.metadata.name, agent, "run handed to its agent");
     }
     Ok(())
@@ -472,7 +473,7 @@ async fn set_status(
     object.status.lease_epoch = epoch;
     let Some((workflow, pipeline)) = name.split_once('/') else { return Ok(()) };
     let key = keys::pipeline(workflow, pipeline);
-    node.txn(Txn {
+    node.leader_txn(Txn {
         compare: vec![Compare::mod_revision(key.clone(), current.revision)],
         success: vec![Op::Put { key: key.into_bytes(), value: to_json(&object) }],
         failure: vec![],

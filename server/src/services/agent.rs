@@ -41,27 +41,129 @@ fn internal(e: impl std::fmt::Display) -> ServerError {
 }
 
 /// Tells the agent when one of its writes was fenced off; returns false when the session is gone.
-async fn answer_refusal(tx: &crate::agents::SessionSender, run: &str, epoch: u64, result: Result<(), Refused>) -> bool {
+/// Tells the agent about a fenced write (it stops that execution); other refusals are only
+/// logged: the write is acknowledged anyway, as sending it again would not help.
+async fn answer_refusal(tx: &crate::agents::SessionSender, run: &str, epoch: u64, result: Result<(), Refused>) {
     match result {
-        Ok(()) => true,
+        Ok(()) => {}
         Err(Refused::StaleEpoch(reason)) => {
             tracing::warn!(run, epoch, %reason, "fenced off a stale agent write");
             let fenced = pb::Fenced { run: run.into(), epoch, reason };
-            tx.send(Ok(pb::ServerMessage { body: Some(server_message::Body::Fenced(fenced)) })).await.is_ok()
+            let _ = tx.send(Ok(pb::ServerMessage { body: Some(server_message::Body::Fenced(fenced)) })).await;
         }
-        Err(Refused::Other(e)) => {
-            tracing::warn!(run, error = %e, "an agent write failed");
-            true
+        Err(Refused::Other(e)) => tracing::warn!(run, error = %e, "an agent write was refused"),
+    }
+}
+
+/// How many writes an agent may send ahead of their acknowledgements (the agent's window).
+const WRITE_WINDOW: usize = 1024;
+
+/// How long a write that fails for a passing reason (a busy or changing leader) is retried.
+const WRITE_RETRY: Duration = Duration::from_secs(10);
+
+/// How many queued writes of one agent are applied together at most.
+const WRITE_BATCH: usize = 256;
+
+/// Which pipeline each run belongs to, read once per run.
+type Pipelines = std::sync::Mutex<std::collections::HashMap<String, (String, String)>>;
+
+/// What a write is about: writes about the same subject are applied in order.
+fn write_subject(body: &agent_message::Body) -> String {
+    match body {
+        agent_message::Body::RunUpdate(update) => update.run.clone(),
+        agent_message::Body::Logs(batch) => batch.run.clone(),
+        agent_message::Body::CronFire(fire) => format!("cron {} {}", fire.pipeline, fire.trigger),
+        _ => String::new(),
+    }
+}
+
+/// Applies one write, trying again while it fails for a passing reason and this server leads;
+/// a fenced write is answered. The error is one that outlived the retries: the session must
+/// end, so that the agent sends the write again to the next leader.
+async fn apply_with_retry(
+    node: &crate::node::ClusterNode,
+    name: &str,
+    tx: &crate::agents::SessionSender,
+    body: &agent_message::Body,
+    pipelines: &Pipelines,
+) -> Result<(), ServerError> {
+    let deadline = tokio::time::Instant::now() + WRITE_RETRY;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let (run, epoch, result) = apply_write(node, name, body, pipelines).await;
+        match result {
+            Err(Refused::Other(e)) if e.is_retryable() => {
+                if !node.is_leader() || tokio::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            result => {
+                answer_refusal(tx, &run, epoch, result).await;
+                return Ok(());
+            }
         }
     }
 }
 
+/// The sequence number an agent gave a write.
+fn write_seq(body: &agent_message::Body) -> u64 {
+    match body {
+        agent_message::Body::RunUpdate(update) => update.seq,
+        agent_message::Body::Logs(batch) => batch.seq,
+        agent_message::Body::CronFire(fire) => fire.seq,
+        _ => 0,
+    }
+}
+
+/// Applies one write of agent `name`: the run it is about, the epoch it was sent under, and
+/// what happened.
+async fn apply_write(
+    node: &crate::node::ClusterNode,
+    name: &str,
+    body: &agent_message::Body,
+    pipelines: &Pipelines,
+) -> (String, u64, Result<(), Refused>) {
+    match body {
+        agent_message::Body::RunUpdate(update) => {
+            let result = match serde_json::from_str::<xene_model::RunObject>(&update.run_json) {
+                Ok(run) => runs::agent_update(node, name, update.epoch, run).await,
+                Err(e) => Err(Refused::Other(ServerError::InvalidArgument(format!("run update: {e}")))),
+            };
+            (update.run.clone(), update.epoch, result)
+        }
+        agent_message::Body::Logs(batch) => {
+            let known = pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&batch.run).cloned();
+            let pipeline = match known {
+                Some(found) => Ok(found),
+                None => runs::get(node, &batch.run).await.map(|stored| {
+                    let found = (stored.run.spec.workflow, stored.run.spec.pipeline);
+                    pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(batch.run.clone(), found.clone());
+                    found
+                }),
+            };
+            let result = match (pipeline, serde_json::from_str::<xene_model::LogChunk>(&batch.chunk_json)) {
+                (Ok((workflow, pipeline)), Ok(chunk)) => {
+                    runs::agent_logs(node, (&workflow, &pipeline), batch.epoch, batch.first_seq, chunk).await
+                }
+                (Err(e), _) => Err(Refused::Other(e)),
+                (_, Err(e)) => Err(Refused::Other(ServerError::InvalidArgument(format!("log batch: {e}")))),
+            };
+            (batch.run.clone(), batch.epoch, result)
+        }
+        agent_message::Body::CronFire(fire) => (String::new(), fire.epoch, cron_fire(node, name, fire).await),
+        _ => (String::new(), 0, Ok(())),
+    }
+}
+
 /// Takes a cron fire of the agent's; a refused one needs no answer (a duplicate made its run
-/// already; a stale holder is told by the lease's revocation).
-async fn cron_fire(node: &crate::node::ClusterNode, agent: &str, fire: pb::CronFire) {
+/// already; a stale holder is told by the lease's revocation). Errors are the ones worth
+/// another try.
+async fn cron_fire(node: &crate::node::ClusterNode, agent: &str, fire: &pb::CronFire) -> Result<(), Refused> {
     let Some(scheduled) = chrono::DateTime::from_timestamp_millis(fire.scheduled_ms) else {
         tracing::warn!(agent, pipeline = %fire.pipeline, "cron fire with an impossible time ignored");
-        return;
+        return Ok(());
     };
     match crate::triggers::cron::fire(node, agent, fire.epoch, &fire.pipeline, &fire.trigger, scheduled).await {
         Ok(Some(run)) => {
@@ -73,10 +175,9 @@ async fn cron_fire(node: &crate::node::ClusterNode, agent: &str, fire: pb::CronF
         Err(Refused::StaleEpoch(reason)) => {
             tracing::info!(agent, pipeline = %fire.pipeline, %reason, "cron fire of a stale lease refused")
         }
-        Err(Refused::Other(e)) => {
-            tracing::warn!(agent, pipeline = %fire.pipeline, trigger = %fire.trigger, error = %e, "cron fire failed")
-        }
+        Err(Refused::Other(e)) => return Err(Refused::Other(e)),
     }
+    Ok(())
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -201,78 +302,75 @@ impl AgentService for AgentApi {
         let _ = tx.try_send(Ok(pb::ServerMessage { body: Some(server_message::Body::Welcome(welcome)) }));
         let labels: BTreeMap<String, String> = hello.labels.into_iter().collect();
         let capacity = if hello.capacity == 0 { 16 } else { hello.capacity };
-        let serial = self.hub.register(&name, tx.clone(), labels, capacity, now_ms());
+        let (serial, session_stop) = self.hub.register(&name, tx.clone(), labels, capacity, now_ms());
         tracing::info!(agent = %name, held = hello.held.len(), "agent session opened");
         let hub = self.hub.clone();
         let stop = self.stop.clone();
-        // The agent's writes (run statuses, log chunks) go through Raft one after another in
-        // their own task, so heartbeats and their acks never wait behind a backlog of writes.
-        let (writes, mut pending) = tokio::sync::mpsc::channel::<agent_message::Body>(1024);
+        // The agent's writes (run statuses, log chunks, cron fires) go through Raft one after
+        // another in their own task, so heartbeats and their acks never wait behind a backlog of
+        // writes. The agent sends at most `WRITE_WINDOW` writes ahead of their acks, so this
+        // queue never fills and the reading side never blocks.
+        let (writes, mut pending) = tokio::sync::mpsc::channel::<agent_message::Body>(WRITE_WINDOW);
         {
             let node = self.node.clone();
             let tx = tx.clone();
             let name = name.clone();
+            let session_stop = session_stop.clone();
             tokio::spawn(async move {
-                // Which pipeline each run belongs to, read once per run.
-                let mut pipelines: std::collections::HashMap<String, (String, String)> = Default::default();
-                while let Some(body) = pending.recv().await {
-                    let (run, epoch, result) = match body {
-                        agent_message::Body::RunUpdate(update) => {
-                            let result = match serde_json::from_str::<xene_model::RunObject>(&update.run_json) {
-                                Ok(run) => runs::agent_update(&node, &name, update.epoch, run).await,
-                                Err(e) => Err(Refused::Other(ServerError::InvalidArgument(format!("run update: {e}")))),
-                            };
-                            (update.run, update.epoch, result)
+                let pipelines = Pipelines::default();
+                while let Some(first) = pending.recv().await {
+                    // Whatever has queued up goes in one batch: the writes of different runs
+                    // are applied concurrently (Raft commits them together), those of one run
+                    // in order. The batch is acknowledged once all of it is applied.
+                    let mut batch = vec![first];
+                    while batch.len() < WRITE_BATCH {
+                        match pending.try_recv() {
+                            Ok(body) => batch.push(body),
+                            Err(_) => break,
                         }
-                        agent_message::Body::Logs(batch) => {
-                            let pipeline = match pipelines.get(&batch.run) {
-                                Some(found) => Ok(found.clone()),
-                                None => runs::get(&node, &batch.run).await.map(|stored| {
-                                    let found = (stored.run.spec.workflow, stored.run.spec.pipeline);
-                                    pipelines.insert(batch.run.clone(), found.clone());
-                                    found
-                                }),
-                            };
-                            let result =
-                                match (pipeline, serde_json::from_str::<xene_model::LogChunk>(&batch.chunk_json)) {
-                                    (Ok((workflow, pipeline)), Ok(chunk)) => {
-                                        runs::agent_logs(
-                                            &node,
-                                            (&workflow, &pipeline),
-                                            batch.epoch,
-                                            batch.first_seq,
-                                            chunk,
-                                        )
-                                        .await
-                                    }
-                                    (Err(e), _) => Err(Refused::Other(e)),
-                                    (_, Err(e)) => {
-                                        Err(Refused::Other(ServerError::InvalidArgument(format!("log batch: {e}"))))
-                                    }
-                                };
-                            (batch.run, batch.epoch, result)
+                    }
+                    let seq = batch.iter().map(write_seq).max().unwrap_or(0);
+                    let mut by_subject: BTreeMap<String, Vec<agent_message::Body>> = BTreeMap::new();
+                    for body in batch {
+                        by_subject.entry(write_subject(&body)).or_default().push(body);
+                    }
+                    let applied = futures::future::join_all(by_subject.into_values().map(|writes| {
+                        let (node, name, tx, pipelines) = (&node, &name, &tx, &pipelines);
+                        async move {
+                            for body in writes {
+                                apply_with_retry(node, name, tx, &body, pipelines).await?;
+                            }
+                            Ok::<(), ServerError>(())
                         }
-                        agent_message::Body::CronFire(fire) => {
-                            cron_fire(&node, &name, fire).await;
-                            continue;
-                        }
-                        _ => continue,
-                    };
-                    if !answer_refusal(&tx, &run, epoch, result).await {
+                    }))
+                    .await;
+                    if let Some(Err(e)) = applied.into_iter().find(Result::is_err) {
+                        tracing::warn!(agent = %name, error = %e, "an agent write could not be applied; ending the session so the agent sends it again");
+                        session_stop.cancel();
+                        break;
+                    }
+                    let ack = pb::ServerMessage { body: Some(server_message::Body::Written(pb::WriteAck { seq })) };
+                    if tx.send(Ok(ack)).await.is_err() {
                         break;
                     }
                 }
             });
         }
+        let node = self.node.clone();
         tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
                     _ = stop.cancelled() => break,
+                    _ = session_stop.cancelled() => break,
                     _ = tx.closed() => break,
                     message = inbound.next() => message,
                 };
                 match message {
                     Some(Ok(pb::AgentMessage { body: Some(agent_message::Body::Heartbeat(beat)) })) => {
+                        if !node.is_leader() {
+                            // Acknowledging would tell the agent it still has a leader.
+                            break;
+                        }
                         hub.heartbeat(&name, serial, now_ms());
                         let ack = pb::ServerMessage {
                             body: Some(server_message::Body::Ack(pb::HeartbeatAck { sent_ms: beat.sent_ms })),
