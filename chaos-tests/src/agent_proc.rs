@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use std::time::Duration;
+
+use xene_proto as pb;
+
 use crate::harness::{bin_dir, TestCluster};
 
 /// One agent process and what is needed to restart it.
@@ -120,5 +124,42 @@ impl TestCluster {
         let mut agent = AgentProc { name: name.into(), data_dir, log, args, child: None };
         agent.spawn();
         agent
+    }
+}
+
+impl AgentProc {
+    /// The credential the agent stored when it joined (`agent.json` in its data directory).
+    pub fn credential(&self) -> String {
+        let text = std::fs::read_to_string(self.data_dir.join("agent.json")).expect("read the agent's credential");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("agent.json is JSON");
+        value["credential"].as_str().expect("agent.json has a credential").to_string()
+    }
+}
+
+impl TestCluster {
+    /// Opens a session with the leader as `agent` (replacing the agent's own), sends a hello
+    /// and then `messages`; returns the sending side (the session lasts while it is kept) and
+    /// the leader's messages.
+    pub async fn agent_session(
+        &self,
+        agent: &AgentProc,
+        messages: Vec<pb::AgentMessage>,
+    ) -> (tokio::sync::mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::ServerMessage>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(messages.len() + 8);
+        let hello = pb::Hello { labels: Default::default(), capacity: 1, held: vec![], version: "test".into() };
+        tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }).await.expect("queue the hello");
+        for message in messages {
+            tx.send(message).await.expect("queue a message");
+        }
+        let leader = self.wait_leader(Duration::from_secs(10)).await;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let bearer = format!("Bearer {}", agent.credential()).parse().expect("a credential is ASCII");
+        request.metadata_mut().insert("authorization", bearer);
+        let session = pb::agent_service_client::AgentServiceClient::new(self.channel(leader))
+            .session(request)
+            .await
+            .expect("open an agent session")
+            .into_inner();
+        (tx, session)
     }
 }

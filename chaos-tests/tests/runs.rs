@@ -466,26 +466,12 @@ async fn a_stale_lease_epoch_is_fenced_off() {
     assert_eq!(lost.status.reason, Some(ErrorReason::AgentLost));
 
     // The agent's credential replays a write under its old epoch: refused.
-    let credential: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(agent.data_dir.join("agent.json")).expect("credential"))
-            .expect("json");
-    let credential = credential["credential"].as_str().expect("credential").to_string();
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let hello = pb::Hello { labels: Default::default(), capacity: 1, held: vec![], version: "test".into() };
-    tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }).await.expect("hello");
     let mut stale = running.clone();
     stale.status.phase = RunPhase::Success;
     let update =
         pb::RunUpdate { run: long.clone(), epoch, run_json: serde_json::to_string(&stale).expect("json"), seq: 1 };
-    tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::RunUpdate(update)) }).await.expect("update");
-    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    request.metadata_mut().insert("authorization", format!("Bearer {credential}").parse().expect("ascii"));
-    let mut session = xene_proto::agent_service_client::AgentServiceClient::new(cluster.channel(leader))
-        .session(request)
-        .await
-        .expect("session")
-        .into_inner();
+    let message = pb::AgentMessage { body: Some(pb::agent_message::Body::RunUpdate(update)) };
+    let (tx, mut session) = cluster.agent_session(&agent, vec![message]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut fenced = false;
     while Instant::now() < deadline && !fenced {

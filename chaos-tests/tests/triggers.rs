@@ -319,6 +319,40 @@ async fn cron_fires_move_with_the_lease_and_never_double() {
         m
     });
     assert!(by_agent.len() >= 2, "both agents ran fires: {by_agent:?}");
+    // A fire sent again (as after an acknowledgement lost with its session) makes no second
+    // run: the leader refuses a time at or before the trigger's last recorded fire.
+    let holder_name = holder().await.expect("a holder");
+    let agent = agents.iter().find(|a| holder_name.ends_with(&a.name)).expect("the holder is ours");
+    let out = cluster.xenectl(&["get", "pipelines", "ticks/tick", "-o", "json"]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let object = if value.is_array() { value[0].clone() } else { value };
+    let epoch = object["status"]["leaseEpoch"].as_u64().expect("a lease epoch");
+    let again = *times.last().expect("fires");
+    let fire = |seq| pb::AgentMessage {
+        body: Some(pb::agent_message::Body::CronFire(pb::CronFire {
+            pipeline: "ticks/tick".into(),
+            epoch,
+            trigger: "every-second".into(),
+            scheduled_ms: again.timestamp_millis(),
+            seq,
+        })),
+    };
+    let (tx, mut session) = cluster.agent_session(agent, vec![fire(1), fire(2)]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut acked = 0;
+    while acked < 2 && Instant::now() < deadline {
+        use tokio_stream::StreamExt;
+        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), session.next()).await else { break };
+        if let Some(pb::server_message::Body::Written(ack)) = message.body {
+            acked = acked.max(ack.seq);
+        }
+    }
+    drop(tx);
+    assert_eq!(acked, 2, "the leader acknowledged both fires");
+    let runs = runs_of(&cluster, "ticks", "tick").await;
+    let made = runs.iter().filter(|r| scheduled(r) == again).count();
+    assert_eq!(made, 1, "the fire of {again} sent twice more made {made} runs");
+
     let described =
         String::from_utf8_lossy(&cluster.xenectl(&["describe", "pipeline", "ticks/tick"]).stdout).into_owned();
     assert!(
