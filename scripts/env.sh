@@ -11,6 +11,8 @@ xene_need_packages() {
   ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 \
     || missing+=(libclang-dev)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  # etcd-client (the benchmarks' etcd peer) compiles etcd's protos with the system protoc.
+  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "xene: installing ${missing[*]} with apt-get" >&2
     local sudo=""
