@@ -19,7 +19,7 @@ fn smoke(workload: &str) -> Vec<String> {
     assert!(output.status.success(), "xene-bench {workload} failed:\n{stdout}\n{stderr}");
     assert!(stdout.starts_with("machine: "), "no machine line:\n{stdout}");
     assert!(stdout.contains("| Workload | Xene | Peer or floor | Ratio | Target | Met? |"), "no table:\n{stdout}");
-    stdout.lines().filter(|l| l.starts_with("| W")).map(String::from).collect()
+    stdout.lines().filter(|l| l.starts_with("| W") && !l.starts_with("| Workload")).map(String::from).collect()
 }
 
 /// The Xene column of a table row.
