@@ -12,6 +12,9 @@ use crate::sim::Fleet;
 use crate::xene::{cpu_time, rss_bytes};
 use crate::Bench;
 
+/// Join tokens, and so joins in flight at once.
+const JOIN_LANES: usize = 16;
+
 /// One step of W6.
 struct Step {
     agents: usize,
@@ -32,13 +35,13 @@ pub async fn w6(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     let cluster = crate::xene::start_cluster(3, sizes.timing()).await?;
     let leader = crate::xene::leader(&cluster, Duration::from_secs(30)).await?;
     let pid = cluster.servers[leader].pid().ok_or_else(|| anyhow!("the leader has no process"))?.as_raw();
-    let token = crate::xene::agent_token(&cluster).await?;
+    let tokens = crate::xene::agent_tokens(&cluster, JOIN_LANES).await?;
     let heartbeat = Duration::from_millis(sizes.agent_heartbeat_ms);
     let mut fleet = Fleet::new(&cluster.servers[leader].grpc);
     let mut steps = Vec::new();
     let result = async {
         for &agents in &sizes.agents {
-            fleet.join(&token, agents, 16).await?;
+            fleet.join(&tokens, agents, 16).await?;
             fleet.connect(heartbeat, 16)?;
             fleet.wait_open(agents, Duration::from_secs(120)).await?;
             tokio::time::sleep(heartbeat * 2).await;
@@ -130,10 +133,10 @@ pub async fn w7(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     let capacity = (pipelines.div_ceil(agents) * 2).max(16) as u32;
     let cluster = crate::xene::start_cluster(3, sizes.timing()).await?;
     let leader = crate::xene::leader(&cluster, Duration::from_secs(30)).await?;
-    let token = crate::xene::agent_token(&cluster).await?;
+    let tokens = crate::xene::agent_tokens(&cluster, JOIN_LANES).await?;
     let mut fleet = Fleet::new(&cluster.servers[leader].grpc);
     let result = async {
-        fleet.join(&token, agents, capacity).await?;
+        fleet.join(&tokens, agents, capacity).await?;
         fleet.connect(Duration::from_secs(2), capacity)?;
         fleet.wait_open(agents, Duration::from_secs(120)).await?;
         let per_workflow = 100;

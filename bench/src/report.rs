@@ -51,11 +51,32 @@ impl Row {
         self
     }
 
-    /// A row saying the workload could not be measured, and why.
+    /// A row saying the workload could not be measured, and why (the first 300 characters
+    /// of the error, without terminal colours; the whole error goes to stderr).
     pub fn failed(workload: impl Into<String>, error: &anyhow::Error) -> Row {
-        let message = format!("{error:#}").replace('|', "/").replace('\n', " ");
-        Row::new(workload).xene(format!("error: {message}"))
+        let message = strip_colours(&format!("{error:#}")).replace('|', "/").replace('\n', " ");
+        let short: String = message.chars().take(300).collect();
+        let ellipsis = if short.len() < message.len() { "…" } else { "" };
+        Row::new(workload).xene(format!("error: {short}{ellipsis}"))
     }
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`), as found in copied server logs.
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The table as Markdown, so it can be pasted into BENCHMARKS.md as printed.
@@ -121,6 +142,12 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");
         assert_eq!(thousands(4_370_123), "4,370,123");
+    }
+
+    #[test]
+    fn errors_lose_colours_and_pipes() {
+        let row = Row::failed("W5", &anyhow::anyhow!("\u{1b}[33m WARN\u{1b}[0m a | b"));
+        assert_eq!(row.xene, "error:  WARN a / b");
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use futures::StreamExt;
 use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -89,39 +88,59 @@ impl Fleet {
         Ok(self.channels[index].clone())
     }
 
-    /// Joins agents until `count` have joined, `concurrency` joins at a time.
-    pub async fn join(&mut self, token: &str, count: usize, capacity: u32) -> anyhow::Result<()> {
+    /// Joins agents until `count` have joined: one lane per token, the joins of a lane one
+    /// after another. A join rewrites its token's record under a compare on its revision, so
+    /// concurrent joins with one token fail each other ("the join token kept changing").
+    pub async fn join(&mut self, tokens: &[String], count: usize, capacity: u32) -> anyhow::Result<()> {
+        if tokens.is_empty() {
+            bail!("no join tokens");
+        }
         let first = self.joined.len();
         let prefix = format!("sim-{}", std::process::id());
-        let mut requests = Vec::new();
+        let lanes = tokens.len();
+        let mut work: Vec<Vec<(usize, Channel, pb::JoinAgentRequest)>> = vec![Vec::new(); lanes];
         for i in first..count {
-            let channel = self.channel(i)?;
             let request = pb::JoinAgentRequest {
-                join_token: token.to_string(),
+                join_token: tokens[i % lanes].clone(),
                 name: format!("{prefix}-{i}"),
                 labels: [("sim".to_string(), "yes".to_string())].into_iter().collect(),
                 capacity,
             };
-            requests.push((channel, request));
+            work[i % lanes].push((i, self.channel(i)?, request));
         }
-        let mut results = futures::stream::iter(requests.into_iter().map(|(channel, request)| async move {
-            let name = request.name.clone();
-            let mut last = None;
-            for _ in 0..5 {
-                let mut call = tonic::Request::new(request.clone());
-                call.set_timeout(Duration::from_secs(30));
-                match AgentServiceClient::new(channel.clone()).join(call).await {
-                    Ok(reply) => return Ok((name, reply.into_inner().credential)),
-                    Err(status) => last = Some(status),
+        let mut lanes_running = JoinSet::new();
+        for lane in work {
+            lanes_running.spawn(async move {
+                let mut joined = Vec::new();
+                for (i, channel, request) in lane {
+                    let mut last = None;
+                    let mut done = false;
+                    for attempt in 0..10u64 {
+                        let mut call = tonic::Request::new(request.clone());
+                        call.set_timeout(Duration::from_secs(30));
+                        match AgentServiceClient::new(channel.clone()).join(call).await {
+                            Ok(reply) => {
+                                joined.push((i, request.name.clone(), reply.into_inner().credential));
+                                done = true;
+                                break;
+                            }
+                            Err(status) => last = Some(status.message().to_string()),
+                        }
+                        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                    }
+                    if !done {
+                        bail!("joining {}: {}", request.name, last.unwrap_or_default());
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(anyhow::anyhow!("joining {name}: {:?}", last.map(|s| s.message().to_string())))
-        }))
-        .buffer_unordered(32);
-        while let Some(result) = results.next().await {
-            self.joined.push(result?);
+                anyhow::Ok(joined)
+            });
         }
+        let mut all = Vec::new();
+        while let Some(lane) = lanes_running.join_next().await {
+            all.extend(lane.context("a join lane failed")??);
+        }
+        all.sort_by_key(|(i, _, _)| *i);
+        self.joined.extend(all.into_iter().map(|(_, name, credential)| (name, credential)));
         Ok(())
     }
 

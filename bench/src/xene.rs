@@ -129,6 +129,15 @@ pub async fn agent_token(cluster: &TestCluster) -> anyhow::Result<String> {
     Ok(reply.into_inner().token)
 }
 
+/// `count` agent join tokens.
+pub async fn agent_tokens(cluster: &TestCluster, count: usize) -> anyhow::Result<Vec<String>> {
+    let mut tokens = Vec::new();
+    for _ in 0..count {
+        tokens.push(agent_token(cluster).await?);
+    }
+    Ok(tokens)
+}
+
 /// Applies a workflow manifest.
 pub async fn apply(cluster: &TestCluster, index: usize, manifest: String) -> anyhow::Result<()> {
     let mut request = cluster.request(pb::ApplyRequest { manifest });
