@@ -262,7 +262,7 @@ pub async fn w5(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     let (cluster, agent) = cluster_with_agent(bench, "process", manifest, 1).await?;
     let began = Instant::now();
     let id = crate::xene::create_run(&cluster, "bench-dag", "dag").await?;
-    let run = crate::xene::wait_run(&cluster, &id, Duration::from_millis(20), Duration::from_secs(600), |r| {
+    let run = crate::xene::wait_run(&cluster, &id, Duration::from_millis(50), Duration::from_secs(600), |r| {
         r.status.phase.is_terminal()
     })
     .await
