@@ -12,6 +12,8 @@ xene_need_packages() {
   compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/*-linux-gnu/libclang-[0-9]*.so*' \
     >/dev/null || missing+=(libclang-dev)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  # etcd-client (the benchmarks' etcd peer) compiles etcd's protos with the system protoc.
+  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "xene: installing ${missing[*]} with apt-get" >&2
     local sudo=""

@@ -33,6 +33,11 @@ impl AgentProc {
         self.child = Some(child);
     }
 
+    /// The process ID while it runs (the benchmarks read its memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

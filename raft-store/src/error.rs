@@ -15,6 +15,8 @@ pub enum StoreError {
     Compacted { requested: u64, compacted: u64 },
     #[error("the store is shutting down")]
     Closed,
+    #[error("starting the log sync thread: {0}")]
+    SyncThread(std::io::Error),
     #[error("background task failed: {0}")]
     Join(String),
 }

@@ -21,6 +21,7 @@ mod db;
 mod dedup;
 mod error;
 mod log_store;
+mod log_sync;
 mod overlay;
 mod reader;
 mod state_machine;
@@ -63,5 +64,6 @@ impl Default for StoreConfig {
 pub fn open(dir: &Path, config: &StoreConfig) -> Result<(LogStore, StateMachineStore)> {
     let db = db::Db::open(dir)?;
     let state_machine = StateMachineStore::open(db.clone(), config)?;
-    Ok((LogStore::new(db), state_machine))
+    let log_store = LogStore::new(db).map_err(StoreError::SyncThread)?;
+    Ok((log_store, state_machine))
 }

@@ -2,11 +2,13 @@
 //!
 //! Durability rules (DESIGN §4.2, STYLE 11): the vote is synced before `save_vote` returns,
 //! and the append callback fires only after the batch holding the entries is in the synced
-//! write-ahead log. Every RocksDB call runs on the blocking pool.
+//! write-ahead log ([`LogSync`] syncs once for every append waiting). Every RocksDB call runs
+//! on the blocking pool or the sync thread.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader, StorageIOError};
@@ -15,12 +17,14 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use crate::blocking;
 use crate::codec;
 use crate::db::{meta_key, Db, CF_LOG, CF_META};
+use crate::log_sync::LogSync;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The Raft log of one server. Cloning shares the database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
+    sync: Arc<LogSync>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -32,8 +36,9 @@ fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Db) -> Self {
-        LogStore { db }
+    pub(crate) fn new(db: Db) -> io::Result<Self> {
+        let sync = Arc::new(LogSync::start(db.clone())?);
+        Ok(LogStore { db, sync })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &'static [u8]) -> Result<Option<T>, StorageError> {
@@ -183,13 +188,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let this = self.clone();
         let result = blocking::run(ErrorSubject::Logs, ErrorVerb::Write, move || {
-            // Synced before the callback: openraft counts an entry towards a quorum once the
-            // callback fires, so it must survive a crash from then on.
-            this.db.write_durable(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+            // Written without waiting for the disk, so the entries are readable as soon as this
+            // returns (openraft reads them to replicate). They count towards a quorum only once
+            // the callback fires, which the sync thread does after the write-ahead log holding
+            // them is synced: durable before acknowledged.
+            this.db.write_buffered(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
         })
         .await;
         match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
+            Ok(()) => self.sync.after_sync(callback),
             Err(e) => callback.log_io_completed(Err(io::Error::other(e.to_string()))),
         }
         result

@@ -59,6 +59,45 @@ pub struct ClusterNode {
     next_request: AtomicU64,
     /// Set on the leader while it hands leadership over: writes and reads wait.
     transferring: AtomicBool,
+    /// Concurrent linearizable reads share one leadership confirmation (leader) or one
+    /// read-index request (follower).
+    local_reads: ReadIndexRounds,
+    remote_reads: ReadIndexRounds,
+}
+
+/// Coalesces read-index requests: one round runs at a time, and a round serves every request
+/// that arrived before it started. Serving a request from a round that started after it
+/// arrived is what ReadIndex needs (DESIGN §4.5): the leader confirmed its leadership, and
+/// took its commit index, after the request existed. Without it every linearizable read made
+/// openraft 0.9 send its own heartbeat round to the followers.
+#[derive(Default)]
+struct ReadIndexRounds {
+    /// Requests seen so far; a request's ticket is its number.
+    issued: AtomicU64,
+    /// The last completed round: the highest ticket it covers and the index it found.
+    last: tokio::sync::Mutex<Option<(u64, u64)>>,
+}
+
+impl ReadIndexRounds {
+    async fn run<F, Fut>(&self, fetch: F) -> Result<u64>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        let ticket = self.issued.fetch_add(1, Ordering::AcqRel) + 1;
+        // The lock queues requests behind the round in flight (tokio's mutex is fair).
+        let mut last = self.last.lock().await;
+        if let Some((covers, index)) = *last {
+            if covers >= ticket {
+                return Ok(index);
+            }
+        }
+        // Every ticket issued so far belongs to a request that arrived before this round.
+        let covers = self.issued.load(Ordering::Acquire);
+        let index = fetch().await?;
+        *last = Some((covers, index));
+        Ok(index)
+    }
 }
 
 /// Milliseconds since the Unix epoch by this server's clock.
@@ -89,12 +128,17 @@ impl ClusterNode {
             client_id: format!("server-{id}-{}", hex::encode(nonce)),
             next_request: AtomicU64::new(1),
             transferring: AtomicBool::new(false),
+            local_reads: ReadIndexRounds::default(),
+            remote_reads: ReadIndexRounds::default(),
         }
     }
 
     /// The leader as this server knows it, with its address.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
-        let metrics = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs on every proposal and read, and the metrics hold the
+        // whole membership and replication state.
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         let info = metrics.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.clone())?;
         Some((leader, info))
@@ -237,18 +281,28 @@ impl ClusterNode {
         }
     }
 
-    /// On the leader: confirms leadership and returns the index a read must see.
+    /// On the leader: confirms leadership and returns the index a read must see. Concurrent
+    /// callers share one confirmation round.
     pub async fn read_index_local(&self) -> Result<u64> {
         if self.transferring.load(Ordering::Acquire) {
             return Err(ServerError::unavailable("leadership is being transferred; retry"));
         }
-        match self.raft.ensure_linearizable().await {
-            Ok(read_log_id) => Ok(read_log_id.map_or(0, |id| id.index)),
-            Err(e) => Err(ServerError::unavailable(format!("confirming leadership: {e}"))),
-        }
+        self.local_reads
+            .run(|| async {
+                match self.raft.ensure_linearizable().await {
+                    Ok(read_log_id) => Ok(read_log_id.map_or(0, |id| id.index)),
+                    Err(e) => Err(ServerError::unavailable(format!("confirming leadership: {e}"))),
+                }
+            })
+            .await
     }
 
+    /// On a follower: the leader's read index, one request for every concurrent caller.
     async fn remote_read_index(&self, leader: &NodeInfo) -> Result<u64> {
+        self.remote_reads.run(|| self.ask_read_index(leader)).await
+    }
+
+    async fn ask_read_index(&self, leader: &NodeInfo) -> Result<u64> {
         let mut client = self.peers.client(&leader.grpc_addr)?;
         let reply = client
             .read_index(self.peers.request(ReadIndexRequest {}, self.timing.request_deadline))
