@@ -17,10 +17,9 @@ use crate::report::{dur, mb, Row};
 use crate::stats::Samples;
 use crate::Bench;
 
-/// How W4 starts a run. The webhook endpoint (`POST /api/v1/webhooks/{workflow}/{trigger}`)
-/// is being written on main; until it lands W4 uses the API trigger, and switching is this
-/// one line.
-const TRIGGER: Trigger = Trigger::Api;
+/// How W4 starts a run: a signed generic webhook delivery (`POST /api/v1/webhooks/{workflow}/
+/// {trigger}`), as PERF.md says; `Trigger::Api` measures the API trigger instead.
+const TRIGGER: Trigger = Trigger::Webhook;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code)]
@@ -69,7 +68,7 @@ fn trigger_manifest(stamps: &Path, container: bool) -> String {
     let (triggers, pipeline_triggers) = match TRIGGER {
         Trigger::Api => (String::new(), String::new()),
         Trigger::Webhook => (
-            "  triggers:\n    hook: {type: webhook, webhook: {provider: generic, secretRef: bench-hook/secret, events: [push]}}\n"
+            "  triggers:\n    hook: {type: webhook, webhook: {provider: generic, secretRef: bench-hook, events: [push]}}\n"
                 .to_string(),
             "      triggers: [hook]\n".to_string(),
         ),
