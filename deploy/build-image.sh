@@ -36,19 +36,10 @@ for b in "${binaries[@]}"; do
 done
 [ -f "$entrypoint" ] || die "$entrypoint is missing"
 
-# Debian's busybox-static is one statically linked binary (the plain `busybox` package's is not).
-is_static() { [ -x "$1" ] && ! ldd "$1" >/dev/null 2>&1; }
+# shellcheck source=../scripts/static-busybox.sh
+. "$here/../scripts/static-busybox.sh"
+xene_static_busybox build-image || exit 1
 busybox=/bin/busybox
-if ! is_static "$busybox"; then
-  echo "build-image: installing busybox-static with apt-get" >&2
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq busybox-static >/dev/null 2>&1; then
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq busybox-static >/dev/null
-  fi
-  is_static "$busybox" || die "$busybox is not statically linked"
-fi
 
 fingerprint() {
   {

@@ -30,19 +30,10 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 # Debian's busybox-static is one statically linked binary, so the image needs no libraries.
-# (Debian's plain `busybox` package also installs /bin/busybox, but linked dynamically.)
-is_static() { [ -x "$1" ] && ! ldd "$1" >/dev/null 2>&1; }
+# shellcheck source=static-busybox.sh
+. "$(dirname "$0")/static-busybox.sh"
+xene_static_busybox busybox-image || exit 1
 busybox=/bin/busybox
-if ! is_static "$busybox"; then
-  echo "busybox-image: installing busybox-static with apt-get" >&2
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq busybox-static >/dev/null 2>&1; then
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq busybox-static >/dev/null
-  fi
-  is_static "$busybox" || { echo "busybox-image: $busybox is not statically linked" >&2; exit 1; }
-fi
 
 rootfs="$(mktemp -d)"
 trap 'rm -rf "$rootfs"' EXIT
