@@ -30,10 +30,19 @@ pub fn bin_dir() -> PathBuf {
     deps.parent().expect("invariant: deps/ is inside the profile folder").to_path_buf()
 }
 
-/// A free loopback port (bound and released; good enough for tests on one machine).
+/// A free loopback port (bound and released; good enough for tests on one machine), never one
+/// this process handed out before: a cluster's ports are all picked before its servers bind
+/// them, and the kernel may offer a just-released port again.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local addr").port();
+        if HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One server process and what is needed to restart it.

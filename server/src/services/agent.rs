@@ -211,6 +211,9 @@ impl AgentService for AgentApi {
             if let Some(reason) = record.unusable(now_ms()) {
                 return Err(ServerError::Unauthenticated(reason).into());
             }
+            // A token with limited uses is rewritten with one use less; one without a limit is
+            // only compared, so agents joining at once with it do not refuse each other.
+            let limited = record.uses_left.is_some();
             if let Some(uses) = record.uses_left.as_mut() {
                 *uses -= 1;
             }
@@ -225,6 +228,21 @@ impl AgentService for AgentApi {
                 joined_ms: now_ms(),
                 credential: credential.record.id.clone(),
             };
+            let mut success = Vec::new();
+            if limited {
+                success.push(Op::Put {
+                    key: token_key.clone().into_bytes(),
+                    value: serde_json::to_vec(&record).map_err(internal)?,
+                });
+            }
+            success.push(Op::Put {
+                key: keys::token(&credential.record.id).into_bytes(),
+                value: serde_json::to_vec(&credential.record).map_err(internal)?,
+            });
+            success.push(Op::Put {
+                key: agent_key.clone().into_bytes(),
+                value: serde_json::to_vec(&agent).map_err(internal)?,
+            });
             let response = self
                 .node
                 .txn(Txn {
@@ -232,20 +250,7 @@ impl AgentService for AgentApi {
                         Compare::mod_revision(token_key.clone(), kv.mod_revision),
                         Compare::absent(agent_key.clone()),
                     ],
-                    success: vec![
-                        Op::Put {
-                            key: token_key.clone().into_bytes(),
-                            value: serde_json::to_vec(&record).map_err(internal)?,
-                        },
-                        Op::Put {
-                            key: keys::token(&credential.record.id).into_bytes(),
-                            value: serde_json::to_vec(&credential.record).map_err(internal)?,
-                        },
-                        Op::Put {
-                            key: agent_key.clone().into_bytes(),
-                            value: serde_json::to_vec(&agent).map_err(internal)?,
-                        },
-                    ],
+                    success,
                     failure: vec![Op::Get { key: agent_key.clone().into_bytes(), prefix: false, limit: 0 }],
                 })
                 .await?;
