@@ -39,13 +39,22 @@ struct Slot {
 /// `CronFire` through `outbox` at each fire.
 pub async fn run(leases: Arc<Leases>, outbox: UnboundedSender<pb::AgentMessage>, stop: CancellationToken) {
     let mut slots: BTreeMap<(String, String), Slot> = BTreeMap::new();
+    // The epoch each held pipeline's slots were made for: a lease is read (and its workflow
+    // parsed) once per grant, not on every wake.
+    let mut configured: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         let changed = leases.changed.notified();
         let now = Utc::now();
-        let held = leases.snapshot();
-        slots.retain(|(pipeline, _), slot| held.get(pipeline).is_some_and(|lease| lease.epoch == slot.epoch));
-        for (pipeline, lease) in &held {
-            for (trigger, slot) in new_slots(pipeline, lease, &slots, now) {
+        let held = leases.list();
+        configured.retain(|pipeline, epoch| held.iter().any(|(p, e)| p == pipeline && e == epoch));
+        slots.retain(|(pipeline, _), slot| configured.get(pipeline) == Some(&slot.epoch));
+        for (pipeline, epoch) in &held {
+            if configured.get(pipeline) == Some(epoch) {
+                continue;
+            }
+            let Some(lease) = leases.get(pipeline).filter(|lease| lease.epoch == *epoch) else { continue };
+            configured.insert(pipeline.clone(), *epoch);
+            for (trigger, slot) in new_slots(pipeline, &lease, now) {
                 let since = lease.cron_since_ms.get(&trigger).and_then(|ms| DateTime::from_timestamp_millis(*ms));
                 let limit = match slot.catch_up {
                     CatchUp::Latest => 1,
@@ -82,12 +91,7 @@ pub async fn run(leases: Arc<Leases>, outbox: UnboundedSender<pb::AgentMessage>,
 }
 
 /// The slots a newly held (or newly granted) pipeline needs, by trigger.
-fn new_slots(
-    pipeline: &str,
-    lease: &HeldLease,
-    slots: &BTreeMap<(String, String), Slot>,
-    now: DateTime<Utc>,
-) -> Vec<(String, Slot)> {
+fn new_slots(pipeline: &str, lease: &HeldLease, now: DateTime<Utc>) -> Vec<(String, Slot)> {
     let Some((_, pipeline_name)) = pipeline.split_once('/') else { return Vec::new() };
     let Ok(workflow) = serde_json::from_str::<Workflow>(&lease.workflow_json) else {
         tracing::warn!(pipeline, "the lease's workflow is unreadable; its cron triggers do not run");
@@ -96,9 +100,6 @@ fn new_slots(
     let Some(declared) = workflow.spec.pipelines.get(pipeline_name) else { return Vec::new() };
     let mut out = Vec::new();
     for trigger in &declared.triggers {
-        if slots.contains_key(&(pipeline.to_string(), trigger.clone())) {
-            continue;
-        }
         let Some(Trigger::Cron(cron)) = workflow.spec.triggers.get(trigger) else { continue };
         match CronSchedule::new(&cron.cron, cron.timezone.as_deref()) {
             Ok(schedule) => {

@@ -52,9 +52,9 @@ impl Leases {
         removed
     }
 
-    /// Everything held, by pipeline.
-    pub fn snapshot(&self) -> BTreeMap<String, HeldLease> {
-        self.lock().clone()
+    /// The lease held on `pipeline`, if any.
+    pub fn get(&self, pipeline: &str) -> Option<HeldLease> {
+        self.lock().get(pipeline).cloned()
     }
 
     /// The workflow JSON of `pipeline` if it is held at exactly `epoch`.

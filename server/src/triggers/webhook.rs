@@ -127,6 +127,7 @@ pub async fn receive(
     let delivery = delivery_id(hook.provider, headers);
     let delivery_key = delivery.as_deref().map(|id| keys::delivery(workflow, trigger, &key_safe(id)));
     if let Some(key) = &delivery_key {
+        // The read barrier at the top covers this read.
         if let Some(record) = remembered(node, key).await? {
             return Ok(Accepted::Runs { runs: record.runs, duplicate: true });
         }
@@ -158,6 +159,7 @@ pub async fn receive(
     if !response.succeeded {
         // The same delivery reached another server first, or the workflow changed under us.
         if let Some(key) = &delivery_key {
+            node.read_barrier().await?;
             if let Some(record) = remembered(node, key).await? {
                 return Ok(Accepted::Runs { runs: record.runs, duplicate: true });
             }
@@ -171,8 +173,8 @@ pub async fn receive(
     Ok(Accepted::Runs { runs, duplicate: false })
 }
 
+/// The record of a delivery, from this server's applied state (callers pass a read barrier).
 async fn remembered(node: &ClusterNode, key: &str) -> Result<Option<DeliveryRecord>, ServerError> {
-    node.read_barrier().await?;
     let found = node.reader.range(key.as_bytes().to_vec(), false, 0).await?;
     Ok(found.kvs.first().and_then(|kv| serde_json::from_slice(&kv.value).ok()))
 }
