@@ -23,10 +23,10 @@ pub struct Sizes {
     #[arg(long, global = true)]
     pub no_install: bool,
     /// Raft heartbeat of the Xene servers, ms (the server's default).
-    #[arg(long, global = true, default_value_t = 100)]
+    #[arg(long, global = true, default_value_t = 50)]
     pub heartbeat_ms: u64,
     /// Smallest election timeout of the Xene servers, ms (the server's default).
-    #[arg(long, global = true, default_value_t = 400)]
+    #[arg(long, global = true, default_value_t = 150)]
     pub election_timeout_ms: u64,
 
     /// W1/W2: seconds per measurement.

@@ -205,6 +205,39 @@ pub enum Rejection {
     RequestTooOld { client_id: String, request_id: u64 },
 }
 
+impl Op {
+    /// Bytes of the keys and values it carries.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Get { key, .. } | Op::Delete { key } => key.len(),
+            Op::DeletePrefix { prefix } => prefix.len(),
+        }
+    }
+}
+
+impl Compare {
+    /// Bytes of the key and value it carries.
+    pub fn payload_len(&self) -> usize {
+        match &self.target {
+            CompareTarget::Value(value) => self.key.len() + value.len(),
+            _ => self.key.len(),
+        }
+    }
+}
+
+impl ClientRequest {
+    /// About how many bytes the request takes encoded: its keys and values, plus a few bytes
+    /// for each item's framing. Cheap (nothing is encoded); used to size replication batches.
+    pub fn approx_len(&self) -> usize {
+        let Command::Txn(txn) = &self.command;
+        let items = txn.compare.len() + txn.success.len() + txn.failure.len();
+        let payload: usize = txn.compare.iter().map(Compare::payload_len).sum::<usize>()
+            + txn.success.iter().chain(&txn.failure).map(Op::payload_len).sum::<usize>();
+        32 + self.client_id.len() + payload + 12 * items
+    }
+}
+
 impl Txn {
     /// Checks the sizes of everything in the transaction, so that a transaction is either
     /// applied whole or refused before anything changes.

@@ -7,6 +7,14 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+/// Raft heartbeat interval when none is configured.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+/// Smallest election timeout when none is configured. openraft 0.9 has a follower that heard
+/// from a leader wait the largest timeout (twice this: the leader's lease) plus a random
+/// timeout between the smallest and the largest before standing: 450–600 ms after the
+/// leader's last heartbeat, which keeps a failover under PERF W3's second (DESIGN §5).
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 150;
+
 /// Command-line flags; each also reads the environment variable it names.
 #[derive(Debug, Parser)]
 #[command(name = "xene-server", version, about = "A Xene control-plane server (a Raft member).")]
@@ -42,10 +50,12 @@ pub struct Flags {
     /// Join the cluster through any of these members' gRPC addresses (fresh data directory only).
     #[arg(long, env = "XENE_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
-    /// Raft heartbeat interval in milliseconds [default: 100].
+    /// Raft heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "XENE_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Smallest Raft election timeout in milliseconds [default: 400]; the largest is twice it.
+    /// Smallest Raft election timeout in milliseconds [default: 150]; the largest is twice it.
+    /// A follower stands for election after the largest plus a random timeout without
+    /// hearing from the leader: 450–600 ms by default.
     #[arg(long, env = "XENE_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
     /// Log entries between snapshots [default: 10000].
@@ -169,9 +179,10 @@ impl ServerConfig {
                 return Err(ConfigError::Invalid(format!("--log-format {other:?}: use \"pretty\" or \"json\"")));
             }
         };
-        let heartbeat = Duration::from_millis(flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100));
-        let election_timeout =
-            Duration::from_millis(flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(400));
+        let heartbeat = Duration::from_millis(flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(DEFAULT_HEARTBEAT_MS));
+        let election_timeout = Duration::from_millis(
+            flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS),
+        );
         if election_timeout <= heartbeat * 2 {
             return Err(ConfigError::Invalid(format!(
                 "--election-timeout-ms ({}) must be more than twice --heartbeat-ms ({})",

@@ -12,12 +12,14 @@
 //! - [`auth`]: bearer tokens and roles.
 //! - [`agents`]: agent and lease records and the leader's live sessions; [`scheduler`]: the
 //!   leader-only reconciler that places pipelines and moves leases.
+//!   [`batch`]: its guarded writes, many to one proposal.
 //! - [`triggers`]: webhooks and cron fires (DESIGN §8).
 //! - [`http`]: health, readiness and metrics over REST; [`metrics`]: the Prometheus registry.
 //! - [`convert`]: wire ↔ store type conversions; [`error`]: errors and their gRPC status.
 
 pub mod agents;
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod convert;
 pub mod error;

@@ -10,9 +10,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use openraft::EntryPayload;
 use serde::de::DeserializeOwned;
 use tonic::Code;
 use xene_proto::RaftPayload;
+use xene_raft_store::types::Entry;
 use xene_raft_store::{codec, NodeId, NodeInfo, TypeConfig};
 
 use crate::peers::PeerPool;
@@ -79,6 +81,29 @@ impl PeerNetwork {
     }
 }
 
+/// Most bytes of entries (by [`ClientRequest::approx_len`]) one AppendEntries carries, beyond
+/// its first entry: small enough to send and sync within a heartbeat interval on a busy
+/// machine, large enough that small writes still travel 32 to a message.
+///
+/// [`ClientRequest::approx_len`]: xene_raft_store::ClientRequest::approx_len
+const MAX_APPEND_BYTES: usize = 128 * 1024;
+
+/// How many of `entries` to send: at least one, then as many as fit in `limit` bytes.
+fn fitting_prefix(entries: &[Entry], limit: usize) -> usize {
+    let mut total = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        total += match &entry.payload {
+            EntryPayload::Normal(request) => request.approx_len(),
+            EntryPayload::Membership(_) => 256,
+            EntryPayload::Blank => 16,
+        };
+        if i > 0 && total > limit {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 #[derive(Clone, Copy)]
 enum Method {
     Append,
@@ -99,10 +124,22 @@ impl Method {
 impl RaftNetwork<TypeConfig> for PeerNetwork {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Method::Append, &rpc, option.hard_ttl()).await
+        // openraft 0.9 gives an AppendEntries one heartbeat interval and retries the same range
+        // after a timeout, so a range of large entries (log chunks) that cannot be sent, synced
+        // and answered in time would be retried forever. Send a prefix that fits and report
+        // how far it reached; openraft sends the rest next.
+        let sent = fitting_prefix(&rpc.entries, MAX_APPEND_BYTES);
+        let truncated = sent < rpc.entries.len();
+        rpc.entries.truncate(sent);
+        let last = rpc.entries.last().map(|entry| entry.log_id);
+        let reply = self.call(Method::Append, &rpc, option.hard_ttl()).await?;
+        Ok(match reply {
+            AppendEntriesResponse::Success if truncated => AppendEntriesResponse::PartialSuccess(last),
+            other => other,
+        })
     }
 
     async fn install_snapshot(
@@ -125,5 +162,37 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         // 50 ms doubling to 1 s, then 1 s for as long as the peer stays unreachable.
         let steps = (0..5).map(|i| Duration::from_millis(50 << i)).chain(std::iter::repeat(Duration::from_secs(1)));
         Backoff::new(steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId};
+    use xene_raft_store::{ClientRequest, Command, Op, Txn};
+
+    fn entry(index: u64, value_len: usize) -> Entry {
+        let request = ClientRequest {
+            client_id: "c".into(),
+            request_id: index,
+            timestamp_ms: 0,
+            command: Command::Txn(Txn {
+                compare: vec![],
+                success: vec![Op::Put { key: b"k".to_vec(), value: vec![0; value_len] }],
+                failure: vec![],
+            }),
+        };
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(request) }
+    }
+
+    #[test]
+    fn append_batches_are_cut_by_size_but_always_carry_one_entry() {
+        let small: Vec<Entry> = (1..=32).map(|i| entry(i, 256)).collect();
+        assert_eq!(fitting_prefix(&small, MAX_APPEND_BYTES), 32, "32 small writes travel together");
+        let chunks: Vec<Entry> = (1..=32).map(|i| entry(i, 30_000)).collect();
+        assert_eq!(fitting_prefix(&chunks, MAX_APPEND_BYTES), 4, "log chunks of 30 kB: 4 to a message");
+        let huge = vec![entry(1, 1_000_000), entry(2, 10)];
+        assert_eq!(fitting_prefix(&huge, MAX_APPEND_BYTES), 1, "an entry over the limit goes alone");
+        assert_eq!(fitting_prefix(&[], MAX_APPEND_BYTES), 0);
     }
 }

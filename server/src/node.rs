@@ -173,9 +173,10 @@ impl ClusterNode {
         let deadline = started + self.timing.request_deadline;
         let mut pause = Duration::from_millis(10);
         loop {
-            let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => self.propose_local(request.clone()).await,
-                Some((_, info)) => self.forward(&info, &request).await,
+            let leader = self.leader();
+            let attempt = match &leader {
+                Some((leader, _)) if *leader == self.id => self.propose_local(request.clone()).await,
+                Some((_, info)) => self.forward(info, &request).await,
                 None => Err(self.no_leader()),
             };
             match attempt {
@@ -184,12 +185,22 @@ impl ClusterNode {
                     return Ok(response);
                 }
                 Err(e) if e.is_retryable() && Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
+                    self.await_new_leader(leader.map(|(id, _)| id), pause).await;
                     pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Waits before retrying an attempt made with `tried` as the leader: until this server
+    /// learns of another leader (an election ended), or `pause` passes. A failover thus costs
+    /// the election, not the election plus a backoff step.
+    async fn await_new_leader(&self, tried: Option<NodeId>, pause: Duration) {
+        let mut metrics = self.raft.metrics();
+        let elected = metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != tried);
+        // Either outcome means "retry now"; a closed channel (Raft stopped) fails the retry.
+        let _ = tokio::time::timeout(pause, elected).await;
     }
 
     /// Proposes on this server, which must be the leader.
@@ -262,9 +273,10 @@ impl ClusterNode {
         let deadline = Instant::now() + self.timing.request_deadline;
         let mut pause = Duration::from_millis(10);
         loop {
-            let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => self.read_index_local().await.map(|_| ()),
-                Some((_, info)) => match self.remote_read_index(&info).await {
+            let leader = self.leader();
+            let attempt = match &leader {
+                Some((leader, _)) if *leader == self.id => self.read_index_local().await.map(|_| ()),
+                Some((_, info)) => match self.remote_read_index(info).await {
                     Ok(index) => self.wait_applied(index, deadline).await,
                     Err(e) => Err(e),
                 },
@@ -273,7 +285,7 @@ impl ClusterNode {
             match attempt {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() && Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
+                    self.await_new_leader(leader.map(|(id, _)| id), pause).await;
                     pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 Err(e) => return Err(e),

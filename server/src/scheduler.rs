@@ -18,6 +18,7 @@ use xene_proto::{server_message, LeaseGrant, LeaseRevoke, ServerMessage};
 use xene_raft_store::{Compare, Op, Txn};
 
 use crate::agents::{AgentHub, AgentRecord, AgentState, LeaseRecord, SessionView};
+use crate::batch::{self, GuardedWrite};
 use crate::error::Result;
 use crate::keys;
 use crate::node::ClusterNode;
@@ -110,7 +111,8 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
     let grace_over = leader_since.elapsed() > hub.ttl;
 
     // 1. Liveness: heartbeats live here; only changes of state are written.
-    for (name, agent) in agents.iter_mut() {
+    let mut changed = Vec::new();
+    for (name, agent) in &agents {
         let session = sessions.get(name);
         let alive = session.is_some_and(|s| s.alive);
         let mut record = agent.value.clone();
@@ -125,17 +127,22 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         }
         if record != agent.value {
             tracing::info!(agent = %name, state = record.state.as_str(), "agent state changes");
+            changed.push((name.clone(), record));
+        }
+    }
+    let writes = changed
+        .iter()
+        .map(|(name, record)| {
             let key = keys::agent(name);
-            let response = node
-                .leader_txn(Txn {
-                    compare: vec![Compare::mod_revision(key.clone(), agent.revision)],
-                    success: vec![Op::Put { key: key.into_bytes(), value: to_json(&record) }],
-                    failure: vec![],
-                })
-                .await?;
-            if response.succeeded {
-                *agent = Versioned { value: record, revision: response.revision };
+            GuardedWrite {
+                compare: vec![Compare::mod_revision(key.clone(), agents[name].revision)],
+                ops: vec![Op::Put { key: key.into_bytes(), value: to_json(record) }],
             }
+        })
+        .collect();
+    for ((name, record), outcome) in changed.into_iter().zip(batch::leader_writes(node, writes).await?) {
+        if let Some(revision) = outcome {
+            agents.insert(name, Versioned { value: record, revision });
         }
     }
     let usable = |name: &str| {
@@ -158,25 +165,29 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
             revoked.push(pipeline.clone());
         }
     }
+    let mut writes = Vec::new();
     for pipeline in &revoked {
         if let Some(lease) = leases.remove(pipeline) {
             tracing::info!(pipeline = %pipeline, agent = %lease.value.agent, epoch = lease.revision, "revoking lease");
             let key = keys::lease(pipeline);
-            node.leader_txn(Txn {
+            writes.push(GuardedWrite {
                 compare: vec![Compare::mod_revision(key.clone(), lease.revision)],
-                success: vec![Op::Delete { key: key.into_bytes() }],
-                failure: vec![],
-            })
-            .await?;
+                ops: vec![Op::Delete { key: key.into_bytes() }],
+            });
         }
     }
+    batch::leader_writes(node, writes).await?;
 
-    // 3. Place every pipeline without a lease; keep each status object true.
+    // 3. Place every pipeline without a lease on the least loaded matching agent; then keep
+    //    each status object true. Both are written in batches.
     let mut held: BTreeMap<String, u32> = BTreeMap::new();
     for lease in leases.values() {
         *held.entry(lease.value.agent.clone()).or_default() += 1;
     }
     let up: Vec<&String> = agents.keys().filter(|name| usable(name)).collect();
+    let ttl_ms = hub.ttl.as_millis() as u64;
+    let mut grants: Vec<(String, LeaseRecord)> = Vec::new();
+    let mut unplaced: BTreeMap<&String, String> = BTreeMap::new();
     for (name, status) in &pipelines {
         let object = &status.value;
         let Some(spec) =
@@ -184,74 +195,88 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         else {
             continue;
         };
-        let ttl_ms = hub.ttl.as_millis() as u64;
-        if !leases.contains_key(name) {
-            let matching: Vec<&&String> = up
-                .iter()
-                .filter(|a| agents.get(a.as_str()).is_some_and(|r| matches(&spec.agent_selector, &r.value.labels)))
-                .collect();
-            let chosen = matching
-                .iter()
-                .filter(|a| held.get(a.as_str()).copied().unwrap_or(0) < agents[a.as_str()].value.capacity)
-                .min_by_key(|a| (held.get(a.as_str()).copied().unwrap_or(0), a.as_str()))
-                .map(|a| a.to_string());
-            match chosen {
-                Some(agent) => {
-                    let record = LeaseRecord {
-                        workflow: object.spec.workflow.clone(),
-                        pipeline: object.spec.pipeline.clone(),
-                        agent: agent.clone(),
-                        ttl_ms,
-                    };
-                    let key = keys::lease(name);
-                    let response = node
-                        .leader_txn(Txn {
-                            compare: vec![Compare::absent(key.clone())],
-                            success: vec![Op::Put { key: key.into_bytes(), value: to_json(&record) }],
-                            failure: vec![],
-                        })
-                        .await?;
-                    if response.succeeded {
-                        tracing::info!(pipeline = %name, agent = %agent, epoch = response.revision, "lease granted");
-                        *held.entry(agent).or_default() += 1;
-                        leases.insert(name.clone(), Versioned { value: record, revision: response.revision });
-                    }
-                }
-                None => {
-                    let reason = if up.is_empty() {
-                        REASON_NO_AGENTS.to_string()
-                    } else if matching.is_empty() {
-                        format!("no agent matches agentSelector {{{}}}", selector_text(&spec.agent_selector))
-                    } else {
-                        format!("every matching agent is at capacity ({} agents)", matching.len())
-                    };
-                    set_status(node, name, status, PipelinePhase::NotScheduled, Some(reason), None, None).await?;
-                    continue;
-                }
+        if leases.contains_key(name) {
+            continue;
+        }
+        let matching: Vec<&&String> = up
+            .iter()
+            .filter(|a| agents.get(a.as_str()).is_some_and(|r| matches(&spec.agent_selector, &r.value.labels)))
+            .collect();
+        let chosen = matching
+            .iter()
+            .filter(|a| held.get(a.as_str()).copied().unwrap_or(0) < agents[a.as_str()].value.capacity)
+            .min_by_key(|a| (held.get(a.as_str()).copied().unwrap_or(0), a.as_str()))
+            .map(|a| a.to_string());
+        match chosen {
+            Some(agent) => {
+                *held.entry(agent.clone()).or_default() += 1;
+                let record = LeaseRecord {
+                    workflow: object.spec.workflow.clone(),
+                    pipeline: object.spec.pipeline.clone(),
+                    agent,
+                    ttl_ms,
+                };
+                grants.push((name.clone(), record));
+            }
+            None => {
+                let reason = if up.is_empty() {
+                    REASON_NO_AGENTS.to_string()
+                } else if matching.is_empty() {
+                    format!("no agent matches agentSelector {{{}}}", selector_text(&spec.agent_selector))
+                } else {
+                    format!("every matching agent is at capacity ({} agents)", matching.len())
+                };
+                unplaced.insert(name, reason);
             }
         }
-        if let Some(lease) = leases.get(name) {
-            set_status(
-                node,
-                name,
-                status,
-                PipelinePhase::Scheduled,
-                None,
-                Some(lease.value.agent.clone()),
-                Some(lease.revision),
-            )
-            .await?;
+    }
+    let writes = grants
+        .iter()
+        .map(|(name, record)| {
+            let key = keys::lease(name);
+            GuardedWrite {
+                compare: vec![Compare::absent(key.clone())],
+                ops: vec![Op::Put { key: key.into_bytes(), value: to_json(record) }],
+            }
+        })
+        .collect();
+    for ((name, record), outcome) in grants.into_iter().zip(batch::leader_writes(node, writes).await?) {
+        // A grant that lost its compare is placed again by the next pass.
+        if let Some(epoch) = outcome {
+            tracing::info!(pipeline = %name, agent = %record.agent, epoch, "lease granted");
+            leases.insert(name, Versioned { value: record, revision: epoch });
         }
     }
+    let mut writes = Vec::new();
+    for (name, status) in &pipelines {
+        let wanted = match (leases.get(name), unplaced.remove(name)) {
+            (Some(lease), _) => (PipelinePhase::Scheduled, None, Some(lease.value.agent.clone()), Some(lease.revision)),
+            (None, Some(reason)) => (PipelinePhase::NotScheduled, Some(reason), None, None),
+            (None, None) => continue,
+        };
+        writes.extend(status_write(name, status, wanted));
+    }
+    batch::leader_writes(node, writes).await?;
 
     // 4. Tell every connected agent what it holds: grants for new epochs, revokes for the rest.
+    //    A workflow is encoded once per pass, however many of its pipelines are granted.
+    let mut encoded: BTreeMap<&String, String> = BTreeMap::new();
+    let mut held_by: BTreeMap<&String, BTreeMap<&String, &Versioned<LeaseRecord>>> = BTreeMap::new();
+    for (pipeline, lease) in &leases {
+        held_by.entry(&lease.value.agent).or_default().insert(pipeline, lease);
+    }
     for (agent, session) in &sessions {
-        let wanted: BTreeMap<&String, &Versioned<LeaseRecord>> =
-            leases.iter().filter(|(_, l)| &l.value.agent == agent).collect();
+        let wanted = held_by.remove(agent).unwrap_or_default();
         for (pipeline, lease) in &wanted {
             if session.told.get(pipeline.as_str()) != Some(&lease.revision) {
                 let spec = workflows.get(&lease.value.workflow).map(|w| &w.value);
-                let workflow_json = spec.and_then(|w| serde_json::to_string(w).ok()).unwrap_or_default();
+                let workflow_json = match spec {
+                    Some(spec) => encoded
+                        .entry(&lease.value.workflow)
+                        .or_insert_with(|| serde_json::to_string(spec).unwrap_or_default())
+                        .clone(),
+                    None => String::new(),
+                };
                 let cron_since_ms = match spec {
                     Some(spec) => crate::triggers::cron::since_ms(node, spec, &lease.value.pipeline).await?,
                     None => Default::default(),
@@ -452,34 +477,27 @@ async fn hand_over(
     Ok(())
 }
 
-/// Writes a pipeline's status object when it differs from what is stored.
-async fn set_status(
-    node: &ClusterNode,
-    name: &str,
-    current: &Versioned<PipelineObject>,
-    phase: PipelinePhase,
-    reason: Option<String>,
-    agent: Option<String>,
-    epoch: Option<u64>,
-) -> Result<()> {
+/// A pipeline's wanted status: phase, reason, agent and lease epoch.
+type WantedStatus = (PipelinePhase, Option<String>, Option<String>, Option<u64>);
+
+/// The write that makes a pipeline's status object say `wanted`, if it says something else.
+fn status_write(name: &str, current: &Versioned<PipelineObject>, wanted: WantedStatus) -> Option<GuardedWrite> {
+    let (phase, reason, agent, epoch) = wanted;
     let status = &current.value.status;
     if status.phase == phase && status.reason == reason && status.agent == agent && status.lease_epoch == epoch {
-        return Ok(());
+        return None;
     }
     let mut object = current.value.clone();
     object.status.phase = phase;
     object.status.reason = reason;
     object.status.agent = agent;
     object.status.lease_epoch = epoch;
-    let Some((workflow, pipeline)) = name.split_once('/') else { return Ok(()) };
+    let (workflow, pipeline) = name.split_once('/')?;
     let key = keys::pipeline(workflow, pipeline);
-    node.leader_txn(Txn {
+    Some(GuardedWrite {
         compare: vec![Compare::mod_revision(key.clone(), current.revision)],
-        success: vec![Op::Put { key: key.into_bytes(), value: to_json(&object) }],
-        failure: vec![],
+        ops: vec![Op::Put { key: key.into_bytes(), value: to_json(&object) }],
     })
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

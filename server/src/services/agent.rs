@@ -80,6 +80,20 @@ fn write_subject(body: &agent_message::Body) -> String {
 /// Applies one write, trying again while it fails for a passing reason and this server leads;
 /// a fenced write is answered. The error is one that outlived the retries: the session must
 /// end, so that the agent sends the write again to the next leader.
+/// Drops every status update of a run's writes that a later one in the same batch replaces:
+/// a status is the run's whole state, so only the last counts, and a run of 1,000 tasks that
+/// reported faster than the leader applied makes one write per batch instead of one per
+/// report (PERF W5). Log chunks stay, in order, before the status that followed them.
+fn latest_status_only(writes: &mut Vec<agent_message::Body>) {
+    let Some(last) = writes.iter().rposition(|w| matches!(w, agent_message::Body::RunUpdate(_))) else { return };
+    let mut index = 0;
+    writes.retain(|w| {
+        let keep = index == last || !matches!(w, agent_message::Body::RunUpdate(_));
+        index += 1;
+        keep
+    });
+}
+
 async fn apply_with_retry(
     node: &crate::node::ClusterNode,
     name: &str,
@@ -339,6 +353,9 @@ impl AgentService for AgentApi {
                     for body in batch {
                         by_subject.entry(write_subject(&body)).or_default().push(body);
                     }
+                    for writes in by_subject.values_mut() {
+                        latest_status_only(writes);
+                    }
                     let applied = futures::future::join_all(by_subject.into_values().map(|writes| {
                         let (node, name, tx, pipelines) = (&node, &name, &tx, &pipelines);
                         async move {
@@ -440,5 +457,35 @@ impl AgentService for AgentApi {
             })
             .collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(seq: u64) -> agent_message::Body {
+        agent_message::Body::RunUpdate(pb::RunUpdate { run: "r".into(), epoch: 1, run_json: seq.to_string(), seq })
+    }
+
+    fn logs(seq: u64) -> agent_message::Body {
+        agent_message::Body::Logs(pb::LogBatch {
+            run: "r".into(),
+            epoch: 1,
+            chunk_json: String::new(),
+            first_seq: 0,
+            seq,
+        })
+    }
+
+    #[test]
+    fn only_the_last_status_of_a_batch_is_applied_and_logs_keep_their_order() {
+        let mut writes = vec![update(1), logs(2), update(3), logs(4), update(5), logs(6)];
+        latest_status_only(&mut writes);
+        assert_eq!(writes.iter().map(write_seq).collect::<Vec<_>>(), vec![2, 4, 5, 6]);
+
+        let mut only_logs = vec![logs(1), logs(2)];
+        latest_status_only(&mut only_logs);
+        assert_eq!(only_logs.len(), 2);
     }
 }

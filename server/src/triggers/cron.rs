@@ -132,12 +132,18 @@ pub async fn since_ms(
     pipeline: &str,
 ) -> Result<BTreeMap<String, i64>, ServerError> {
     let Some(declared) = spec.spec.pipelines.get(pipeline) else { return Ok(BTreeMap::new()) };
-    let cursors = cursors(node, &spec.metadata.name, pipeline).await?;
-    let created = spec.metadata.creation_timestamp.unwrap_or_else(Utc::now);
-    Ok(declared
+    let crons: Vec<&String> = declared
         .triggers
         .iter()
         .filter(|t| matches!(spec.spec.triggers.get(t.as_str()), Some(Trigger::Cron(_))))
+        .collect();
+    if crons.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let cursors = cursors(node, &spec.metadata.name, pipeline).await?;
+    let created = spec.metadata.creation_timestamp.unwrap_or_else(Utc::now);
+    Ok(crons
+        .into_iter()
         .map(|t| (t.clone(), cursors.get(t).map_or(created, |c| c.last_fire).timestamp_millis()))
         .collect())
 }
