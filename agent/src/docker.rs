@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use xene_model::{Cpu, Memory};
 
+use crate::lines::LineBuffer;
 pub use crate::process::StepEnd;
 use crate::process::GRACE;
 
@@ -59,8 +60,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the output of a step may go on after SIGKILL before the executor stops reading it
 /// (a process that left the step's process group can hold its stdout open).
 const AFTER_KILL: Duration = Duration::from_secs(5);
-/// A line longer than this is passed on in pieces, so one endless line cannot exhaust memory.
-const MAX_LINE: usize = 1 << 20;
 /// The first stderr line of every step: the wrapper's PID, consumed by the executor.
 const PID_MARKER: &str = "xene-step-pid ";
 /// Runs the step's script (`$1`) in its working directory (`$2`, created if missing) after
@@ -330,7 +329,7 @@ impl DockerExecutor {
         container: &TaskContainer,
         step: &StepCommand<'_>,
         cancel: &CancellationToken,
-        mut line: impl FnMut(&str, String),
+        mut line: impl FnMut(&'static str, &str),
     ) -> StepEnd {
         if cancel.is_cancelled() {
             return StepEnd::Cancelled;
@@ -360,7 +359,7 @@ impl DockerExecutor {
         let exec = match self.docker.create_exec(&container.id, options).await {
             Ok(exec) => exec.id,
             Err(e) => {
-                line("xene", format!("could not start the step in container {}: {e}", container.name));
+                line("xene", &format!("could not start the step in container {}: {e}", container.name));
                 return StepEnd::NotStarted;
             }
         };
@@ -369,11 +368,11 @@ impl DockerExecutor {
         let (mut output, _input) = match self.docker.start_exec(&exec, Some(start)).await {
             Ok(StartExecResults::Attached { output, input }) => (output, input),
             Ok(StartExecResults::Detached) => {
-                line("xene", format!("the step in container {} started detached", container.name));
+                line("xene", &format!("the step in container {} started detached", container.name));
                 return StepEnd::NotStarted;
             }
             Err(e) => {
-                line("xene", format!("could not start the step in container {}: {e}", container.name));
+                line("xene", &format!("could not start the step in container {}: {e}", container.name));
                 return StepEnd::NotStarted;
             }
         };
@@ -404,7 +403,7 @@ impl DockerExecutor {
                     }),
                     Some(Ok(LogOutput::StdIn { .. })) => {}
                     Some(Err(e)) => {
-                        line("xene", format!("reading the step's output failed: {e}"));
+                        line("xene", &format!("reading the step's output failed: {e}"));
                         break;
                     }
                     None => break,
@@ -427,7 +426,7 @@ impl DockerExecutor {
                     give_up_at = Some(Instant::now() + AFTER_KILL);
                 }
                 _ = sleep_until(give_up_at) => {
-                    line("xene", format!("the step's output was still open {AFTER_KILL:?} after SIGKILL; no longer reading it"));
+                    line("xene", &format!("the step's output was still open {AFTER_KILL:?} after SIGKILL; no longer reading it"));
                     break;
                 }
             }
@@ -447,7 +446,7 @@ impl DockerExecutor {
         match self.exit_code(&exec).await {
             Ok(code) => StepEnd::Exited(code),
             Err(e) => {
-                line("xene", format!("could not read the step's exit code in container {}: {e}", container.name));
+                line("xene", &format!("could not read the step's exit code in container {}: {e}", container.name));
                 StepEnd::NotStarted
             }
         }
@@ -710,77 +709,9 @@ fn split_reference(image: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Splits a stream's bytes into lines: on `\n`, without a trailing `\r`, holding a partial line
-/// until it is complete (or [`MAX_LINE`] long).
-#[derive(Default)]
-struct LineBuffer {
-    partial: Vec<u8>,
-}
-
-impl LineBuffer {
-    fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(String)) {
-        while let Some(newline) = bytes.iter().position(|b| *b == b'\n') {
-            self.partial.extend_from_slice(&bytes[..newline]);
-            emit(self.take(self.partial.len()));
-            bytes = &bytes[newline + 1..];
-        }
-        self.partial.extend_from_slice(bytes);
-        while self.partial.len() >= MAX_LINE {
-            // Cut before a UTF-8 continuation byte so that no character is split.
-            let mut cut = MAX_LINE;
-            while cut > MAX_LINE - 4 && self.partial.get(cut).is_some_and(|b| b & 0xC0 == 0x80) {
-                cut -= 1;
-            }
-            emit(self.take(cut));
-        }
-    }
-
-    /// The last line, if the output did not end with a newline.
-    fn finish(&mut self, mut emit: impl FnMut(String)) {
-        if !self.partial.is_empty() {
-            emit(self.take(self.partial.len()));
-        }
-    }
-
-    fn take(&mut self, len: usize) -> String {
-        let mut line: Vec<u8> = self.partial.drain(..len).collect();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lines(chunks: &[&[u8]]) -> Vec<String> {
-        let mut buffer = LineBuffer::default();
-        let mut out = Vec::new();
-        for chunk in chunks {
-            buffer.push(chunk, |l| out.push(l));
-        }
-        buffer.finish(|l| out.push(l));
-        out
-    }
-
-    #[test]
-    fn lines_are_split_on_newlines_across_chunks() {
-        assert_eq!(lines(&[b"a\nb", b"c\r\n", b"\n", b"tail"]), ["a", "bc", "", "tail"]);
-        assert_eq!(lines(&[b"one\n"]), ["one"]);
-        assert!(lines(&[b""]).is_empty());
-    }
-
-    #[test]
-    fn endless_lines_come_in_pieces_without_splitting_characters() {
-        let mut text = vec![b'x'; MAX_LINE - 1];
-        text.extend_from_slice("é".as_bytes());
-        let out = lines(&[&text, b"rest\n"]);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].len(), MAX_LINE - 1);
-        assert_eq!(out[1], "érest");
-    }
 
     #[test]
     fn references_get_a_tag() {

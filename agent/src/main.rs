@@ -7,6 +7,7 @@ mod credential;
 mod cron;
 mod docker;
 mod leases;
+mod lines;
 mod process;
 mod runner;
 mod session;

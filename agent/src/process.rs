@@ -1,15 +1,20 @@
 //! The process executor (DESIGN §9.4): each step is `/bin/sh -c RUN` in the run's workspace
 //! directory, in its own process group so a timeout or cancellation stops everything it
-//! started: SIGTERM, a grace period, then SIGKILL (§9.6). Output is read line by line.
+//! started: SIGTERM, a grace period, then SIGKILL (§9.6). Output is read in blocks of up to
+//! 64 KiB and split into lines ([`LineBuffer`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use bytes::BytesMut;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
+
+use crate::lines::LineBuffer;
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +36,7 @@ pub async fn run_step(
     env: &BTreeMap<String, String>,
     timeout: Option<Duration>,
     cancel: &CancellationToken,
-    mut line: impl FnMut(&str, String),
+    mut line: impl FnMut(&'static str, &str),
 ) -> StepEnd {
     let mut command = Command::new("/bin/sh");
     command
@@ -50,7 +55,7 @@ pub async fn run_step(
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            line("xene", format!("could not start /bin/sh: {e}"));
+            line("xene", &format!("could not start /bin/sh: {e}"));
             return StepEnd::NotStarted;
         }
     };
@@ -58,9 +63,9 @@ pub async fn run_step(
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return StepEnd::NotStarted;
     };
-    let mut out = BufReader::new(stdout).lines();
-    let mut err = BufReader::new(stderr).lines();
-    let (mut out_open, mut err_open) = (true, true);
+    let mut output = futures::stream::select(blocks(stdout, Pipe::Out), blocks(stderr, Pipe::Err));
+    let (mut out, mut err) = (LineBuffer::default(), LineBuffer::default());
+    let mut open = true;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let sleep_until = async move {
         match deadline {
@@ -70,15 +75,12 @@ pub async fn run_step(
     };
     tokio::pin!(sleep_until);
     let mut ended: Option<StepEnd> = None;
-    while out_open || err_open {
+    while open {
         tokio::select! {
-            next = out.next_line(), if out_open => match next {
-                Ok(Some(text)) => line("stdout", text),
-                _ => out_open = false,
-            },
-            next = err.next_line(), if err_open => match next {
-                Ok(Some(text)) => line("stderr", text),
-                _ => err_open = false,
+            block = output.next() => match block {
+                Some((Pipe::Out, bytes)) => out.push(&bytes, |text| line("stdout", text)),
+                Some((Pipe::Err, bytes)) => err.push(&bytes, |text| line("stderr", text)),
+                None => open = false,
             },
             _ = &mut sleep_until, if ended.is_none() => {
                 ended = Some(StepEnd::TimedOut);
@@ -90,6 +92,8 @@ pub async fn run_step(
             }
         }
     }
+    out.finish(|text| line("stdout", text));
+    err.finish(|text| line("stderr", text));
     let status = child.wait().await;
     if let Some(end) = ended {
         return end;
@@ -98,6 +102,24 @@ pub async fn run_step(
         Ok(status) => StepEnd::Exited(status.code().unwrap_or(128 + status_signal(&status))),
         Err(_) => StepEnd::NotStarted,
     }
+}
+
+/// Which pipe a block came from.
+#[derive(Clone, Copy)]
+enum Pipe {
+    Out,
+    Err,
+}
+
+/// The blocks read from `pipe` until it closes (end of file or a read error).
+fn blocks<R: AsyncRead + Unpin>(pipe: R, stream: Pipe) -> impl Stream<Item = (Pipe, BytesMut)> + Unpin {
+    Box::pin(futures::stream::unfold(pipe, move |mut pipe| async move {
+        let mut block = BytesMut::with_capacity(64 * 1024);
+        match pipe.read_buf(&mut block).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(((stream, block), pipe)),
+        }
+    }))
 }
 
 fn status_signal(status: &std::process::ExitStatus) -> i32 {

@@ -510,7 +510,7 @@ impl TaskContext {
         let first = task.steps.first().map_or("", |s| s.name.as_str());
         let mut shipper =
             LogShipper::new(&self.outbox, self.epoch, &run.metadata.name, &self.task, first, &self.secrets);
-        shipper.push("xene", message);
+        shipper.push("xene", &message);
         shipper.finish();
         self.update(|s| {
             s.status = StepStatus::Error;
@@ -598,7 +598,7 @@ impl TaskContext {
             let mut shipper =
                 LogShipper::new(&self.outbox, self.epoch, &run.metadata.name, &self.task, &step.name, &self.secrets);
             let end = if let Some(message) = missing {
-                shipper.push("xene", message);
+                shipper.push("xene", &message);
                 StepEnd::NotStarted
             } else {
                 // A step gets its own timeout, cut short by what is left of the task's.
@@ -667,7 +667,7 @@ struct LogShipper<'a> {
     /// Lines seen so far (shipped or not).
     seen: u64,
     /// Past the head, the latest lines, kept until the step ends.
-    tail: std::collections::VecDeque<(String, String, u64)>,
+    tail: std::collections::VecDeque<(&'static str, String, u64)>,
     dropped: u64,
 }
 
@@ -703,34 +703,38 @@ impl<'a> LogShipper<'a> {
         }
     }
 
-    fn push(&mut self, stream: &str, text: String) {
+    fn push(&mut self, stream: &'static str, text: &str) {
         self.seen += 1;
         if self.seen > Self::CAP_LINES / 2 {
-            let ts_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            self.tail.push_back((stream.to_string(), text, ts_ms));
-            if self.tail.len() as u64 > Self::CAP_LINES / 2 {
-                self.tail.pop_front();
+            // Past the head only the latest half is kept: once the tail is full, the oldest
+            // line's buffer is reused for the newest, so a long step allocates nothing per line.
+            let mut kept = if self.tail.len() as u64 >= Self::CAP_LINES / 2 {
                 self.dropped += 1;
-            }
+                self.tail.pop_front().map(|(_, buffer, _)| buffer).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            kept.clear();
+            kept.push_str(text);
+            self.tail.push_back((stream, kept, now_ms()));
             return;
         }
-        self.ship(stream, text);
+        self.ship(stream, text.to_string(), now_ms());
     }
 
     /// Ships the kept tail after a marker, at the end of the step.
     fn finish(&mut self) {
         if self.dropped > 0 {
             let marker = format!("[xene: {} lines truncated; the last {} follow]", self.dropped, self.tail.len());
-            self.ship("xene", marker);
+            self.ship("xene", marker, now_ms());
         }
-        while let Some((stream, text, _)) = self.tail.pop_front() {
-            self.ship(&stream, text);
+        while let Some((stream, text, ts_ms)) = self.tail.pop_front() {
+            self.ship(stream, text, ts_ms);
         }
         self.flush();
     }
 
-    fn ship(&mut self, stream: &str, text: String) {
+    fn ship(&mut self, stream: &str, text: String, ts_ms: u64) {
         if self.pending.is_empty() {
             self.first_seq = self.next_seq;
         }
@@ -740,8 +744,6 @@ impl<'a> LogShipper<'a> {
                 text = text.replace(mask.as_str(), "***");
             }
         }
-        let ts_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.pending.push(LogLine { seq: self.next_seq, ts_ms, stream: stream.into(), text });
         self.next_seq += 1;
         if self.pending.len() >= Self::BATCH_LINES || self.last_flush.elapsed() >= Self::BATCH_AGE {
@@ -769,6 +771,11 @@ impl<'a> LogShipper<'a> {
         };
         let _ = self.outbox.send(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) });
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The strings to mask: every line of every secret value (lines are what the shipper sees, so
@@ -799,9 +806,9 @@ mod tests {
         ]
         .into();
         let mut shipper = LogShipper::new(&tx, 7, "r", "t", "s", &secrets);
-        shipper.push("stdout", "password=hunter22!".into());
-        shipper.push("stdout", "cert: line-one".into());
-        shipper.push("stdout", "line-two and a".into());
+        shipper.push("stdout", "password=hunter22!");
+        shipper.push("stdout", "cert: line-one");
+        shipper.push("stdout", "line-two and a");
         shipper.flush();
         let Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) = rx.try_recv().ok() else {
             panic!("a log batch")
@@ -819,7 +826,7 @@ mod tests {
         let mut shipper = LogShipper::new(&tx, 1, "r", "t", "s", &BTreeMap::new());
         let total = LogShipper::CAP_LINES + 1_000;
         for i in 0..total {
-            shipper.push("stdout", format!("line {i}"));
+            shipper.push("stdout", &format!("line {i}"));
         }
         shipper.finish();
         let mut lines = Vec::new();

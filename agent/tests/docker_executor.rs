@@ -9,6 +9,8 @@
 #[allow(dead_code)]
 #[path = "../src/docker.rs"]
 mod docker;
+#[path = "../src/lines.rs"]
+mod lines;
 #[allow(dead_code)]
 #[path = "../src/process.rs"]
 mod process;
@@ -157,9 +159,9 @@ async fn run_command(
     let started = Instant::now();
     let end = executor
         .exec_step(container, step, cancel, |stream, text| match stream {
-            "stdout" => output.stdout.push(text),
-            "stderr" => output.stderr.push(text),
-            _ => output.xene.push(text),
+            "stdout" => output.stdout.push(text.to_string()),
+            "stderr" => output.stderr.push(text.to_string()),
+            _ => output.xene.push(text.to_string()),
         })
         .await;
     (end, output, started.elapsed())

@@ -1,0 +1,92 @@
+//! Splitting a step's output bytes into lines, for both executors: on `\n`, without a
+//! trailing `\r`, holding a partial line until it is complete or [`MAX_LINE`] long. Complete
+//! lines are handed out borrowed from the bytes read, so a step printing a million lines costs
+//! a scan, not a million copies (PERF W9); the log shipper copies only what it keeps.
+
+/// A line longer than this is passed on in pieces, so one endless line cannot exhaust memory.
+pub const MAX_LINE: usize = 1 << 20;
+
+#[derive(Default)]
+pub struct LineBuffer {
+    partial: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Emits every line `bytes` completes.
+    pub fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&str)) {
+        while let Some(newline) = memchr::memchr(b'\n', bytes) {
+            let (line, rest) = (&bytes[..newline], &bytes[newline + 1..]);
+            if self.partial.is_empty() {
+                emit_text(line, &mut emit);
+            } else {
+                self.partial.extend_from_slice(line);
+                let whole = std::mem::take(&mut self.partial);
+                emit_text(&whole, &mut emit);
+                self.partial = whole;
+                self.partial.clear();
+            }
+            bytes = rest;
+        }
+        self.partial.extend_from_slice(bytes);
+        while self.partial.len() >= MAX_LINE {
+            // Cut before a UTF-8 continuation byte so that no character is split.
+            let mut cut = MAX_LINE;
+            while cut > MAX_LINE - 4 && self.partial.get(cut).is_some_and(|b| b & 0xC0 == 0x80) {
+                cut -= 1;
+            }
+            emit_text(&self.partial[..cut], &mut emit);
+            self.partial.drain(..cut);
+        }
+    }
+
+    /// The last line, if the output did not end with a newline.
+    pub fn finish(&mut self, mut emit: impl FnMut(&str)) {
+        if !self.partial.is_empty() {
+            emit_text(&std::mem::take(&mut self.partial), &mut emit);
+        }
+    }
+}
+
+fn emit_text(mut line: &[u8], emit: &mut impl FnMut(&str)) {
+    if let [rest @ .., b'\r'] = line {
+        line = rest;
+    }
+    match std::str::from_utf8(line) {
+        Ok(text) => emit(text),
+        Err(_) => emit(&String::from_utf8_lossy(line)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(chunks: &[&[u8]]) -> Vec<String> {
+        let mut buffer = LineBuffer::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buffer.push(chunk, |l| out.push(l.to_string()));
+        }
+        buffer.finish(|l| out.push(l.to_string()));
+        out
+    }
+
+    #[test]
+    fn lines_are_split_on_newlines_across_chunks() {
+        assert_eq!(lines(&[b"a\nb", b"c\r\n", b"\n", b"tail"]), ["a", "bc", "", "tail"]);
+        assert_eq!(lines(&[b"one\n"]), ["one"]);
+        assert_eq!(lines(&[b"x\ny\nz\n", b"w"]), ["x", "y", "z", "w"]);
+        assert_eq!(lines(&[b"bad \xff byte\n"]), ["bad \u{fffd} byte"]);
+        assert!(lines(&[b""]).is_empty());
+    }
+
+    #[test]
+    fn endless_lines_come_in_pieces_without_splitting_characters() {
+        let mut text = vec![b'x'; MAX_LINE - 1];
+        text.extend_from_slice("é".as_bytes());
+        let out = lines(&[&text, b"rest\n"]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), MAX_LINE - 1);
+        assert_eq!(out[1], "érest");
+    }
+}
