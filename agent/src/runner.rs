@@ -269,6 +269,9 @@ impl Runner {
         let timed_out = CancellationToken::new();
         let step_cancel = CancellationToken::new();
         let shared = Arc::new(Mutex::new(run));
+        let reporter = StatusReporter::start(Arc::clone(&shared), self.outbox.clone(), epoch);
+        // One copy of the pipeline for every task (a 1,000-task pipeline is not copied 1,000 times).
+        let pipeline = Arc::new(pipeline);
         let mut done: BTreeSet<String> = BTreeSet::new();
         let mut failed: BTreeSet<String> = BTreeSet::new();
         let mut started: BTreeSet<String> = BTreeSet::new();
@@ -291,10 +294,11 @@ impl Runner {
                 started.insert(task.clone());
                 let context = TaskContext {
                     run: Arc::clone(&shared),
-                    pipeline: pipeline.clone(),
+                    pipeline: Arc::clone(&pipeline),
                     task: task.clone(),
                     workspace: workspace.clone(),
                     outbox: self.outbox.clone(),
+                    changed: Arc::clone(&reporter.changed),
                     epoch,
                     cancel: step_cancel.clone(),
                     secrets: Arc::clone(&secrets),
@@ -331,6 +335,8 @@ impl Runner {
                 }
             }
         }
+        // Stopped first, so that no status of its can follow the ones below.
+        reporter.stop().await;
         let mut run = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
         run.status.phase = RunPhase::ShuttingDown;
         report(&self.outbox, epoch, &run);
@@ -407,13 +413,68 @@ fn report(outbox: &Outbox, epoch: u64, run: &RunObject) {
     let _ = outbox.send(pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(update)) });
 }
 
+/// Sends a running run's status as tasks change it, at most once every [`Self::EVERY`]: a task
+/// update marks the status changed, and the reporter sends the whole latest status. A status
+/// is the run's whole state, so the ones skipped lose nothing, and a run of 1,000 tasks sends
+/// tens of statuses instead of thousands of copies of a large one (PERF W5). The first change
+/// after a quiet spell is sent at once.
+struct StatusReporter {
+    changed: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StatusReporter {
+    const EVERY: Duration = Duration::from_millis(50);
+
+    fn start(run: Arc<Mutex<RunObject>>, outbox: Outbox, epoch: u64) -> Self {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (changed, stop) = (Arc::clone(&changed), stop.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = changed.notified() => {}
+                    }
+                    report(&outbox, epoch, &run.lock().unwrap_or_else(|p| p.into_inner()));
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Self::EVERY) => {}
+                    }
+                }
+            }
+        });
+        StatusReporter { changed, stop, task: Some(task) }
+    }
+
+    /// Stops the reporter once it has sent what it was sending; the caller's next status
+    /// supersedes anything it had not sent yet.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for StatusReporter {
+    /// A run abandoned half-way (its future dropped) stops its reporter too.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Everything one task needs.
 struct TaskContext {
     run: Arc<Mutex<RunObject>>,
-    pipeline: Pipeline,
+    pipeline: Arc<Pipeline>,
     task: String,
     workspace: PathBuf,
     outbox: Outbox,
+    /// Tells the run's [`StatusReporter`] that the status changed.
+    changed: Arc<tokio::sync::Notify>,
     epoch: u64,
     cancel: CancellationToken,
     /// `NAME/KEY` → value, as the leader resolved them (`NAME/` for a secret's only value).
@@ -431,7 +492,7 @@ impl TaskContext {
         if let Some(status) = run.status.tasks.get_mut(&self.task) {
             change(status);
         }
-        report(&self.outbox, self.epoch, &run);
+        self.changed.notify_one();
     }
 
     /// Runs the task's steps, retrying the whole task by its policy. Returns whether it succeeded.
