@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 use xene_proto::agent_service_server::AgentServiceServer;
 use xene_proto::cluster_service_server::ClusterServiceServer;
 use xene_proto::kv_service_server::KvServiceServer;
@@ -129,7 +130,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             );
         let stop = stop.clone();
         tasks.spawn(async move {
-            let incoming = TcpListenerStream::new(grpc_listener);
+            // Without TCP_NODELAY a response written in more than one piece (HTTP/2 headers,
+            // data, trailers) waits for the client's delayed ACK: 40 ms on Linux, which one
+            // write in seven paid before (PERF W1 at one client: p99 46 ms, p50 1.9 ms).
+            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
                 tracing::error!(error = %e, "the gRPC server failed");
             }
@@ -139,7 +143,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         let router = crate::http::router(node.clone(), tokens.clone());
         let stop = stop.clone();
         tasks.spawn(async move {
-            if let Err(e) = axum::serve(http_listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
+            let listener = http_listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY on a REST connection");
+                }
+            });
+            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
                 tracing::error!(error = %e, "the REST server failed");
             }
         });
