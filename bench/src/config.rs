@@ -28,6 +28,9 @@ pub struct Sizes {
     /// Smallest election timeout of the Xene servers, ms (the server's default).
     #[arg(long, global = true, default_value_t = 150)]
     pub election_timeout_ms: u64,
+    /// Log entries between snapshots of the Xene servers (the server's default).
+    #[arg(long, global = true, default_value_t = 100_000)]
+    pub snapshot_logs: u64,
 
     /// W1/W2: seconds per measurement.
     #[arg(long, global = true, default_value_t = 10)]
@@ -113,7 +116,11 @@ impl Sizes {
     }
 
     pub fn timing(&self) -> Timing {
-        Timing { heartbeat_ms: self.heartbeat_ms, election_timeout_ms: self.election_timeout_ms }
+        Timing {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_ms: self.election_timeout_ms,
+            snapshot_logs: self.snapshot_logs,
+        }
     }
 
     pub fn duration(&self) -> Duration {

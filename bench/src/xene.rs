@@ -23,6 +23,7 @@ use crate::load::{KvTarget, OpError};
 pub struct Timing {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
+    pub snapshot_logs: u64,
 }
 
 /// Starts a cluster of `servers` servers and waits until they all vote. The harness panics
@@ -32,7 +33,7 @@ pub async fn start_cluster(servers: usize, timing: Timing) -> anyhow::Result<Tes
         servers,
         heartbeat_ms: timing.heartbeat_ms,
         election_timeout_ms: timing.election_timeout_ms,
-        snapshot_logs: 10_000,
+        snapshot_logs: timing.snapshot_logs,
     };
     tokio::spawn(TestCluster::start(options)).await.map_err(|e| anyhow!("starting the Xene cluster: {e}"))
 }

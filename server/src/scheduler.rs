@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::{RaftMetrics, ServerState};
 use tokio_util::sync::CancellationToken;
 use xene_model::status::PipelinePhase;
 use xene_model::{PipelineObject, Workflow, REASON_NO_AGENTS};
 use xene_proto::{server_message, LeaseGrant, LeaseRevoke, ServerMessage};
-use xene_raft_store::{Compare, Op, Txn};
+use xene_raft_store::{Compare, NodeId, NodeInfo, Op, Txn, Watcher};
 
 use crate::agents::{AgentHub, AgentRecord, AgentState, LeaseRecord, SessionView};
 use crate::batch::{self, GuardedWrite};
@@ -36,6 +37,7 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize,
         tracing::info!(node = node.id, "leading: the scheduler starts");
         let leader_since = Instant::now();
         let mut last_sweep = Instant::now();
+        let mut changes = watch_store(&node);
         loop {
             if let Err(e) = reconcile(&node, &hub, leader_since, run_history).await {
                 tracing::warn!(error = %e, "scheduling pass failed; retrying");
@@ -48,9 +50,15 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize,
                     Err(e) => tracing::warn!(error = %e, "forgetting old webhook deliveries failed"),
                 }
             }
+            // A pass runs when something it acts on changed: this server's role, a stored
+            // object, agent, lease or run, or a session; else twice a second (liveness). Not on
+            // every applied entry: a busy store would keep the scheduler (and its read
+            // barriers) running flat out (PERF W1).
+            let role = role_of(&metrics.borrow());
             tokio::select! {
                 _ = stop.cancelled() => { hub.clear(); return; }
-                _ = metrics.changed() => {}
+                _ = metrics.wait_for(|m| role_of(m) != role) => {}
+                _ = store_changed(&node, &mut changes) => {}
                 _ = hub.changed.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
@@ -60,6 +68,39 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize,
         }
         tracing::info!(node = node.id, "no longer leading: the scheduler stops and agents reconnect");
         hub.clear();
+    }
+}
+
+/// What the scheduler's running depends on: whether this server leads, and whom it follows.
+fn role_of(metrics: &RaftMetrics<NodeId, NodeInfo>) -> (ServerState, Option<NodeId>) {
+    (metrics.state, metrics.current_leader)
+}
+
+/// The prefixes whose writes the scheduler acts on.
+const WATCHED: [&str; 4] = ["/xene/objects/", keys::AGENTS, keys::LEASES, keys::RUNS];
+
+/// A watch of every write under `/xene/` from now on (`None` if the store is closing).
+fn watch_store(node: &ClusterNode) -> Option<Watcher> {
+    node.reader.watch(0, b"/xene/".to_vec()).ok()
+}
+
+/// Returns once a write under one of [`WATCHED`] was applied. A watch that fell behind its
+/// window counts as such a write (the pass that follows reads everything anyway) and starts
+/// again from now.
+async fn store_changed(node: &ClusterNode, changes: &mut Option<Watcher>) {
+    loop {
+        let Some(watcher) = changes.as_mut() else { return std::future::pending().await };
+        match watcher.next().await {
+            Ok(events) => {
+                if events.iter().any(|e| WATCHED.iter().any(|prefix| e.kv.key.starts_with(prefix.as_bytes()))) {
+                    return;
+                }
+            }
+            Err(_) => {
+                *changes = watch_store(node);
+                return;
+            }
+        }
     }
 }
 

@@ -63,10 +63,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         // Keep enough entries behind a snapshot that a briefly slow follower catches up from
         // the log instead of needing the whole snapshot (DESIGN §4.7).
         max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
-        // openraft 0.9 gives each AppendEntries one heartbeat interval to complete, so a batch
-        // must be small enough to send, decode and sync in that time, even when entries are
-        // log chunks of tens of kilobytes. A batch that never fits is retried forever.
-        max_payload_entries: 32,
+        // Entries per AppendEntries. openraft 0.9 gives each one heartbeat interval to
+        // complete; `network::PeerNetwork` also cuts a message at 128 KiB (log chunks are tens
+        // of kilobytes each), so the count only bounds messages of small writes.
+        max_payload_entries: 256,
         ..Default::default()
     }
     .validate()
