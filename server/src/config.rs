@@ -57,7 +57,8 @@ pub struct Flags {
     /// Raft heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "XENE_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Smallest Raft election timeout in milliseconds [default: 150]; the largest is twice it.
+    /// Smallest Raft election timeout in milliseconds [default: 150, or three heartbeats if
+    /// that is more]; the largest is twice it.
     /// A follower stands for election after the largest plus a random timeout without
     /// hearing from the leader: 450–600 ms by default.
     #[arg(long, env = "XENE_ELECTION_TIMEOUT_MS")]
@@ -184,8 +185,13 @@ impl ServerConfig {
             }
         };
         let heartbeat = Duration::from_millis(flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(DEFAULT_HEARTBEAT_MS));
+        // Unset, the election timeout follows a raised heartbeat (three heartbeats at least),
+        // so setting only the heartbeat never makes a configuration that is refused below.
         let election_timeout = Duration::from_millis(
-            flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS),
+            flags
+                .election_timeout_ms
+                .or(file.election_timeout_ms)
+                .unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS.max(3 * heartbeat.as_millis() as u64)),
         );
         if election_timeout <= heartbeat * 2 {
             return Err(ConfigError::Invalid(format!(

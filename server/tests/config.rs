@@ -34,6 +34,11 @@ fn flags_beat_environment_beat_file_beat_defaults() {
     assert_eq!(config.http_addr, "127.0.0.1:7401", "default");
     assert_eq!(config.advertise_grpc_addr, "127.0.0.1:9000", "advertised address defaults to the listener");
     assert_eq!(config.heartbeat.as_millis(), 80);
+    assert_eq!(
+        config.election_timeout.as_millis(),
+        240,
+        "unset, the election timeout is three heartbeats when over 150"
+    );
 
     // The environment beats the file; a flag beats the environment.
     std::env::set_var("XENE_GRPC_ADDR", "127.0.0.1:9100");
@@ -63,7 +68,18 @@ fn bad_settings_are_refused_with_a_clear_message() {
             "--log-format",
         ),
         (
-            &["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--heartbeat-ms", "300"],
+            &[
+                "--node-id",
+                "1",
+                "--data-dir",
+                "/d",
+                "--cluster-secret",
+                "long-enough",
+                "--heartbeat-ms",
+                "300",
+                "--election-timeout-ms",
+                "500",
+            ],
             "more than twice --heartbeat-ms",
         ),
         (&["--config", "/nonexistent/xene.yaml"], "reading config file /nonexistent/xene.yaml"),
