@@ -20,9 +20,7 @@ impl LineBuffer {
                 emit_text(line, &mut emit);
             } else {
                 self.partial.extend_from_slice(line);
-                let whole = std::mem::take(&mut self.partial);
-                emit_text(&whole, &mut emit);
-                self.partial = whole;
+                emit_text(&self.partial, &mut emit);
                 self.partial.clear();
             }
             bytes = rest;
