@@ -77,7 +77,7 @@ fn role_of(metrics: &RaftMetrics<NodeId, NodeInfo>) -> (ServerState, Option<Node
 }
 
 /// The prefixes whose writes the scheduler acts on.
-const WATCHED: [&str; 4] = ["/xene/objects/", keys::AGENTS, keys::LEASES, keys::RUNS];
+const WATCHED: [&str; 5] = [keys::WORKFLOWS, keys::PIPELINES, keys::AGENTS, keys::LEASES, keys::RUNS];
 
 /// A watch of every write under `/xene/` from now on (`None` if the store is closing).
 fn watch_store(node: &ClusterNode) -> Option<Watcher> {
