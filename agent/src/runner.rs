@@ -684,6 +684,8 @@ impl TaskContext {
                     }
                 }
             };
+            // The step ended when its process did; shipping the kept tail comes after.
+            let finished = Utc::now();
             shipper.finish();
             let (status, code, reason) = match end {
                 StepEnd::Exited(0) => (StepStatus::Success, Some(0), None),
@@ -692,7 +694,6 @@ impl TaskContext {
                 StepEnd::Cancelled => (StepStatus::Error, None, Some(ErrorReason::Cancelled)),
                 StepEnd::NotStarted => (StepStatus::Error, None, Some(ErrorReason::InfrastructureError)),
             };
-            let finished = Utc::now();
             self.update(|s| {
                 s.steps[index].status = status;
                 s.steps[index].exit_code = code;

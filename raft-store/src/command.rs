@@ -39,6 +39,11 @@ pub struct ClientRequest {
 pub enum Command {
     /// A compare-then-else transaction over the key space.
     Txn(Txn),
+    /// Requests of several clients that the leader grouped into one log entry, applied one
+    /// after another, each with its own deduplication, all at the entry's revision. The
+    /// proposer never puts two writes of one key in a batch, so a key still changes at most
+    /// once per revision (DESIGN §4.3).
+    Batch(Vec<ClientRequest>),
 }
 
 /// `if all(compare) { success } else { failure }`, applied atomically at one revision.
@@ -139,6 +144,8 @@ pub enum ClientResponse {
     /// The request ID was applied before; nothing changed this time. Only the outcome of
     /// the first application is kept, not the values it read.
     Duplicate(DuplicateResponse),
+    /// One answer per request of a [`Command::Batch`], in order.
+    Batch(Vec<ClientResponse>),
 }
 
 /// The remembered outcome of a request applied earlier (DESIGN §4.4).
@@ -230,11 +237,16 @@ impl ClientRequest {
     /// About how many bytes the request takes encoded: its keys and values, plus a few bytes
     /// for each item's framing. Cheap (nothing is encoded); used to size replication batches.
     pub fn approx_len(&self) -> usize {
-        let Command::Txn(txn) = &self.command;
-        let items = txn.compare.len() + txn.success.len() + txn.failure.len();
-        let payload: usize = txn.compare.iter().map(Compare::payload_len).sum::<usize>()
-            + txn.success.iter().chain(&txn.failure).map(Op::payload_len).sum::<usize>();
-        32 + self.client_id.len() + payload + 12 * items
+        let body = match &self.command {
+            Command::Txn(txn) => {
+                let items = txn.compare.len() + txn.success.len() + txn.failure.len();
+                let payload: usize = txn.compare.iter().map(Compare::payload_len).sum::<usize>()
+                    + txn.success.iter().chain(&txn.failure).map(Op::payload_len).sum::<usize>();
+                payload + 12 * items
+            }
+            Command::Batch(requests) => requests.iter().map(ClientRequest::approx_len).sum(),
+        };
+        32 + self.client_id.len() + body
     }
 }
 

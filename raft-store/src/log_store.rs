@@ -2,8 +2,8 @@
 //!
 //! Durability rules (DESIGN §4.2, STYLE 11): the vote is synced before `save_vote` returns,
 //! and the append callback fires only after the batch holding the entries is in the synced
-//! write-ahead log ([`LogSync`] syncs once for every append waiting). Every RocksDB call runs
-//! on the blocking pool or the sync thread.
+//! write-ahead log ([`LogSync`] writes the batch and syncs once for every append waiting).
+//! Every RocksDB call runs on the blocking pool or the log writer thread.
 
 use std::fmt::Debug;
 use std::io;
@@ -156,19 +156,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let this = self.clone();
-        let bytes = codec::encode(&committed);
-        blocking::run(ErrorSubject::Store, ErrorVerb::Write, move || {
-            let mut batch = WriteBatch::default();
-            batch.put_cf(this.db.cf(CF_META), meta_key::COMMITTED, bytes);
-            // Not synced on its own: the committed index is a hint that saves re-applying after a
-            // restart, and losing the latest value only means learning it again from the leader.
-            this.db.write_buffered(batch).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
-        })
-        .await
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.db.cf(CF_META), meta_key::COMMITTED, codec::encode(&committed));
+        // Not synced on its own: the committed index is a hint that saves re-applying after a
+        // restart, and losing the latest value only means learning it again from the leader.
+        // Queued to the log writer, so the core task never waits for it.
+        self.sync.write_buffered(batch);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        // A committed index saved just before is still queued to the writer: read after it.
+        self.sync.written().await;
         let this = self.clone();
         blocking::run(ErrorSubject::Store, ErrorVerb::Read, move || {
             Ok(this.read_meta::<Option<LogId>>(meta_key::COMMITTED)?.flatten())
@@ -186,20 +185,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.put_cf(cf, index_key(entry.log_id.index), codec::encode(&entry));
         }
-        let this = self.clone();
-        let result = blocking::run(ErrorSubject::Logs, ErrorVerb::Write, move || {
-            // Written without waiting for the disk, so the entries are readable as soon as this
-            // returns (openraft reads them to replicate). They count towards a quorum only once
-            // the callback fires, which the sync thread does after the write-ahead log holding
-            // them is synced: durable before acknowledged.
-            this.db.write_buffered(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
-        })
-        .await;
-        match &result {
-            Ok(()) => self.sync.after_sync(callback),
-            Err(e) => callback.log_io_completed(Err(io::Error::other(e.to_string()))),
-        }
-        result
+        // The writer thread writes the entries, syncs the write-ahead log and only then fires
+        // the callback: durable before acknowledged. openraft 0.9 waits for the callback before
+        // it reads or replicates these entries, so they are readable by then.
+        self.sync.write_durable(batch, callback);
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

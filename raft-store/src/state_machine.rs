@@ -188,6 +188,14 @@ impl Shared {
                 Err(rejection) => ClientResponse::Rejected(rejection),
                 Ok(()) => ClientResponse::Txn(execute_txn(overlay, events, revision, txn)?),
             },
+            // In order, each against the writes of those before it, like entries of one
+            // apply batch; each request is deduplicated on its own identity.
+            Command::Batch(requests) => ClientResponse::Batch(
+                requests
+                    .iter()
+                    .map(|inner| self.apply_request(state, overlay, batch, events, revision, inner))
+                    .collect::<Result<_, _>>()?,
+            ),
         };
         if dedup {
             let succeeded = match &response {

@@ -210,3 +210,68 @@ async fn oversized_or_malformed_commands_are_rejected_whole() {
     let all = store.sm.reader().range(Vec::new(), true, 0).await.expect("range");
     assert_eq!(all.kvs.len(), 1, "nothing of a rejected transaction was applied");
 }
+
+/// A batch entry (several clients' requests grouped by the leader) applies its requests in
+/// order, each at the entry's revision, each deduplicated on its own identity, and answers
+/// one response per request.
+#[tokio::test]
+async fn a_batch_applies_each_request_in_order_at_one_revision() {
+    let mut store = open();
+    store.txn(txn(vec![put("a", "0")])).await; // revision 1
+    let of = |client: &str, id: u64, txn: Txn| xene_raft_store::ClientRequest {
+        client_id: client.into(),
+        request_id: id,
+        timestamp_ms: 1_000,
+        command: xene_raft_store::Command::Txn(txn),
+    };
+    let first = of("c1", 1, txn(vec![put("b", "1")]));
+    // Sees the write before it in the same entry: b exists, so the success branch runs.
+    let second = of(
+        "c2",
+        1,
+        Txn { compare: vec![Compare::present("b")], success: vec![put("c", "2"), get("a")], failure: vec![] },
+    );
+    let too_big = of("c3", 1, txn(vec![put("", "x")]));
+    let batch = |requests| xene_raft_store::ClientRequest {
+        client_id: String::new(),
+        request_id: 0,
+        timestamp_ms: 1_000,
+        command: xene_raft_store::Command::Batch(requests),
+    };
+    let answers = match store.apply(batch(vec![first.clone(), second, too_big])).await {
+        ClientResponse::Batch(answers) => answers,
+        other => panic!("expected a batch answer, got {other:?}"),
+    };
+    assert_eq!(answers.len(), 3);
+    match &answers[0] {
+        ClientResponse::Txn(t) => assert_eq!((t.revision, t.succeeded), (2, true)),
+        other => panic!("first: {other:?}"),
+    }
+    match &answers[1] {
+        ClientResponse::Txn(t) => {
+            assert_eq!((t.revision, t.succeeded), (2, true), "the compare saw the batch's earlier write");
+            assert_eq!(t.results[1], OpResult::Get { kvs: vec![kv("a", "0", 1, 1, 1)], more: false });
+        }
+        other => panic!("second: {other:?}"),
+    }
+    assert_eq!(answers[2], ClientResponse::Rejected(Rejection::EmptyKey), "one refusal spoils nothing else");
+    assert_eq!(store.value("b").await.as_deref(), Some("1"));
+    assert_eq!(store.value("c").await.as_deref(), Some("2"));
+
+    // The same request again, in another batch: applied once.
+    let answers = match store.apply(batch(vec![first, of("c1", 2, txn(vec![put("d", "3")]))])).await {
+        ClientResponse::Batch(answers) => answers,
+        other => panic!("expected a batch answer, got {other:?}"),
+    };
+    assert_eq!(
+        answers[0],
+        ClientResponse::Duplicate(xene_raft_store::DuplicateResponse { revision: 2, succeeded: true })
+    );
+    assert!(matches!(&answers[1], ClientResponse::Txn(t) if t.revision == 3));
+
+    // Watchers see every change of the batch at its revision, in order.
+    let mut watcher = store.sm.reader().watch(2, Vec::new()).expect("watch");
+    let events = watcher.next().await.expect("events");
+    let seen: Vec<(u64, &[u8])> = events.iter().map(|e| (e.kv.mod_revision, e.kv.key.as_slice())).collect();
+    assert_eq!(seen, vec![(2, &b"b"[..]), (2, &b"c"[..]), (3, &b"d"[..])]);
+}

@@ -4,7 +4,7 @@ use tonic::{Code, Status};
 use xene_raft_store::{Rejection, StoreError};
 
 /// Everything a request can fail with. Client-caused errors are kept apart from internal ones.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ServerError {
     /// The request is malformed or over a limit; nothing changed.
     #[error("{0}")]

@@ -3,7 +3,7 @@
 //! - [`config`]: flags, environment and config file.
 //! - [`server`]: wiring, start-up (bootstrap or join) and ordered shutdown.
 //! - [`node`]: this server's place in the cluster: proposals forwarded to the leader, read
-//!   barriers, membership.
+//!   barriers, membership; [`proposals`]: the leader's group commit of concurrent writes.
 //! - [`network`], [`peers`]: openraft's network over tonic and the reused peer channels.
 //! - [`objects`]: workflows and pipeline status objects in the store; [`runs`]: runs and
 //!   their logs, with the fenced writes of agents; [`secrets`]: write-only secrets.
@@ -30,6 +30,7 @@ pub mod network;
 pub mod node;
 pub mod objects;
 pub mod peers;
+pub mod proposals;
 pub mod runs;
 pub mod scheduler;
 pub mod secrets;

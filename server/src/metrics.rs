@@ -39,6 +39,10 @@ pub struct Metrics {
     pub raft_is_leader: Gauge,
     pub raft_leader_changes: Counter,
     pub proposal_seconds: Histogram,
+    /// Requests per entry the leader wrote (`proposals.rs` groups concurrent writes).
+    pub proposal_batch_requests: Histogram,
+    /// Requests per forwarding call a follower made to the leader.
+    pub forward_batch_requests: Histogram,
     pub api_requests: Family<MethodLabels, Counter>,
     pub api_seconds: Family<MethodOnly, Histogram, fn() -> Histogram>,
     last_leader: AtomicU64,
@@ -54,6 +58,8 @@ impl Metrics {
             raft_is_leader: Gauge::default(),
             raft_leader_changes: Counter::default(),
             proposal_seconds: latency_histogram(),
+            proposal_batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            forward_batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             api_requests: Family::default(),
             api_seconds: Family::new_with_constructor(latency_histogram),
             last_leader: AtomicU64::new(0),
@@ -73,6 +79,16 @@ impl Metrics {
                 "proposal_duration_seconds",
                 "Time to commit and apply a proposal",
                 metrics.proposal_seconds.clone(),
+            );
+            r.register(
+                "proposal_batch_requests",
+                "Client requests per Raft entry written by this server as leader",
+                metrics.proposal_batch_requests.clone(),
+            );
+            r.register(
+                "forward_batch_requests",
+                "Client requests per call forwarding writes to the leader",
+                metrics.forward_batch_requests.clone(),
             );
             r.register("api_requests", "gRPC requests by method and status code", metrics.api_requests.clone());
             r.register("api_request_duration_seconds", "gRPC request latency by method", metrics.api_seconds.clone());

@@ -18,6 +18,7 @@ use crate::error::{Result, ServerError};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::peers::PeerPool;
+use crate::proposals::{self, Proposals, Submit};
 
 /// Timing of the cluster, shared by Raft's config and the operations that wait on it.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +64,11 @@ pub struct ClusterNode {
     /// read-index request (follower).
     local_reads: ReadIndexRounds,
     remote_reads: ReadIndexRounds,
+    /// Writes proposed on this server while it leads, grouped into entries, and where they go.
+    proposals: Proposals,
+    to_raft: Submit,
+    /// Writes this server forwards to the leader, grouped into calls.
+    forwards: Proposals,
 }
 
 /// Coalesces read-index requests: one round runs at a time, and a round serves every request
@@ -117,6 +123,9 @@ impl ClusterNode {
     ) -> Self {
         let mut nonce = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+        let proposals = Proposals::new(metrics.proposal_batch_requests.clone());
+        let forwards = Proposals::new(metrics.forward_batch_requests.clone());
+        let to_raft = proposals::to_raft(&raft);
         ClusterNode {
             id,
             info,
@@ -130,6 +139,9 @@ impl ClusterNode {
             transferring: AtomicBool::new(false),
             local_reads: ReadIndexRounds::default(),
             remote_reads: ReadIndexRounds::default(),
+            proposals,
+            to_raft,
+            forwards,
         }
     }
 
@@ -176,7 +188,7 @@ impl ClusterNode {
             let leader = self.leader();
             let attempt = match &leader {
                 Some((leader, _)) if *leader == self.id => self.propose_local(request.clone()).await,
-                Some((_, info)) => self.forward(info, &request).await,
+                Some((_, info)) => self.forward(info, request.clone()).await,
                 None => Err(self.no_leader()),
             };
             match attempt {
@@ -208,33 +220,20 @@ impl ClusterNode {
         if self.transferring.load(Ordering::Acquire) {
             return Err(ServerError::unavailable("leadership is being transferred; retry"));
         }
-        match self.raft.client_write(request).await {
-            Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ServerError::Unavailable {
-                message: "this server is no longer the leader; retry".into(),
-                leader: f.leader_node.map(|n| n.grpc_addr),
-            }),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ServerError::FailedPrecondition(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(ServerError::unavailable(format!("raft stopped: {e}"))),
-        }
+        self.proposals.write(&self.to_raft, request).await
     }
 
-    async fn forward(&self, leader: &NodeInfo, request: &ClientRequest) -> Result<ClientResponse> {
-        let mut client = self.peers.client(&leader.grpc_addr)?;
-        let payload = RaftPayload { data: codec::encode(request) };
-        let reply = client
-            .propose(self.peers.request(payload, self.timing.request_deadline))
-            .await
-            .map_err(|s| ServerError::unavailable(format!("forwarding to the leader: {}", s.message())))?;
-        let reply: ForwardReply = codec::decode("forwarded reply", &reply.into_inner().data)
-            .map_err(|e| ServerError::Internal(e.to_string()))?;
-        match reply {
-            ForwardReply::Applied(response) => Ok(response),
-            ForwardReply::NotLeader { .. } => Err(ServerError::unavailable("the leader changed; retry")),
-            ForwardReply::Unavailable(message) => Err(ServerError::unavailable(message)),
-        }
+    /// Forwards `request` to `leader`, in one call with the other requests this server is
+    /// forwarding at the moment (`proposals.rs`).
+    async fn forward(&self, leader: &NodeInfo, request: ClientRequest) -> Result<ClientResponse> {
+        let peers = self.peers.clone();
+        let address = leader.grpc_addr.clone();
+        let deadline = self.timing.request_deadline;
+        let submit: Submit = Arc::new(move |request| {
+            let (peers, address) = (peers.clone(), address.clone());
+            Box::pin(async move { forward_call(&peers, &address, deadline, &request).await })
+        });
+        self.forwards.write(&submit, request).await
     }
 
     /// Runs a transaction built by the server itself.
@@ -571,6 +570,28 @@ impl ClusterNode {
     }
 }
 
+/// One forwarding call: `request` (one client's or a batch) to the leader at `address`.
+async fn forward_call(
+    peers: &PeerPool,
+    address: &str,
+    deadline: Duration,
+    request: &ClientRequest,
+) -> Result<ClientResponse> {
+    let mut client = peers.client(address)?;
+    let payload = RaftPayload { data: codec::encode(request) };
+    let reply = client
+        .propose(peers.request(payload, deadline))
+        .await
+        .map_err(|s| ServerError::unavailable(format!("forwarding to the leader: {}", s.message())))?;
+    let reply: ForwardReply =
+        codec::decode("forwarded reply", &reply.into_inner().data).map_err(|e| ServerError::Internal(e.to_string()))?;
+    match reply {
+        ForwardReply::Applied(response) => Ok(response),
+        ForwardReply::NotLeader { .. } => Err(ServerError::unavailable("the leader changed; retry")),
+        ForwardReply::Unavailable(message) => Err(ServerError::unavailable(message)),
+    }
+}
+
 fn txn_response(response: ClientResponse) -> Result<xene_raft_store::TxnResponse> {
     match response {
         ClientResponse::Txn(response) => Ok(response),
@@ -578,7 +599,9 @@ fn txn_response(response: ClientResponse) -> Result<xene_raft_store::TxnResponse
         ClientResponse::Duplicate(d) => {
             Ok(xene_raft_store::TxnResponse { revision: d.revision, succeeded: d.succeeded, results: vec![] })
         }
-        ClientResponse::Empty => Err(ServerError::Internal("empty answer to a transaction".into())),
+        ClientResponse::Empty | ClientResponse::Batch(_) => {
+            Err(ServerError::Internal("not a transaction's answer to a transaction".into()))
+        }
     }
 }
 

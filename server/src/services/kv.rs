@@ -71,7 +71,9 @@ impl KvApi {
                 Ok(Written { revision: d.revision, succeeded: d.succeeded, results: vec![], replayed: true })
             }
             ClientResponse::Rejected(rejection) => Err(rejection.into()),
-            ClientResponse::Empty => Err(ServerError::Internal("empty answer to a transaction".into())),
+            ClientResponse::Empty | ClientResponse::Batch(_) => {
+                Err(ServerError::Internal("not a transaction's answer to a transaction".into()))
+            }
         }
     }
 }

@@ -1,0 +1,278 @@
+//! Group commit of proposals (PERF W1): requests that arrive while earlier ones are still in
+//! flight travel together.
+//!
+//! openraft 0.9.25 appends, syncs and replicates every `client_write` as its own entry, one
+//! after another inside its core task, so a leader under many concurrent writes spent its time
+//! on per-entry work while its disk and CPU were half idle. Here at most [`IN_FLIGHT`]
+//! submissions are in flight at a time; whatever queues up meanwhile leaves as one
+//! [`Command::Batch`] when one of them is done. On the leader a submission is one Raft entry;
+//! on a follower it is one forwarding call to the leader, whose entry then holds the whole
+//! batch. A lone request is sent as it is, so a single client pays nothing but a hand-off.
+//!
+//! A batch never holds two writes of one key, nor a prefix delete beside anything else: a
+//! key still changes at most once per revision, as watchers and `mod_revision` compares
+//! expect (DESIGN §4.3, §4.6). Requests leave in the order they arrived.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::future::BoxFuture;
+use openraft::error::{ClientWriteError, RaftError};
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{oneshot, Semaphore};
+use xene_raft_store::{ClientRequest, ClientResponse, Command, NodeId, NodeInfo, Op, Raft};
+
+use crate::error::{Result, ServerError};
+
+/// Submissions in flight at once. More than one keeps openraft's core busy while an entry
+/// waits for the followers; few enough that waiting requests gather into batches.
+const IN_FLIGHT: usize = 3;
+/// Most requests in one entry.
+const MAX_REQUESTS: usize = 512;
+/// Most bytes (by [`ClientRequest::approx_len`]) in one entry beyond its first request: well
+/// under what one AppendEntries carries, so an entry replicates in one message.
+const MAX_BYTES: usize = 64 * 1024;
+
+type Reply = oneshot::Sender<Result<ClientResponse>>;
+
+/// Where a submission goes: `client_write` on the leader, a forwarding call on a follower.
+pub type Submit = Arc<dyn Fn(ClientRequest) -> BoxFuture<'static, Result<ClientResponse>> + Send + Sync>;
+
+/// Submits to `raft`, which must lead.
+pub fn to_raft(raft: &Raft) -> Submit {
+    let raft = raft.clone();
+    Arc::new(move |request| {
+        let raft = raft.clone();
+        Box::pin(
+            async move { raft.client_write(request).await.map(|written| written.data).map_err(|e| write_error(&e)) },
+        )
+    })
+}
+
+/// The queue of one leader's proposals and the permits of the entries in flight.
+pub struct Proposals {
+    queue: Mutex<VecDeque<(ClientRequest, Reply)>>,
+    permits: Arc<Semaphore>,
+    /// Observes the number of requests of each entry written.
+    sizes: Histogram,
+}
+
+impl Proposals {
+    pub fn new(sizes: Histogram) -> Self {
+        Proposals { queue: Mutex::default(), permits: Arc::new(Semaphore::new(IN_FLIGHT)), sizes }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<(ClientRequest, Reply)>> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Submits `request`, alone or with the requests queued beside it, and returns the state
+    /// machine's answer to it.
+    pub async fn write(&self, submit: &Submit, request: ClientRequest) -> Result<ClientResponse> {
+        let (reply, mut answer) = oneshot::channel();
+        self.queue().push_back((request, reply));
+        loop {
+            tokio::select! {
+                biased;
+                answered = &mut answer => return answered.unwrap_or_else(|_| Err(dropped())),
+                permit = Arc::clone(&self.permits).acquire_owned() => {
+                    let Ok(permit) = permit else { return Err(dropped()) };
+                    let batch = take_batch(&mut self.queue());
+                    if batch.is_empty() {
+                        // Another caller took this request with its batch and will answer.
+                        drop(permit);
+                        return answer.await.unwrap_or_else(|_| Err(dropped()));
+                    }
+                    self.sizes.observe(batch.len() as f64);
+                    // Its own task, so that a caller giving up does not drop the answers of
+                    // the others in its batch. It ends when the submission is answered:
+                    // openraft answers every pending write when it shuts down, and a
+                    // forwarding call has a deadline.
+                    let submit = Arc::clone(submit);
+                    tokio::spawn(async move {
+                        send(&submit, batch).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn dropped() -> ServerError {
+    ServerError::unavailable("the write was dropped before it was answered (the server is stopping); retry")
+}
+
+/// Takes the requests for one entry from the front of `queue`: in order, up to the limits,
+/// stopping before a request that touches a key the batch already writes.
+fn take_batch(queue: &mut VecDeque<(ClientRequest, Reply)>) -> Vec<(ClientRequest, Reply)> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut keys: HashSet<Vec<u8>> = HashSet::new();
+    while let Some((request, _)) = queue.front() {
+        if !batch.is_empty() {
+            if batch.len() >= MAX_REQUESTS || bytes + request.approx_len() > MAX_BYTES {
+                break;
+            }
+            match written_keys(request) {
+                Some(written) if written.iter().all(|k| !keys.contains(*k)) => {}
+                _ => break,
+            }
+        }
+        let Some((request, reply)) = queue.pop_front() else { break };
+        bytes += request.approx_len();
+        match written_keys(&request) {
+            Some(written) => keys.extend(written.into_iter().map(<[u8]>::to_vec)),
+            // A prefix delete (or anything else this cannot reason about) goes alone.
+            None => {
+                batch.push((request, reply));
+                break;
+            }
+        }
+        batch.push((request, reply));
+    }
+    batch
+}
+
+/// The keys a request may write (either branch of a transaction), or `None` when it may
+/// write keys it does not name.
+fn written_keys(request: &ClientRequest) -> Option<Vec<&[u8]>> {
+    let Command::Txn(txn) = &request.command else { return None };
+    let mut keys = Vec::new();
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            Op::Put { key, .. } | Op::Delete { key } => keys.push(key.as_slice()),
+            Op::Get { .. } => {}
+            Op::DeletePrefix { .. } => return None,
+        }
+    }
+    Some(keys)
+}
+
+/// Submits one batch and answers every request in it.
+async fn send(submit: &Submit, mut batch: Vec<(ClientRequest, Reply)>) {
+    if batch.len() == 1 {
+        let Some((request, reply)) = batch.pop() else { return };
+        // The caller may have given up; nobody is left to tell.
+        let _ = reply.send(submit(request).await);
+        return;
+    }
+    let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    let count = requests.len();
+    let wrapper = ClientRequest {
+        // No identity of its own: each request inside is deduplicated on its own.
+        client_id: String::new(),
+        request_id: 0,
+        timestamp_ms: requests.iter().map(|r| r.timestamp_ms).max().unwrap_or_default(),
+        command: Command::Batch(requests),
+    };
+    match submit(wrapper).await {
+        Ok(ClientResponse::Batch(answers)) if answers.len() == count => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Ok(other) => {
+            let message = format!("a batch of {count} writes was answered with {other:?}");
+            for reply in replies {
+                let _ = reply.send(Err(ServerError::Internal(message.clone())));
+            }
+        }
+        Err(e) => {
+            // Every caller gets the error; a retryable one is retried by each on its own
+            // (deduplication makes that safe).
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// What a failed write tells its caller.
+fn write_error(e: &RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ServerError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ServerError::Unavailable {
+            message: "this server is no longer the leader; retry".into(),
+            leader: f.leader_node.as_ref().map(|n| n.grpc_addr.clone()),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ServerError::FailedPrecondition(e.to_string())
+        }
+        RaftError::Fatal(e) => ServerError::unavailable(format!("raft stopped: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xene_raft_store::Txn;
+
+    fn put(key: &str, value_len: usize) -> ClientRequest {
+        ClientRequest {
+            client_id: "c".into(),
+            request_id: 1,
+            timestamp_ms: 0,
+            command: Command::Txn(Txn {
+                compare: vec![],
+                success: vec![Op::Put { key: key.as_bytes().to_vec(), value: vec![0; value_len] }],
+                failure: vec![],
+            }),
+        }
+    }
+
+    fn delete_prefix(prefix: &str) -> ClientRequest {
+        let mut request = put("x", 0);
+        request.command = Command::Txn(Txn {
+            compare: vec![],
+            success: vec![Op::DeletePrefix { prefix: prefix.as_bytes().to_vec() }],
+            failure: vec![],
+        });
+        request
+    }
+
+    fn queue_of(requests: Vec<ClientRequest>) -> VecDeque<(ClientRequest, Reply)> {
+        requests.into_iter().map(|r| (r, oneshot::channel().0)).collect()
+    }
+
+    fn keys_of(batch: &[(ClientRequest, Reply)]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|(r, _)| match &r.command {
+                Command::Txn(txn) => match &txn.success[0] {
+                    Op::Put { key, .. } => String::from_utf8_lossy(key).into_owned(),
+                    Op::DeletePrefix { prefix } => format!("{}*", String::from_utf8_lossy(prefix)),
+                    other => format!("{other:?}"),
+                },
+                Command::Batch(_) => "batch".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_stops_before_a_second_write_of_a_key_and_keeps_the_order() {
+        let mut queue = queue_of(vec![put("a", 1), put("b", 1), put("a", 1), put("c", 1)]);
+        assert_eq!(keys_of(&take_batch(&mut queue)), ["a", "b"]);
+        assert_eq!(keys_of(&take_batch(&mut queue)), ["a", "c"]);
+        assert!(take_batch(&mut queue).is_empty());
+    }
+
+    #[test]
+    fn a_prefix_delete_goes_alone() {
+        let mut queue = queue_of(vec![put("a", 1), delete_prefix("a"), put("b", 1)]);
+        assert_eq!(keys_of(&take_batch(&mut queue)), ["a"]);
+        assert_eq!(keys_of(&take_batch(&mut queue)), ["a*"]);
+        assert_eq!(keys_of(&take_batch(&mut queue)), ["b"]);
+    }
+
+    #[test]
+    fn a_batch_is_cut_by_size_and_count_but_always_takes_one() {
+        let mut queue = queue_of((0..40).map(|i| put(&format!("k{i}"), 4_000)).collect());
+        let first = take_batch(&mut queue);
+        assert!(first.len() > 1 && first.len() < 40, "cut by bytes, got {}", first.len());
+        let mut huge = queue_of(vec![put("h", MAX_BYTES * 2), put("i", 1)]);
+        assert_eq!(keys_of(&take_batch(&mut huge)), ["h"], "an oversized request goes alone");
+        let mut many = queue_of((0..MAX_REQUESTS + 5).map(|i| put(&format!("k{i}"), 1)).collect());
+        assert_eq!(take_batch(&mut many).len(), MAX_REQUESTS);
+        assert_eq!(take_batch(&mut many).len(), 5);
+    }
+}
