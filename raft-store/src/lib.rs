@@ -24,6 +24,7 @@ mod log_store;
 mod log_sync;
 mod overlay;
 mod reader;
+mod recent;
 mod state_machine;
 pub mod types;
 mod watch;

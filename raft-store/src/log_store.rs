@@ -3,7 +3,9 @@
 //! Durability rules (DESIGN §4.2, STYLE 11): the vote is synced before `save_vote` returns,
 //! and the append callback fires only after the batch holding the entries is in the synced
 //! write-ahead log ([`LogSync`] writes the batch and syncs once for every append waiting).
-//! Every RocksDB call runs on the blocking pool or the log writer thread.
+//! Every RocksDB call runs on the blocking pool or the log writer thread. The latest entries
+//! are also kept in memory ([`RecentEntries`]), so reading back what was just appended needs
+//! neither.
 
 use std::fmt::Debug;
 use std::io;
@@ -18,6 +20,7 @@ use crate::blocking;
 use crate::codec;
 use crate::db::{meta_key, Db, CF_LOG, CF_META};
 use crate::log_sync::LogSync;
+use crate::recent::RecentEntries;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The Raft log of one server. Cloning shares the database.
@@ -25,6 +28,7 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 pub struct LogStore {
     db: Db,
     sync: Arc<LogSync>,
+    recent: Arc<RecentEntries>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -38,7 +42,7 @@ fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error
 impl LogStore {
     pub(crate) fn new(db: Db) -> io::Result<Self> {
         let sync = Arc::new(LogSync::start(db.clone())?);
-        Ok(LogStore { db, sync })
+        Ok(LogStore { db, sync, recent: Arc::default() })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &'static [u8]) -> Result<Option<T>, StorageError> {
@@ -112,6 +116,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => Some(i),
             Bound::Unbounded => None,
         };
+        if let Some(entries) = self.recent.range(start, end) {
+            return Ok(entries);
+        }
         let this = self.clone();
         blocking::run(ErrorSubject::Logs, ErrorVerb::Read, move || this.entries_in(start, end)).await
     }
@@ -183,7 +190,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let cf = self.db.cf(CF_LOG);
         for entry in entries {
-            batch.put_cf(cf, index_key(entry.log_id.index), codec::encode(&entry));
+            let bytes = codec::encode(&entry);
+            batch.put_cf(cf, index_key(entry.log_id.index), &bytes);
+            self.recent.push(entry, bytes.len());
         }
         // The writer thread writes the entries, syncs the write-ahead log and only then fires
         // the callback: durable before acknowledged. openraft 0.9 waits for the callback before
@@ -193,6 +202,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent.truncate_from(log_id.index);
         let this = self.clone();
         blocking::run(ErrorSubject::Logs, ErrorVerb::Delete, move || {
             let mut batch = WriteBatch::default();
@@ -204,6 +214,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent.purge_through(log_id.index);
         let this = self.clone();
         blocking::run(ErrorSubject::Logs, ErrorVerb::Delete, move || {
             // The state machine is written without syncing because the log can rebuild it.
