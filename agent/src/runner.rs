@@ -724,6 +724,8 @@ struct LogShipper<'a> {
     step: String,
     next_seq: u64,
     pending: Vec<LogLine>,
+    /// Bytes of text in `pending`.
+    pending_bytes: usize,
     first_seq: u64,
     last_flush: std::time::Instant,
     /// Lines seen so far (shipped or not).
@@ -734,7 +736,12 @@ struct LogShipper<'a> {
 }
 
 impl<'a> LogShipper<'a> {
-    const BATCH_LINES: usize = 200;
+    /// A chunk leaves when it has this many lines or bytes of text, or is this old. Each
+    /// chunk is one Raft entry: big enough that a step printing fast costs the servers few
+    /// entries (PERF W9), small enough (about 64 KiB encoded) that an entry replicates in
+    /// one AppendEntries message.
+    const BATCH_LINES: usize = 1_000;
+    const BATCH_BYTES: usize = 48 * 1024;
     const BATCH_AGE: Duration = Duration::from_millis(200);
     /// Per-step cap (DESIGN §9.7): the first half is shipped as it comes, then only the last
     /// half is kept, behind a marker saying how many lines were dropped.
@@ -757,6 +764,7 @@ impl<'a> LogShipper<'a> {
             step: step.into(),
             next_seq: 0,
             pending: Vec::new(),
+            pending_bytes: 0,
             first_seq: 0,
             last_flush: std::time::Instant::now(),
             seen: 0,
@@ -806,9 +814,13 @@ impl<'a> LogShipper<'a> {
                 text = text.replace(mask.as_str(), "***");
             }
         }
+        self.pending_bytes += text.len();
         self.pending.push(LogLine { seq: self.next_seq, ts_ms, stream: stream.into(), text });
         self.next_seq += 1;
-        if self.pending.len() >= Self::BATCH_LINES || self.last_flush.elapsed() >= Self::BATCH_AGE {
+        if self.pending.len() >= Self::BATCH_LINES
+            || self.pending_bytes >= Self::BATCH_BYTES
+            || self.last_flush.elapsed() >= Self::BATCH_AGE
+        {
             self.flush();
         }
     }
@@ -818,6 +830,7 @@ impl<'a> LogShipper<'a> {
         if self.pending.is_empty() {
             return;
         }
+        self.pending_bytes = 0;
         let chunk = LogChunk {
             run: self.run.clone(),
             task: self.task.clone(),
