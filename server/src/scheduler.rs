@@ -221,11 +221,17 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
 
     // 3. Place every pipeline without a lease on the least loaded matching agent; then keep
     //    each status object true. Both are written in batches.
-    let mut held: BTreeMap<String, u32> = BTreeMap::new();
+    // Agents that can take work, in name order, with their load; the agents matching each
+    // distinct selector are found once per pass. Placing P pipelines then costs P scans of
+    // integers, not P × A map lookups (PERF W7: 10,000 pipelines on 1,000 agents).
+    let mut held: BTreeMap<&str, u32> = BTreeMap::new();
     for lease in leases.values() {
-        *held.entry(lease.value.agent.clone()).or_default() += 1;
+        *held.entry(lease.value.agent.as_str()).or_default() += 1;
     }
     let up: Vec<&String> = agents.keys().filter(|name| usable(name)).collect();
+    let mut load: Vec<u32> = up.iter().map(|a| held.get(a.as_str()).copied().unwrap_or(0)).collect();
+    let capacity: Vec<u32> = up.iter().map(|a| agents[a.as_str()].value.capacity).collect();
+    let mut matching_of: BTreeMap<&BTreeMap<String, String>, Vec<usize>> = BTreeMap::new();
     let ttl_ms = hub.ttl.as_millis() as u64;
     let mut grants: Vec<(String, LeaseRecord)> = Vec::new();
     let mut unplaced: BTreeMap<&String, String> = BTreeMap::new();
@@ -239,22 +245,18 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         if leases.contains_key(name) {
             continue;
         }
-        let matching: Vec<&&String> = up
-            .iter()
-            .filter(|a| agents.get(a.as_str()).is_some_and(|r| matches(&spec.agent_selector, &r.value.labels)))
-            .collect();
-        let chosen = matching
-            .iter()
-            .filter(|a| held.get(a.as_str()).copied().unwrap_or(0) < agents[a.as_str()].value.capacity)
-            .min_by_key(|a| (held.get(a.as_str()).copied().unwrap_or(0), a.as_str()))
-            .map(|a| a.to_string());
+        let matching = matching_of.entry(&spec.agent_selector).or_insert_with(|| {
+            (0..up.len()).filter(|&i| matches(&spec.agent_selector, &agents[up[i].as_str()].value.labels)).collect()
+        });
+        // The least loaded with room; between equals, the first by name.
+        let chosen = matching.iter().copied().filter(|&i| load[i] < capacity[i]).min_by_key(|&i| (load[i], i));
         match chosen {
-            Some(agent) => {
-                *held.entry(agent.clone()).or_default() += 1;
+            Some(i) => {
+                load[i] += 1;
                 let record = LeaseRecord {
                     workflow: object.spec.workflow.clone(),
                     pipeline: object.spec.pipeline.clone(),
-                    agent,
+                    agent: up[i].clone(),
                     ttl_ms,
                 };
                 grants.push((name.clone(), record));
