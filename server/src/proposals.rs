@@ -14,6 +14,7 @@
 //! expect (DESIGN §4.3, §4.6). Requests leave in the order they arrived.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
@@ -49,9 +50,13 @@ pub fn to_raft(raft: &Raft) -> Submit {
     })
 }
 
-/// The queue of one leader's proposals and the permits of the entries in flight.
+/// A queued request: its ticket (to find it again), the request and where its answer goes.
+type Queued = (u64, ClientRequest, Reply);
+
+/// The queue of one server's proposals and the permits of the submissions in flight.
 pub struct Proposals {
-    queue: Mutex<VecDeque<(ClientRequest, Reply)>>,
+    queue: Mutex<VecDeque<Queued>>,
+    tickets: AtomicU64,
     permits: Arc<Semaphore>,
     /// Observes the number of requests of each entry written.
     sizes: Histogram,
@@ -59,10 +64,15 @@ pub struct Proposals {
 
 impl Proposals {
     pub fn new(sizes: Histogram) -> Self {
-        Proposals { queue: Mutex::default(), permits: Arc::new(Semaphore::new(IN_FLIGHT)), sizes }
+        Proposals {
+            queue: Mutex::default(),
+            tickets: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(IN_FLIGHT)),
+            sizes,
+        }
     }
 
-    fn queue(&self) -> MutexGuard<'_, VecDeque<(ClientRequest, Reply)>> {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Queued>> {
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -70,7 +80,11 @@ impl Proposals {
     /// machine's answer to it.
     pub async fn write(&self, submit: &Submit, request: ClientRequest) -> Result<ClientResponse> {
         let (reply, mut answer) = oneshot::channel();
-        self.queue().push_back((request, reply));
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.queue().push_back((ticket, request, reply));
+        // A caller that gives up (its client went away) takes its request back if it has not
+        // left yet, rather than leaving it for whoever writes next.
+        let _unqueue = Unqueue { proposals: self, ticket };
         loop {
             tokio::select! {
                 biased;
@@ -99,17 +113,33 @@ impl Proposals {
     }
 }
 
+/// Removes a caller's request from the queue when the caller is dropped before it left.
+struct Unqueue<'a> {
+    proposals: &'a Proposals,
+    ticket: u64,
+}
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.proposals.queue();
+        // Most requests have left by now; then this finds nothing.
+        if let Some(at) = queue.iter().position(|(ticket, _, _)| *ticket == self.ticket) {
+            queue.remove(at);
+        }
+    }
+}
+
 fn dropped() -> ServerError {
     ServerError::unavailable("the write was dropped before it was answered (the server is stopping); retry")
 }
 
 /// Takes the requests for one entry from the front of `queue`: in order, up to the limits,
 /// stopping before a request that touches a key the batch already writes.
-fn take_batch(queue: &mut VecDeque<(ClientRequest, Reply)>) -> Vec<(ClientRequest, Reply)> {
+fn take_batch(queue: &mut VecDeque<Queued>) -> Vec<(ClientRequest, Reply)> {
     let mut batch = Vec::new();
     let mut bytes = 0;
     let mut keys: HashSet<Vec<u8>> = HashSet::new();
-    while let Some((request, _)) = queue.front() {
+    while let Some((_, request, _)) = queue.front() {
         if !batch.is_empty() {
             if batch.len() >= MAX_REQUESTS || bytes + request.approx_len() > MAX_BYTES {
                 break;
@@ -119,7 +149,7 @@ fn take_batch(queue: &mut VecDeque<(ClientRequest, Reply)>) -> Vec<(ClientReques
                 _ => break,
             }
         }
-        let Some((request, reply)) = queue.pop_front() else { break };
+        let Some((_, request, reply)) = queue.pop_front() else { break };
         bytes += request.approx_len();
         match written_keys(&request) {
             Some(written) => keys.extend(written.into_iter().map(<[u8]>::to_vec)),
@@ -230,8 +260,8 @@ mod tests {
         request
     }
 
-    fn queue_of(requests: Vec<ClientRequest>) -> VecDeque<(ClientRequest, Reply)> {
-        requests.into_iter().map(|r| (r, oneshot::channel().0)).collect()
+    fn queue_of(requests: Vec<ClientRequest>) -> VecDeque<Queued> {
+        requests.into_iter().enumerate().map(|(i, r)| (i as u64, r, oneshot::channel().0)).collect()
     }
 
     fn keys_of(batch: &[(ClientRequest, Reply)]) -> Vec<String> {
@@ -274,5 +304,28 @@ mod tests {
         let mut many = queue_of((0..MAX_REQUESTS + 5).map(|i| put(&format!("k{i}"), 1)).collect());
         assert_eq!(take_batch(&mut many).len(), MAX_REQUESTS);
         assert_eq!(take_batch(&mut many).len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_takes_its_request_back() {
+        use prometheus_client::metrics::histogram::exponential_buckets;
+        let proposals = Arc::new(Proposals::new(Histogram::new(exponential_buckets(1.0, 2.0, 2))));
+        let never: Submit = Arc::new(|_| Box::pin(std::future::pending()));
+        // Every permit held by a submission that never ends.
+        let mut hung = Vec::new();
+        for i in 0..IN_FLIGHT {
+            let (proposals, never) = (Arc::clone(&proposals), Arc::clone(&never));
+            hung.push(tokio::spawn(async move { proposals.write(&never, put(&format!("h{i}"), 1)).await }));
+        }
+        while proposals.permits.available_permits() > 0 || !proposals.queue().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(50), proposals.write(&never, put("late", 1))).await;
+        assert!(gave_up.is_err(), "no permit was free, so the write waited");
+        assert!(proposals.queue().is_empty(), "the abandoned request left the queue with its caller");
+        for task in hung {
+            task.abort();
+        }
     }
 }
