@@ -104,6 +104,13 @@ async fn a_reopened_store_has_vote_log_committed_applied_and_data() {
     store.log.save_committed(Some(log_id(1, 4))).await.expect("committed");
     store.sm.apply(entries[..4].to_vec()).await.expect("apply");
     store.log.purge(log_id(1, 2)).await.expect("purge");
+    // On the live store: the committed index reads back at once (it was queued to the log
+    // writer), and the kept entries read the same from memory (3..6) as from RocksDB (0..10).
+    assert_eq!(store.log.read_committed().await.expect("committed"), Some(log_id(1, 4)));
+    for range in [3..6, 0..10] {
+        let kept = store.log.try_get_log_entries(range).await.expect("entries");
+        assert_eq!(kept, entries[2..].to_vec());
+    }
 
     let dir = store.dir;
     drop((store.log, store.sm));
