@@ -84,16 +84,21 @@ impl Proposals {
         self.queue().push_back((ticket, request, reply));
         // A caller that gives up (its client went away) takes its request back if it has not
         // left yet, rather than leaving it for whoever writes next.
-        let _unqueue = Unqueue { proposals: self, ticket };
+        let mut unqueue = Unqueue { proposals: self, ticket: Some(ticket) };
         loop {
             tokio::select! {
                 biased;
-                answered = &mut answer => return answered.unwrap_or_else(|_| Err(dropped())),
+                answered = &mut answer => {
+                    // Answered, so it left the queue: nothing to take back.
+                    unqueue.ticket = None;
+                    return answered.unwrap_or_else(|_| Err(dropped()));
+                }
                 permit = Arc::clone(&self.permits).acquire_owned() => {
                     let Ok(permit) = permit else { return Err(dropped()) };
                     let batch = take_batch(&mut self.queue());
                     if batch.is_empty() {
                         // Another caller took this request with its batch and will answer.
+                        unqueue.ticket = None;
                         drop(permit);
                         return answer.await.unwrap_or_else(|_| Err(dropped()));
                     }
@@ -113,17 +118,18 @@ impl Proposals {
     }
 }
 
-/// Removes a caller's request from the queue when the caller is dropped before it left.
+/// Removes a caller's request from the queue when the caller is dropped before it left;
+/// `ticket` is cleared once the request is known to have left.
 struct Unqueue<'a> {
     proposals: &'a Proposals,
-    ticket: u64,
+    ticket: Option<u64>,
 }
 
 impl Drop for Unqueue<'_> {
     fn drop(&mut self) {
+        let Some(mine) = self.ticket else { return };
         let mut queue = self.proposals.queue();
-        // Most requests have left by now; then this finds nothing.
-        if let Some(at) = queue.iter().position(|(ticket, _, _)| *ticket == self.ticket) {
+        if let Some(at) = queue.iter().position(|(ticket, _, _)| *ticket == mine) {
             queue.remove(at);
         }
     }
@@ -140,26 +146,24 @@ fn take_batch(queue: &mut VecDeque<Queued>) -> Vec<(ClientRequest, Reply)> {
     let mut bytes = 0;
     let mut keys: HashSet<Vec<u8>> = HashSet::new();
     while let Some((_, request, _)) = queue.front() {
+        let len = request.approx_len();
+        // `None`: a prefix delete (or anything else this cannot reason about), which goes alone.
+        let written = written_keys(request);
         if !batch.is_empty() {
-            if batch.len() >= MAX_REQUESTS || bytes + request.approx_len() > MAX_BYTES {
+            let fits = batch.len() < MAX_REQUESTS && bytes + len <= MAX_BYTES;
+            let disjoint = written.as_ref().is_some_and(|w| w.iter().all(|k| !keys.contains(*k)));
+            if !fits || !disjoint {
                 break;
             }
-            match written_keys(request) {
-                Some(written) if written.iter().all(|k| !keys.contains(*k)) => {}
-                _ => break,
-            }
         }
+        let alone = written.is_none();
+        keys.extend(written.into_iter().flatten().map(<[u8]>::to_vec));
+        bytes += len;
         let Some((_, request, reply)) = queue.pop_front() else { break };
-        bytes += request.approx_len();
-        match written_keys(&request) {
-            Some(written) => keys.extend(written.into_iter().map(<[u8]>::to_vec)),
-            // A prefix delete (or anything else this cannot reason about) goes alone.
-            None => {
-                batch.push((request, reply));
-                break;
-            }
-        }
         batch.push((request, reply));
+        if alone {
+            break;
+        }
     }
     batch
 }
