@@ -209,7 +209,13 @@ impl Runner {
             let steps = task.steps.iter().map(|s| not_executed(&s.name)).collect();
             run.status.tasks.insert(
                 name.clone(),
-                TaskRunStatus { status: StepStatus::NotExecuted, reason: None, attempt: 0, steps },
+                TaskRunStatus {
+                    status: StepStatus::NotExecuted,
+                    reason: None,
+                    attempt: 0,
+                    execution: String::new(),
+                    steps,
+                },
             );
         }
         report(&self.outbox, epoch, &run);
@@ -522,10 +528,14 @@ impl TaskContext {
     /// One attempt: `None` on success, else why it failed.
     async fn attempt(&self, attempt: u32) -> Option<ErrorReason> {
         let task = self.pipeline.tasks.get(&self.task)?;
+        // The status names the execution before any of its log chunks leaves (same run,
+        // so the leader applies them in this order).
+        let execution = new_execution_id();
         self.update(|s| {
             s.status = StepStatus::Running;
             s.reason = None;
             s.attempt = attempt;
+            s.execution = execution.clone();
             for step in &mut s.steps {
                 *step = not_executed(&step.name);
             }
@@ -548,16 +558,16 @@ impl TaskContext {
                         tracing::info!(task = %self.task, attempt, container = container.name(), id = container.id(), "task container started");
                         Some((docker.clone(), container))
                     }
-                    Err(e) => return self.infrastructure_error(task, &run, e.to_string()),
+                    Err(e) => return self.infrastructure_error(task, &run, &execution, e.to_string()),
                 }
             }
             (Some(_), None) => {
                 let message = "this agent runs containers, and the task names no image: set executor: {type: container, image: ...} or {type: process}";
-                return self.infrastructure_error(task, &run, message.into());
+                return self.infrastructure_error(task, &run, &execution, message.into());
             }
             _ => None,
         };
-        let outcome = self.steps(task, &run, container.as_ref()).await;
+        let outcome = self.steps(task, &run, &execution, container.as_ref()).await;
         if let Some((docker, container)) = container {
             if let Err(e) = docker.stop_task(container).await {
                 tracing::warn!(task = %self.task, error = %e, "removing the task's container failed");
@@ -567,10 +577,16 @@ impl TaskContext {
     }
 
     /// Fails the attempt before its first step could run, saying why in the first step's log.
-    fn infrastructure_error(&self, task: &xene_model::Task, run: &RunObject, message: String) -> Option<ErrorReason> {
+    fn infrastructure_error(
+        &self,
+        task: &xene_model::Task,
+        run: &RunObject,
+        execution: &str,
+        message: String,
+    ) -> Option<ErrorReason> {
         let first = task.steps.first().map_or("", |s| s.name.as_str());
-        let mut shipper =
-            LogShipper::new(&self.outbox, self.epoch, &run.metadata.name, &self.task, first, &self.secrets);
+        let target = ChunkTarget { run: &run.metadata.name, task: &self.task, execution, step: first };
+        let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets);
         shipper.push("xene", &message);
         shipper.finish();
         self.update(|s| {
@@ -589,6 +605,7 @@ impl TaskContext {
         &self,
         task: &xene_model::Task,
         run: &RunObject,
+        execution: &str,
         container: Option<&(DockerExecutor, TaskContainer)>,
     ) -> Option<ErrorReason> {
         let task_deadline = task.timeout.map(|d| tokio::time::Instant::now() + d.as_std());
@@ -656,8 +673,8 @@ impl TaskContext {
                 s.steps[index].status = StepStatus::Running;
                 s.steps[index].started = Some(started);
             });
-            let mut shipper =
-                LogShipper::new(&self.outbox, self.epoch, &run.metadata.name, &self.task, &step.name, &self.secrets);
+            let target = ChunkTarget { run: &run.metadata.name, task: &self.task, execution, step: &step.name };
+            let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets);
             let end = if let Some(message) = missing {
                 shipper.push("xene", &message);
                 StepEnd::NotStarted
@@ -713,6 +730,19 @@ impl TaskContext {
     }
 }
 
+/// A fresh execution ID ([`TaskRunStatus::execution`]): 64 random bits in hex.
+fn new_execution_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Whose lines a [`LogShipper`] ships: a step of one execution of a task attempt of a run.
+struct ChunkTarget<'a> {
+    run: &'a str,
+    task: &'a str,
+    execution: &'a str,
+    step: &'a str,
+}
+
 /// Batches a step's lines with sequence numbers and timestamps and ships them (DESIGN §9.7).
 struct LogShipper<'a> {
     outbox: &'a Outbox,
@@ -721,6 +751,7 @@ struct LogShipper<'a> {
     epoch: u64,
     run: String,
     task: String,
+    execution: String,
     step: String,
     next_seq: u64,
     pending: Vec<LogLine>,
@@ -747,21 +778,15 @@ impl<'a> LogShipper<'a> {
     /// half is kept, behind a marker saying how many lines were dropped.
     const CAP_LINES: u64 = 200_000;
 
-    fn new(
-        outbox: &'a Outbox,
-        epoch: u64,
-        run: &str,
-        task: &str,
-        step: &str,
-        secrets: &BTreeMap<String, String>,
-    ) -> Self {
+    fn new(outbox: &'a Outbox, epoch: u64, target: ChunkTarget<'_>, secrets: &BTreeMap<String, String>) -> Self {
         LogShipper {
             outbox,
             masks: masks(secrets),
             epoch,
-            run: run.into(),
-            task: task.into(),
-            step: step.into(),
+            run: target.run.into(),
+            task: target.task.into(),
+            execution: target.execution.into(),
+            step: target.step.into(),
             next_seq: 0,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -835,6 +860,7 @@ impl<'a> LogShipper<'a> {
             run: self.run.clone(),
             task: self.task.clone(),
             step: self.step.clone(),
+            execution: self.execution.clone(),
             lines: std::mem::take(&mut self.pending),
         };
         let batch = pb::LogBatch {
@@ -880,7 +906,8 @@ mod tests {
             ("x/".to_string(), "a".to_string()),
         ]
         .into();
-        let mut shipper = LogShipper::new(&tx, 7, "r", "t", "s", &secrets);
+        let target = ChunkTarget { run: "r", task: "t", execution: "e1", step: "s" };
+        let mut shipper = LogShipper::new(&tx, 7, target, &secrets);
         shipper.push("stdout", "password=hunter22!");
         shipper.push("stdout", "cert: line-one");
         shipper.push("stdout", "line-two and a");
@@ -893,12 +920,14 @@ mod tests {
         assert_eq!(texts, vec!["password=***!", "cert: ***", "*** and a"]);
         assert_eq!(chunk.lines.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(batch.epoch, 7);
+        assert_eq!(chunk.execution, "e1", "every chunk names its execution");
     }
 
     #[test]
     fn a_step_over_the_cap_keeps_head_marker_and_tail() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut shipper = LogShipper::new(&tx, 1, "r", "t", "s", &BTreeMap::new());
+        let target = ChunkTarget { run: "r", task: "t", execution: "e1", step: "s" };
+        let mut shipper = LogShipper::new(&tx, 1, target, &BTreeMap::new());
         let total = LogShipper::CAP_LINES + 1_000;
         for i in 0..total {
             shipper.push("stdout", &format!("line {i}"));
@@ -917,5 +946,12 @@ mod tests {
         assert_eq!(lines[half as usize].stream, "xene");
         assert_eq!(lines[half as usize].text, format!("[xene: 1000 lines truncated; the last {half} follow]"));
         assert_eq!(lines.last().map(|l| l.text.clone()), Some(format!("line {}", total - 1)));
+    }
+
+    #[test]
+    fn execution_ids_are_valid_and_distinct() {
+        let ids: BTreeSet<String> = (0..100).map(|_| new_execution_id()).collect();
+        assert_eq!(ids.len(), 100);
+        assert!(ids.iter().all(|id| LogChunk::valid_execution(id)), "{ids:?}");
     }
 }

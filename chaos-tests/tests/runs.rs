@@ -10,7 +10,7 @@ use xene_chaos_tests::agent_proc::AgentProc;
 use xene_chaos_tests::harness::{bin_dir, ClusterOptions, TestCluster};
 use xene_chaos_tests::images::busybox_image;
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
-use xene_model::RunObject;
+use xene_model::{LogChunk, LogLine, RunObject};
 use xene_proto as pb;
 use xene_proto::object_service_client::ObjectServiceClient;
 use xene_proto::run_service_client::RunServiceClient;
@@ -487,6 +487,71 @@ async fn a_stale_lease_epoch_is_fenced_off() {
     let after = wait_run(&cluster, &agent, &long, |_| true).await;
     assert_eq!(after.status.phase, RunPhase::Error, "the stale write changed nothing");
     assert_eq!(after.status.reason, Some(ErrorReason::AgentLost));
+}
+
+/// An agent restarted mid-run executes the task attempt again under the same lease epoch, and
+/// the dead execution's writes can still land after the new one's (chaos_runs found a Success
+/// run whose logs stopped after the dead execution's first chunk). A late chunk of another
+/// execution, from the same agent and epoch, is stored under its own key and never shows in
+/// the run's logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_executions_late_log_chunk_does_not_replace_the_live_ones() {
+    let (cluster, agent) = setup().await;
+    let id = start(&cluster, "failing", &[]).await;
+    let run = wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
+    let epoch = run.status.lease_epoch.expect("the run records its lease epoch");
+    let live = run.status.tasks["first"].execution.clone();
+    assert!(!live.is_empty(), "the status names the attempt's execution: {run:#?}");
+    let boom = |lines: Vec<pb::LogEntry>| -> Vec<String> {
+        lines.into_iter().filter(|l| l.task == "first" && l.step == "boom").map(|l| l.text).collect()
+    };
+    assert_eq!(boom(logs(&cluster, &id).await), vec!["about to fail"]);
+
+    // The same agent under the same epoch sends a chunk of another execution of that step,
+    // from its first line, after the run ended.
+    let dead = "0123dead";
+    let chunk = LogChunk {
+        run: id.clone(),
+        task: "first".into(),
+        step: "boom".into(),
+        execution: dead.into(),
+        lines: vec![LogLine { seq: 0, ts_ms: 1, stream: "stdout".into(), text: "from a dead execution".into() }],
+    };
+    let batch = pb::LogBatch {
+        run: id.clone(),
+        epoch,
+        chunk_json: serde_json::to_string(&chunk).expect("json"),
+        first_seq: 0,
+        seq: 1,
+    };
+    let message = pb::AgentMessage { body: Some(pb::agent_message::Body::Logs(batch)) };
+    let (tx, mut session) = cluster.agent_session(&agent, vec![message]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut written = false;
+    while Instant::now() < deadline && !written {
+        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), session.next()).await else { break };
+        match message.body {
+            Some(pb::server_message::Body::Written(ack)) => written = ack.seq >= 1,
+            Some(pb::server_message::Body::Fenced(f)) => panic!("the write of the current epoch was fenced: {f:?}"),
+            _ => {}
+        }
+    }
+    drop(tx);
+    assert!(written, "the leader acknowledges the chunk");
+
+    // It is stored, under its execution's key...
+    let range =
+        pb::RangeRequest { key: format!("/xene/logs/{id}/").into_bytes(), prefix: true, limit: 0, serializable: false };
+    let stored = cluster.kv(0).range(cluster.request(range)).await.expect("range").into_inner().kvs;
+    let executions: Vec<String> = stored
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<LogChunk>(&kv.value).ok())
+        .filter(|c| c.step == "boom")
+        .map(|c| c.execution)
+        .collect();
+    assert!(executions.contains(&dead.to_string()) && executions.contains(&live), "{executions:?}");
+    // ... and the run's logs are still the live execution's.
+    assert_eq!(boom(logs(&cluster, &id).await), vec!["about to fail"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,12 @@ pub struct TaskRunStatus {
     pub reason: Option<ErrorReason>,
     #[serde(default)]
     pub attempt: u32,
+    /// The execution of the current attempt: an ID the agent draws when the attempt starts and
+    /// puts on every log chunk of it. An agent restarted mid-run executes the attempt again
+    /// under the same lease epoch, and a dead execution's chunks can still land late; logs are
+    /// read from the execution named here only, so two executions' lines never mix (DESIGN §9.7).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub execution: String,
     pub steps: Vec<StepRunStatus>,
 }
 
@@ -131,5 +137,20 @@ pub struct LogChunk {
     pub run: String,
     pub task: String,
     pub step: String,
+    /// The execution of the task attempt that printed the lines ([`TaskRunStatus::execution`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub execution: String,
     pub lines: Vec<LogLine>,
+}
+
+impl LogChunk {
+    /// The longest execution ID a chunk may carry.
+    pub const MAX_EXECUTION_LEN: usize = 64;
+
+    /// Whether `execution` can name an execution: 1 to [`Self::MAX_EXECUTION_LEN`] ASCII
+    /// letters, digits, `-` or `_` (it becomes part of the chunk's key).
+    pub fn valid_execution(execution: &str) -> bool {
+        (1..=Self::MAX_EXECUTION_LEN).contains(&execution.len())
+            && execution.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
 }

@@ -52,15 +52,17 @@ pub fn lease(pipeline: &str) -> String {
 
 /// Runs, by run ID: `/xene/runs/<id>`.
 pub const RUNS: &str = "/xene/runs/";
-/// Log chunks: `/xene/logs/<run>/<task>/<step>/<first seq, 20 digits>`.
+/// Log chunks: `/xene/logs/<run>/<task>/<step>/<execution>/<first seq, 20 digits>`; the
+/// execution is `-` for a chunk that names none (an agent older than execution IDs).
 pub const LOGS: &str = "/xene/logs/";
 
 pub fn run(id: &str) -> String {
     format!("{RUNS}{id}")
 }
 
-pub fn log_chunk(run: &str, task: &str, step: &str, first_seq: u64) -> String {
-    format!("{LOGS}{run}/{task}/{step}/{first_seq:020}")
+pub fn log_chunk(run: &str, task: &str, step: &str, execution: &str, first_seq: u64) -> String {
+    let execution = if execution.is_empty() { "-" } else { execution };
+    format!("{LOGS}{run}/{task}/{step}/{execution}/{first_seq:020}")
 }
 
 /// The prefix of every log chunk of a run.

@@ -244,7 +244,8 @@ pub async fn agent_update(node: &ClusterNode, agent: &str, epoch: u64, reported:
 }
 
 /// Stores a chunk of log lines, fenced by the lease epoch of the run's pipeline
-/// (`workflow`, `pipeline`), which the caller knows from the run.
+/// (`workflow`, `pipeline`), which the caller knows from the run. Each execution's chunks have
+/// keys of their own, so a dead execution's late chunk never replaces a live one's.
 pub async fn agent_logs(
     node: &ClusterNode,
     pipeline: (&str, &str),
@@ -252,7 +253,22 @@ pub async fn agent_logs(
     first_seq: u64,
     chunk: LogChunk,
 ) -> Result<(), Refused> {
-    let key = keys::log_chunk(&chunk.run, &chunk.task, &chunk.step, first_seq);
+    let name_ok = |name: &str| !name.is_empty() && !name.contains('/');
+    if !name_ok(&chunk.task) || !name_ok(&chunk.step) {
+        let what =
+            format!("log chunk of run {}: task {:?} / step {:?} is not a name", chunk.run, chunk.task, chunk.step);
+        return Err(Refused::Other(ServerError::InvalidArgument(what)));
+    }
+    if !chunk.execution.is_empty() && !LogChunk::valid_execution(&chunk.execution) {
+        let what = format!(
+            "log chunk of run {}: execution {:?} must be 1 to {} ASCII letters, digits, '-' or '_'",
+            chunk.run,
+            chunk.execution,
+            LogChunk::MAX_EXECUTION_LEN
+        );
+        return Err(Refused::Other(ServerError::InvalidArgument(what)));
+    }
+    let key = keys::log_chunk(&chunk.run, &chunk.task, &chunk.step, &chunk.execution, first_seq);
     let value = serde_json::to_vec(&chunk).map_err(internal)?;
     let response = node
         .txn(Txn {

@@ -158,6 +158,9 @@ async fn apply_write(
                 }),
             };
             let result = match (pipeline, serde_json::from_str::<xene_model::LogChunk>(&batch.chunk_json)) {
+                (Ok(_), Ok(chunk)) if chunk.run != batch.run => Err(Refused::Other(ServerError::InvalidArgument(
+                    format!("log batch of run {} holds a chunk of run {}", batch.run, chunk.run),
+                ))),
                 (Ok((workflow, pipeline)), Ok(chunk)) => {
                     runs::agent_logs(node, (&workflow, &pipeline), batch.epoch, batch.first_seq, chunk).await
                 }

@@ -81,14 +81,16 @@ impl RunService for RunApi {
         let node = self.node.clone();
         let stop = self.stop.clone();
         tokio::spawn(async move {
-            // The next sequence number to send, per (task, step): lines are sent once, in order.
-            let mut next: BTreeMap<(String, String), u64> = BTreeMap::new();
+            // The next sequence number to send, per (task, step, execution): lines are sent once,
+            // in order. A follower sees a retried task's new attempt after the old one.
+            let mut next: BTreeMap<(String, String, String), u64> = BTreeMap::new();
             let prefix = crate::keys::logs_of(&logs.run).into_bytes();
             'list: loop {
                 // Read the run's state before its logs: once it is terminal, the agent has
-                // shipped every line, so the logs read after are complete.
-                let finished = match runs::get(&node, &logs.run).await {
-                    Ok(run) => run.run.status.phase.is_terminal(),
+                // shipped every line, so the logs read after are complete. The state also names
+                // each task's execution, the only one whose lines count.
+                let (finished, executions) = match runs::get(&node, &logs.run).await {
+                    Ok(run) => (run.run.status.phase.is_terminal(), executions_of(&run.run)),
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
@@ -101,13 +103,14 @@ impl RunService for RunApi {
                         return;
                     }
                 };
-                if !send_lines(&tx, &logs, &mut next, chunks).await {
+                if !send_lines(&tx, &logs, &executions, &mut next, chunks).await {
                     return;
                 }
                 if !logs.follow || finished {
                     return;
                 }
-                // Then follow new chunks through a watch, and the run's end by polling its phase.
+                // Then follow new chunks through a watch, and the run's end (or a task's new
+                // execution) by polling its state.
                 let Ok(mut watcher) = node.reader.watch(revision + 1, prefix.clone()) else { continue 'list };
                 loop {
                     let events = tokio::select! {
@@ -117,18 +120,25 @@ impl RunService for RunApi {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {
                             match runs::get(&node, &logs.run).await {
                                 Ok(run) if run.run.status.phase.is_terminal() => continue 'list,
+                                Ok(run) if executions_of(&run.run) != executions => continue 'list,
                                 Ok(_) => continue,
                                 Err(_) => continue 'list,
                             }
                         }
                     };
                     let Ok(events) = events else { continue 'list };
-                    let chunks = events
+                    let chunks: Vec<xene_model::LogChunk> = events
                         .into_iter()
                         .filter(|e| e.kind == xene_raft_store::EventKind::Put)
                         .filter_map(|e| serde_json::from_slice::<xene_model::LogChunk>(&e.kv.value).ok())
                         .collect();
-                    if !send_lines(&tx, &logs, &mut next, chunks).await {
+                    // A chunk of an execution other than the one read: a task started anew (or
+                    // a dead execution's chunk landed late). Reading again from the store sorts
+                    // it out; the cursors keep what was sent from being sent twice.
+                    if chunks.iter().any(|c| executions.get(&c.task).map_or("", String::as_str) != c.execution) {
+                        continue 'list;
+                    }
+                    if !send_lines(&tx, &logs, &executions, &mut next, chunks).await {
                         return;
                     }
                 }
@@ -138,12 +148,19 @@ impl RunService for RunApi {
     }
 }
 
+/// Each task's current execution, as the run's state names it (empty: none named).
+fn executions_of(run: &xene_model::RunObject) -> BTreeMap<String, String> {
+    run.status.tasks.iter().map(|(task, status)| (task.clone(), status.execution.clone())).collect()
+}
+
 /// Sends the lines of `chunks` that come next for their step, in messages of at most 1,000
-/// lines (well under gRPC's message size limit). Returns false when the client is gone.
+/// lines (well under gRPC's message size limit), skipping chunks of any execution other than
+/// the task's current one. Returns false when the client is gone.
 async fn send_lines(
     tx: &tokio::sync::mpsc::Sender<Result<pb::LogsResponse, Status>>,
     logs: &pb::LogsRequest,
-    next: &mut BTreeMap<(String, String), u64>,
+    executions: &BTreeMap<String, String>,
+    next: &mut BTreeMap<(String, String, String), u64>,
     chunks: Vec<xene_model::LogChunk>,
 ) -> bool {
     let mut lines = Vec::new();
@@ -151,7 +168,10 @@ async fn send_lines(
         if (!logs.task.is_empty() && chunk.task != logs.task) || (!logs.step.is_empty() && chunk.step != logs.step) {
             continue;
         }
-        let cursor = next.entry((chunk.task.clone(), chunk.step.clone())).or_insert(0);
+        if executions.get(&chunk.task).map_or("", String::as_str) != chunk.execution {
+            continue;
+        }
+        let cursor = next.entry((chunk.task.clone(), chunk.step.clone(), chunk.execution)).or_insert(0);
         for line in chunk.lines {
             if line.seq == *cursor {
                 *cursor += 1;
