@@ -29,6 +29,10 @@ pub struct AgentConfig {
     /// How many pipelines this agent takes at most.
     #[arg(long, env = "XENE_AGENT_CAPACITY", default_value_t = 16)]
     pub capacity: u32,
+    /// How fast step output is shipped to the servers, in KiB/s, after a burst of a quarter
+    /// second's worth; faster output waits in the agent (within each step's cap). 0: no limit.
+    #[arg(long, env = "XENE_LOG_RATE_KIB", default_value_t = 4096)]
+    pub log_rate_kib: u64,
     /// Log output: pretty or json.
     #[arg(long, env = "XENE_LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
     pub log_format: String,

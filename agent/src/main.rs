@@ -8,6 +8,7 @@ mod cron;
 mod docker;
 mod leases;
 mod lines;
+mod pace;
 mod process;
 mod runner;
 mod session;

@@ -17,6 +17,7 @@ use crate::config::AgentConfig;
 use crate::connect::channel;
 use crate::credential::Credential;
 use crate::leases::Leases;
+use crate::pace::Pacer;
 use crate::runner::Runner;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -44,6 +45,9 @@ pub async fn run(
     let mut pause = Duration::from_millis(100);
     let mut contact = Contact { last: tokio::time::Instant::now(), ttl: None };
     let mut unacked = Unacked::default();
+    // One pacer for the agent's life: what it holds outlives a session, and a reconnect does
+    // not grant a fresh burst.
+    let mut pacer = Pacer::new(config.log_rate_kib, std::time::Instant::now());
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -69,7 +73,8 @@ pub async fn run(
                 config.servers[next % config.servers.len()].clone()
             }
         };
-        let link = Link { leases: &leases, runner: &runner, outbox: &mut outbox, unacked: &mut unacked };
+        let link =
+            Link { leases: &leases, runner: &runner, outbox: &mut outbox, unacked: &mut unacked, pacer: &mut pacer };
         let before = contact.last;
         let end = once(&server, &config, &credential, link, &stop, &mut contact).await;
         if contact.last > before {
@@ -111,6 +116,7 @@ struct Link<'a> {
     runner: &'a Arc<Runner>,
     outbox: &'a mut UnboundedReceiver<pb::AgentMessage>,
     unacked: &'a mut Unacked,
+    pacer: &'a mut Pacer,
 }
 
 /// How many writes may wait for the leader's acknowledgement; the leader's queue per session
@@ -158,7 +164,7 @@ async fn once(
     stop: &CancellationToken,
     contact: &mut Contact,
 ) -> End {
-    let Link { leases, runner, outbox, unacked } = link;
+    let Link { leases, runner, outbox, unacked, pacer } = link;
     let channel = match channel(server) {
         Ok(channel) => channel,
         Err(e) => return End::Fatal(e.to_string()),
@@ -216,9 +222,21 @@ async fn once(
     let mut ticker = tokio::time::interval(heartbeat);
     let mut last_heard = tokio::time::Instant::now();
     loop {
+        // Held writes leave first, as the log pace lets them.
+        if unacked.writes.len() < WINDOW {
+            if let Some(message) = pacer.release(std::time::Instant::now()) {
+                if tx.send(unacked.add(message)).await.is_err() {
+                    return End::Retry("the session's send side closed".into());
+                }
+                continue;
+            }
+        }
+        let held = pacer.wait(std::time::Instant::now());
         tokio::select! {
             _ = stop.cancelled() => return End::Retry("stopping".into()),
+            _ = tokio::time::sleep(held.unwrap_or_default()), if held.is_some_and(|wait| !wait.is_zero()) => {}
             Some(message) = outbox.recv(), if unacked.writes.len() < WINDOW => {
+                let Some(message) = pacer.admit(message, std::time::Instant::now()) else { continue };
                 let message = unacked.add(message);
                 if tx.send(message).await.is_err() {
                     return End::Retry("the session's send side closed".into());
