@@ -452,6 +452,25 @@ async fn docker_executor_logs_every_line() {
     many_lines("docker").await;
 }
 
+/// Sends `message` in a session of its own with `agent`'s credential, and returns the first
+/// answer `pick` takes within 10 s.
+async fn session_answer<T>(
+    cluster: &TestCluster,
+    agent: &AgentProc,
+    message: pb::AgentMessage,
+    pick: impl Fn(pb::server_message::Body) -> Option<T>,
+) -> Option<T> {
+    let (tx, mut session) = cluster.agent_session(agent, vec![message]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answer = None;
+    while Instant::now() < deadline && answer.is_none() {
+        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), session.next()).await else { break };
+        answer = message.body.and_then(&pick);
+    }
+    drop(tx);
+    answer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_lease_epoch_is_fenced_off() {
     let (cluster, mut agent) = setup().await;
@@ -471,19 +490,14 @@ async fn a_stale_lease_epoch_is_fenced_off() {
     let update =
         pb::RunUpdate { run: long.clone(), epoch, run_json: serde_json::to_string(&stale).expect("json"), seq: 1 };
     let message = pb::AgentMessage { body: Some(pb::agent_message::Body::RunUpdate(update)) };
-    let (tx, mut session) = cluster.agent_session(&agent, vec![message]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut fenced = false;
-    while Instant::now() < deadline && !fenced {
-        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), session.next()).await else { break };
-        if let Some(pb::server_message::Body::Fenced(f)) = message.body {
-            assert_eq!(f.run, long);
-            assert_eq!(f.epoch, epoch);
-            fenced = true;
-        }
-    }
-    drop(tx);
-    assert!(fenced, "the server answers a stale-epoch write with Fenced");
+    let fenced = session_answer(&cluster, &agent, message, |body| match body {
+        pb::server_message::Body::Fenced(f) => Some(f),
+        _ => None,
+    })
+    .await
+    .expect("the server answers a stale-epoch write with Fenced");
+    assert_eq!(fenced.run, long);
+    assert_eq!(fenced.epoch, epoch);
     let after = wait_run(&cluster, &agent, &long, |_| true).await;
     assert_eq!(after.status.phase, RunPhase::Error, "the stale write changed nothing");
     assert_eq!(after.status.reason, Some(ErrorReason::AgentLost));
@@ -525,19 +539,13 @@ async fn a_dead_executions_late_log_chunk_does_not_replace_the_live_ones() {
         seq: 1,
     };
     let message = pb::AgentMessage { body: Some(pb::agent_message::Body::Logs(batch)) };
-    let (tx, mut session) = cluster.agent_session(&agent, vec![message]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut written = false;
-    while Instant::now() < deadline && !written {
-        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), session.next()).await else { break };
-        match message.body {
-            Some(pb::server_message::Body::Written(ack)) => written = ack.seq >= 1,
-            Some(pb::server_message::Body::Fenced(f)) => panic!("the write of the current epoch was fenced: {f:?}"),
-            _ => {}
-        }
-    }
-    drop(tx);
-    assert!(written, "the leader acknowledges the chunk");
+    let answer = session_answer(&cluster, &agent, message, |body| match body {
+        pb::server_message::Body::Written(ack) if ack.seq >= 1 => Some(Ok(())),
+        pb::server_message::Body::Fenced(f) => Some(Err(f)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(answer, Some(Ok(())), "the leader acknowledges the chunk of the current epoch");
 
     // It is stored, under its execution's key...
     let range =
