@@ -560,6 +560,40 @@ async fn a_dead_executions_late_log_chunk_does_not_replace_the_live_ones() {
     assert!(executions.contains(&dead.to_string()) && executions.contains(&live), "{executions:?}");
     // ... and the run's logs are still the live execution's.
     assert_eq!(boom(logs(&cluster, &id).await), vec!["about to fail"]);
+
+    // Bad chunks are refused (the agent is told its write is done, as for any refused write)
+    // and change nothing: one of another run than its batch names, whose epoch would fence the
+    // wrong pipeline, and one whose execution is not a name.
+    async fn chunks_of(cluster: &TestCluster, run: &str) -> usize {
+        let range = pb::RangeRequest {
+            key: format!("/xene/logs/{run}/").into_bytes(),
+            prefix: true,
+            limit: 0,
+            serializable: false,
+        };
+        cluster.kv(0).range(cluster.request(range)).await.expect("range").into_inner().kvs.len()
+    }
+    let other = "demo.other.20260101000000aaaa";
+    let bad =
+        [LogChunk { run: other.into(), ..chunk.clone() }, LogChunk { execution: "../up".into(), ..chunk.clone() }];
+    for bad in bad {
+        let batch = pb::LogBatch {
+            run: id.clone(),
+            epoch,
+            chunk_json: serde_json::to_string(&bad).expect("json"),
+            first_seq: 7,
+            seq: 1,
+        };
+        let message = pb::AgentMessage { body: Some(pb::agent_message::Body::Logs(batch)) };
+        let answer = session_answer(&cluster, &agent, message, |body| match body {
+            pb::server_message::Body::Written(ack) if ack.seq >= 1 => Some(()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(answer, Some(()), "the refused chunk {bad:?} is answered");
+    }
+    assert_eq!(chunks_of(&cluster, other).await, 0, "nothing stored for the other run");
+    assert_eq!(chunks_of(&cluster, &id).await, stored.len(), "nothing more stored for this run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
