@@ -243,9 +243,22 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
 }
 
 async fn logs_missing(cluster: &TestCluster, id: &str) -> bool {
+    stored_chunks(cluster, id).await.is_empty()
+}
+
+/// The log chunks stored for run `id`, read raw from the store.
+async fn stored_chunks(cluster: &TestCluster, id: &str) -> Vec<LogChunk> {
     let range =
         pb::RangeRequest { key: format!("/xene/logs/{id}/").into_bytes(), prefix: true, limit: 0, serializable: false };
-    cluster.kv(0).range(cluster.request(range)).await.expect("range").into_inner().kvs.is_empty()
+    let kvs = cluster.kv(0).range(cluster.request(range)).await.expect("range").into_inner().kvs;
+    kvs.iter().map(|kv| serde_json::from_slice(&kv.value).expect("a stored log chunk is JSON")).collect()
+}
+
+/// An agent's write of `chunk` under lease `epoch`, as the first write of its session.
+fn logs_write(chunk: &LogChunk, epoch: u64, first_seq: u64) -> pb::AgentMessage {
+    let chunk_json = serde_json::to_string(chunk).expect("json");
+    let batch = pb::LogBatch { run: chunk.run.clone(), epoch, chunk_json, first_seq, seq: 1 };
+    pb::AgentMessage { body: Some(pb::agent_message::Body::Logs(batch)) }
 }
 
 async fn http_post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
@@ -531,15 +544,7 @@ async fn a_dead_executions_late_log_chunk_does_not_replace_the_live_ones() {
         execution: dead.into(),
         lines: vec![LogLine { seq: 0, ts_ms: 1, stream: "stdout".into(), text: "from a dead execution".into() }],
     };
-    let batch = pb::LogBatch {
-        run: id.clone(),
-        epoch,
-        chunk_json: serde_json::to_string(&chunk).expect("json"),
-        first_seq: 0,
-        seq: 1,
-    };
-    let message = pb::AgentMessage { body: Some(pb::agent_message::Body::Logs(batch)) };
-    let answer = session_answer(&cluster, &agent, message, |body| match body {
+    let answer = session_answer(&cluster, &agent, logs_write(&chunk, epoch, 0), |body| match body {
         pb::server_message::Body::Written(ack) if ack.seq >= 1 => Some(Ok(())),
         pb::server_message::Body::Fenced(f) => Some(Err(f)),
         _ => None,
@@ -548,43 +553,24 @@ async fn a_dead_executions_late_log_chunk_does_not_replace_the_live_ones() {
     assert_eq!(answer, Some(Ok(())), "the leader acknowledges the chunk of the current epoch");
 
     // It is stored, under its execution's key...
-    let range =
-        pb::RangeRequest { key: format!("/xene/logs/{id}/").into_bytes(), prefix: true, limit: 0, serializable: false };
-    let stored = cluster.kv(0).range(cluster.request(range)).await.expect("range").into_inner().kvs;
-    let executions: Vec<String> = stored
-        .iter()
-        .filter_map(|kv| serde_json::from_slice::<LogChunk>(&kv.value).ok())
-        .filter(|c| c.step == "boom")
-        .map(|c| c.execution)
-        .collect();
-    assert!(executions.contains(&dead.to_string()) && executions.contains(&live), "{executions:?}");
+    let stored = stored_chunks(&cluster, &id).await;
+    let executions: Vec<&str> = stored.iter().filter(|c| c.step == "boom").map(|c| c.execution.as_str()).collect();
+    assert!(executions.contains(&dead) && executions.contains(&live.as_str()), "{executions:?}");
     // ... and the run's logs are still the live execution's.
     assert_eq!(boom(logs(&cluster, &id).await), vec!["about to fail"]);
 
     // Bad chunks are refused (the agent is told its write is done, as for any refused write)
     // and change nothing: one of another run than its batch names, whose epoch would fence the
     // wrong pipeline, and one whose execution is not a name.
-    async fn chunks_of(cluster: &TestCluster, run: &str) -> usize {
-        let range = pb::RangeRequest {
-            key: format!("/xene/logs/{run}/").into_bytes(),
-            prefix: true,
-            limit: 0,
-            serializable: false,
-        };
-        cluster.kv(0).range(cluster.request(range)).await.expect("range").into_inner().kvs.len()
-    }
     let other = "demo.other.20260101000000aaaa";
     let bad =
         [LogChunk { run: other.into(), ..chunk.clone() }, LogChunk { execution: "../up".into(), ..chunk.clone() }];
     for bad in bad {
-        let batch = pb::LogBatch {
-            run: id.clone(),
-            epoch,
-            chunk_json: serde_json::to_string(&bad).expect("json"),
-            first_seq: 7,
-            seq: 1,
-        };
-        let message = pb::AgentMessage { body: Some(pb::agent_message::Body::Logs(batch)) };
+        // The batch names this run, whatever the chunk says.
+        let mut message = logs_write(&bad, epoch, 7);
+        if let Some(pb::agent_message::Body::Logs(batch)) = &mut message.body {
+            batch.run = id.clone();
+        }
         let answer = session_answer(&cluster, &agent, message, |body| match body {
             pb::server_message::Body::Written(ack) if ack.seq >= 1 => Some(()),
             _ => None,
@@ -592,8 +578,8 @@ async fn a_dead_executions_late_log_chunk_does_not_replace_the_live_ones() {
         .await;
         assert_eq!(answer, Some(()), "the refused chunk {bad:?} is answered");
     }
-    assert_eq!(chunks_of(&cluster, other).await, 0, "nothing stored for the other run");
-    assert_eq!(chunks_of(&cluster, &id).await, stored.len(), "nothing more stored for this run");
+    assert!(stored_chunks(&cluster, other).await.is_empty(), "nothing stored for the other run");
+    assert_eq!(stored_chunks(&cluster, &id).await, stored, "nothing more stored for this run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
