@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use xene_model::{Cpu, Memory};
 
-use crate::lines::LineBuffer;
+use crate::lines::{now_ms, until_due, LineBuffer, StepOutput};
 pub use crate::process::StepEnd;
 use crate::process::GRACE;
 
@@ -322,14 +322,14 @@ impl DockerExecutor {
             .map_err(|e| self.error(format!("copying the webhook payload into container {}", container.name), e))
     }
 
-    /// Runs one step in the task's container, calling `line(stream, text)` for every line of
-    /// its output (`stdout`, `stderr`, or `xene` for the executor's own messages).
+    /// Runs one step in the task's container, sending every line of its output to `sink`
+    /// (stamped with the time its frame was read).
     pub async fn exec_step(
         &self,
         container: &TaskContainer,
         step: &StepCommand<'_>,
         cancel: &CancellationToken,
-        mut line: impl FnMut(&'static str, &str),
+        sink: &mut impl StepOutput,
     ) -> StepEnd {
         if cancel.is_cancelled() {
             return StepEnd::Cancelled;
@@ -359,7 +359,7 @@ impl DockerExecutor {
         let exec = match self.docker.create_exec(&container.id, options).await {
             Ok(exec) => exec.id,
             Err(e) => {
-                line("xene", &format!("could not start the step in container {}: {e}", container.name));
+                sink.note(&format!("could not start the step in container {}: {e}", container.name));
                 return StepEnd::NotStarted;
             }
         };
@@ -368,11 +368,11 @@ impl DockerExecutor {
         let (mut output, _input) = match self.docker.start_exec(&exec, Some(start)).await {
             Ok(StartExecResults::Attached { output, input }) => (output, input),
             Ok(StartExecResults::Detached) => {
-                line("xene", &format!("the step in container {} started detached", container.name));
+                sink.note(&format!("the step in container {} started detached", container.name));
                 return StepEnd::NotStarted;
             }
             Err(e) => {
-                line("xene", &format!("could not start the step in container {}: {e}", container.name));
+                sink.note(&format!("could not start the step in container {}: {e}", container.name));
                 return StepEnd::NotStarted;
             }
         };
@@ -390,24 +390,29 @@ impl DockerExecutor {
             tokio::select! {
                 frame = output.next() => match frame {
                     Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                        stdout.push(&message, |text| line("stdout", text));
+                        let ts = now_ms();
+                        stdout.push(&message, |text| sink.line("stdout", text, ts));
                     }
-                    Some(Ok(LogOutput::StdErr { message })) => stderr.push(&message, |text| {
-                        if std::mem::take(&mut marker_pending) {
-                            if let Some(number) = text.strip_prefix(PID_MARKER) {
-                                pid = number.trim().parse().ok();
-                                return;
+                    Some(Ok(LogOutput::StdErr { message })) => {
+                        let ts = now_ms();
+                        stderr.push(&message, |text| {
+                            if std::mem::take(&mut marker_pending) {
+                                if let Some(number) = text.strip_prefix(PID_MARKER) {
+                                    pid = number.trim().parse().ok();
+                                    return;
+                                }
                             }
-                        }
-                        line("stderr", text);
-                    }),
+                            sink.line("stderr", text, ts);
+                        })
+                    }
                     Some(Ok(LogOutput::StdIn { .. })) => {}
                     Some(Err(e)) => {
-                        line("xene", &format!("reading the step's output failed: {e}"));
+                        sink.note(&format!("reading the step's output failed: {e}"));
                         break;
                     }
                     None => break,
                 },
+                _ = until_due(sink.due()) => sink.flush(),
                 _ = sleep_until(deadline), if ended.is_none() => {
                     ended = Some(StepEnd::TimedOut);
                     term_pending = true;
@@ -426,7 +431,7 @@ impl DockerExecutor {
                     give_up_at = Some(Instant::now() + AFTER_KILL);
                 }
                 _ = sleep_until(give_up_at) => {
-                    line("xene", &format!("the step's output was still open {AFTER_KILL:?} after SIGKILL; no longer reading it"));
+                    sink.note(&format!("the step's output was still open {AFTER_KILL:?} after SIGKILL; no longer reading it"));
                     break;
                 }
             }
@@ -438,15 +443,16 @@ impl DockerExecutor {
                 }
             }
         }
-        stdout.finish(|text| line("stdout", text));
-        stderr.finish(|text| line("stderr", text));
+        let ts = now_ms();
+        stdout.finish(|text| sink.line("stdout", text, ts));
+        stderr.finish(|text| sink.line("stderr", text, ts));
         if let Some(end) = ended {
             return end;
         }
         match self.exit_code(&exec).await {
             Ok(code) => StepEnd::Exited(code),
             Err(e) => {
-                line("xene", &format!("could not read the step's exit code in container {}: {e}", container.name));
+                sink.note(&format!("could not read the step's exit code in container {}: {e}", container.name));
                 StepEnd::NotStarted
             }
         }

@@ -3,6 +3,48 @@
 //! lines are handed out borrowed from the bytes read, so a step printing a million lines costs
 //! a scan, not a million copies (PERF W9); the log shipper copies only what it keeps.
 
+/// Where an executor sends a step's output, line by line.
+pub trait StepOutput {
+    /// One line of `stream` (`stdout`, `stderr`, or `xene` for the executor's own messages),
+    /// read at `ts_ms` (milliseconds since the Unix epoch).
+    fn line(&mut self, stream: &'static str, text: &str, ts_ms: u64);
+
+    /// A message of the executor's own, now.
+    fn note(&mut self, text: &str) {
+        self.line("xene", text, now_ms());
+    }
+
+    /// When lines held back to be sent together must leave even if no more come; `None` when
+    /// nothing is held. Executors wait for it beside the step's output and call [`Self::flush`].
+    fn due(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+
+    /// Sends what is held.
+    fn flush(&mut self) {}
+}
+
+/// A closure takes every line and holds nothing back.
+impl<F: FnMut(&'static str, &str, u64)> StepOutput for F {
+    fn line(&mut self, stream: &'static str, text: &str, ts_ms: u64) {
+        self(stream, text, ts_ms)
+    }
+}
+
+/// Sleeps until `due`, or forever when it is `None`: the branch an executor's loop waits on to
+/// flush its [`StepOutput`].
+pub async fn until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A line longer than this is passed on in pieces, so one endless line cannot exhaust memory.
 pub const MAX_LINE: usize = 1 << 20;
 

@@ -22,6 +22,7 @@ use xene_proto::agent_message;
 
 use crate::docker::{DockerExecutor, RunResources, StepCommand, TaskContainer, TaskSpec};
 use crate::leases::Leases;
+use crate::lines::{now_ms, StepOutput};
 use crate::process::{run_step, StepEnd};
 
 /// Messages for the leader; the session sends them in order when it is connected.
@@ -587,7 +588,7 @@ impl TaskContext {
         let first = task.steps.first().map_or("", |s| s.name.as_str());
         let target = ChunkTarget { run: &run.metadata.name, task: &self.task, execution, step: first };
         let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets);
-        shipper.push("xene", &message);
+        shipper.note(&message);
         shipper.finish();
         self.update(|s| {
             s.status = StepStatus::Error;
@@ -676,7 +677,7 @@ impl TaskContext {
             let target = ChunkTarget { run: &run.metadata.name, task: &self.task, execution, step: &step.name };
             let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets);
             let end = if let Some(message) = missing {
-                shipper.push("xene", &message);
+                shipper.note(&message);
                 StepEnd::NotStarted
             } else {
                 // A step gets its own timeout, cut short by what is left of the task's.
@@ -689,16 +690,9 @@ impl TaskContext {
                     Some((docker, container)) => {
                         let working_dir = task.working_dir.as_deref().or(self.pipeline.working_dir.as_deref());
                         let command = StepCommand { script: &step.run, working_dir, env: &env, timeout };
-                        docker
-                            .exec_step(container, &command, &self.cancel, |stream, text| shipper.push(stream, text))
-                            .await
+                        docker.exec_step(container, &command, &self.cancel, &mut shipper).await
                     }
-                    None => {
-                        run_step(&step.run, &dir, &env, timeout, &self.cancel, |stream, text| {
-                            shipper.push(stream, text)
-                        })
-                        .await
-                    }
+                    None => run_step(&step.run, &dir, &env, timeout, &self.cancel, &mut shipper).await,
                 }
             };
             // The step ended when its process did; shipping the kept tail comes after.
@@ -758,7 +752,8 @@ struct LogShipper<'a> {
     /// Bytes of text in `pending`.
     pending_bytes: usize,
     first_seq: u64,
-    last_flush: std::time::Instant,
+    /// When the oldest line of `pending` came.
+    pending_since: Option<tokio::time::Instant>,
     /// Lines seen so far (shipped or not).
     seen: u64,
     /// Past the head, the latest lines, kept until the step ends.
@@ -767,7 +762,8 @@ struct LogShipper<'a> {
 }
 
 impl<'a> LogShipper<'a> {
-    /// A chunk leaves when it has this many lines or bytes of text, or is this old. Each
+    /// A chunk leaves when it has this many lines or bytes of text, or is this old (the
+    /// executor waits for [`StepOutput::due`] beside the step's output). Each
     /// chunk is one Raft entry: big enough that a step printing fast costs the servers few
     /// entries (PERF W9), small enough (about 64 KiB encoded) that an entry replicates in
     /// one AppendEntries message.
@@ -791,30 +787,11 @@ impl<'a> LogShipper<'a> {
             pending: Vec::new(),
             pending_bytes: 0,
             first_seq: 0,
-            last_flush: std::time::Instant::now(),
+            pending_since: None,
             seen: 0,
             tail: std::collections::VecDeque::new(),
             dropped: 0,
         }
-    }
-
-    fn push(&mut self, stream: &'static str, text: &str) {
-        self.seen += 1;
-        if self.seen > Self::CAP_LINES / 2 {
-            // Past the head only the latest half is kept: once the tail is full, the oldest
-            // line's buffer is reused for the newest, so a long step allocates nothing per line.
-            let mut kept = if self.tail.len() as u64 >= Self::CAP_LINES / 2 {
-                self.dropped += 1;
-                self.tail.pop_front().map(|(_, buffer, _)| buffer).unwrap_or_default()
-            } else {
-                String::new()
-            };
-            kept.clear();
-            kept.push_str(text);
-            self.tail.push_back((stream, kept, now_ms()));
-            return;
-        }
-        self.ship(stream, text.to_string(), now_ms());
     }
 
     /// Ships the kept tail after a marker, at the end of the step.
@@ -832,6 +809,7 @@ impl<'a> LogShipper<'a> {
     fn ship(&mut self, stream: &str, text: String, ts_ms: u64) {
         if self.pending.is_empty() {
             self.first_seq = self.next_seq;
+            self.pending_since = Some(tokio::time::Instant::now());
         }
         let mut text = text;
         for mask in &self.masks {
@@ -842,16 +820,38 @@ impl<'a> LogShipper<'a> {
         self.pending_bytes += text.len();
         self.pending.push(LogLine { seq: self.next_seq, ts_ms, stream: stream.into(), text });
         self.next_seq += 1;
-        if self.pending.len() >= Self::BATCH_LINES
-            || self.pending_bytes >= Self::BATCH_BYTES
-            || self.last_flush.elapsed() >= Self::BATCH_AGE
-        {
+        if self.pending.len() >= Self::BATCH_LINES || self.pending_bytes >= Self::BATCH_BYTES {
             self.flush();
         }
     }
+}
+
+impl StepOutput for LogShipper<'_> {
+    fn line(&mut self, stream: &'static str, text: &str, ts_ms: u64) {
+        self.seen += 1;
+        if self.seen > Self::CAP_LINES / 2 {
+            // Past the head only the latest half is kept: once the tail is full, the oldest
+            // line's buffer is reused for the newest, so a long step allocates nothing per line.
+            let mut kept = if self.tail.len() as u64 >= Self::CAP_LINES / 2 {
+                self.dropped += 1;
+                self.tail.pop_front().map(|(_, buffer, _)| buffer).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            kept.clear();
+            kept.push_str(text);
+            self.tail.push_back((stream, kept, ts_ms));
+            return;
+        }
+        self.ship(stream, text.to_string(), ts_ms);
+    }
+
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.pending_since.map(|since| since + Self::BATCH_AGE)
+    }
 
     fn flush(&mut self) {
-        self.last_flush = std::time::Instant::now();
+        self.pending_since = None;
         if self.pending.is_empty() {
             return;
         }
@@ -872,11 +872,6 @@ impl<'a> LogShipper<'a> {
         };
         let _ = self.outbox.send(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) });
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The strings to mask: every line of every secret value (lines are what the shipper sees, so
@@ -908,9 +903,9 @@ mod tests {
         .into();
         let target = ChunkTarget { run: "r", task: "t", execution: "e1", step: "s" };
         let mut shipper = LogShipper::new(&tx, 7, target, &secrets);
-        shipper.push("stdout", "password=hunter22!");
-        shipper.push("stdout", "cert: line-one");
-        shipper.push("stdout", "line-two and a");
+        shipper.line("stdout", "password=hunter22!", 0);
+        shipper.line("stdout", "cert: line-one", 0);
+        shipper.line("stdout", "line-two and a", 0);
         shipper.flush();
         let Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) = rx.try_recv().ok() else {
             panic!("a log batch")
@@ -930,7 +925,7 @@ mod tests {
         let mut shipper = LogShipper::new(&tx, 1, target, &BTreeMap::new());
         let total = LogShipper::CAP_LINES + 1_000;
         for i in 0..total {
-            shipper.push("stdout", &format!("line {i}"));
+            shipper.line("stdout", &format!("line {i}"), i);
         }
         shipper.finish();
         let mut lines = Vec::new();
@@ -946,6 +941,39 @@ mod tests {
         assert_eq!(lines[half as usize].stream, "xene");
         assert_eq!(lines[half as usize].text, format!("[xene: 1000 lines truncated; the last {half} follow]"));
         assert_eq!(lines.last().map(|l| l.text.clone()), Some(format!("line {}", total - 1)));
+    }
+
+    /// Lines a step prints before it falls silent reach the servers within the batch age, not
+    /// when the step prints again or ends (`logs -f` of `echo start; sleep 60`).
+    #[tokio::test]
+    async fn held_lines_leave_when_due_while_the_step_is_silent() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let target = ChunkTarget { run: "r", task: "t", execution: "e1", step: "s" };
+        let dir = std::env::temp_dir();
+        let step = tokio::spawn(async move {
+            let mut shipper = LogShipper::new(&tx, 1, target, &BTreeMap::new());
+            let cancel = CancellationToken::new();
+            let script = "echo first; echo second >&2; sleep 3; echo third";
+            let end = run_step(script, &dir, &BTreeMap::new(), None, &cancel, &mut shipper).await;
+            shipper.finish();
+            end
+        });
+        let began = std::time::Instant::now();
+        let first = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        let Ok(Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) })) = first else {
+            panic!("no log batch within 2 s of a step that printed and fell silent: {first:?}")
+        };
+        assert!(!step.is_finished(), "the step sleeps for 3 s; its first lines came after {:?}", began.elapsed());
+        let chunk: LogChunk = serde_json::from_str(&batch.chunk_json).expect("chunk");
+        let texts: Vec<(&str, &str)> = chunk.lines.iter().map(|l| (l.stream.as_str(), l.text.as_str())).collect();
+        assert!(texts.contains(&("stdout", "first")) && texts.contains(&("stderr", "second")), "{texts:?}");
+        assert_eq!(step.await.expect("step task"), StepEnd::Exited(0));
+        let Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(last)) }) = rx.recv().await else {
+            panic!("the last line's batch")
+        };
+        let chunk: LogChunk = serde_json::from_str(&last.chunk_json).expect("chunk");
+        assert_eq!(chunk.lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["third"]);
+        assert_eq!(last.first_seq, 2);
     }
 
     #[test]

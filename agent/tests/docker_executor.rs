@@ -157,13 +157,12 @@ async fn run_command(
 ) -> (StepEnd, Output, Duration) {
     let mut output = Output::default();
     let started = Instant::now();
-    let end = executor
-        .exec_step(container, step, cancel, |stream, text| match stream {
-            "stdout" => output.stdout.push(text.to_string()),
-            "stderr" => output.stderr.push(text.to_string()),
-            _ => output.xene.push(text.to_string()),
-        })
-        .await;
+    let mut sink = |stream: &'static str, text: &str, _ts_ms: u64| match stream {
+        "stdout" => output.stdout.push(text.to_string()),
+        "stderr" => output.stderr.push(text.to_string()),
+        _ => output.xene.push(text.to_string()),
+    };
+    let end = executor.exec_step(container, step, cancel, &mut sink).await;
     (end, output, started.elapsed())
 }
 
