@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::runner::LogCap;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "xene-agent", version, about = "A Xene agent: holds pipeline leases and runs their tasks.")]
 pub struct AgentConfig {
@@ -33,6 +35,13 @@ pub struct AgentConfig {
     /// second's worth; faster output waits in the agent (within each step's cap). 0: no limit.
     #[arg(long, env = "XENE_LOG_RATE_KIB", default_value_t = 4096)]
     pub log_rate_kib: u64,
+    /// Per-step log cap, in lines: the first half is shipped as it comes, then only the last
+    /// half is kept and shipped when the step ends, behind a marker.
+    #[arg(long, env = "XENE_LOG_CAP_LINES", default_value_t = LogCap::DEFAULT.lines, value_parser = clap::value_parser!(u64).range(2..))]
+    pub log_cap_lines: u64,
+    /// Per-step log cap, in MiB of text, applied as the line cap is.
+    #[arg(long, env = "XENE_LOG_CAP_MIB", default_value_t = LogCap::DEFAULT.bytes >> 20, value_parser = clap::value_parser!(u64).range(2..=1 << 20))]
+    pub log_cap_mib: u64,
     /// Log output: pretty or json.
     #[arg(long, env = "XENE_LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
     pub log_format: String,

@@ -45,8 +45,10 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A line longer than this is passed on in pieces, so one endless line cannot exhaust memory.
-pub const MAX_LINE: usize = 1 << 20;
+/// A line longer than this is passed on in pieces, so one endless line cannot exhaust memory
+/// and a chunk of lines always fits the store's 1 MiB value limit (even text that JSON escapes
+/// to six times its size, beside a nearly full chunk).
+pub const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Default)]
 pub struct LineBuffer {

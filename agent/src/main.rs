@@ -12,6 +12,7 @@ mod pace;
 mod process;
 mod runner;
 mod session;
+mod tail;
 
 use std::sync::Arc;
 
@@ -79,14 +80,18 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
     let cron = tokio::spawn(cron::run(leases.clone(), outbox.clone(), stop.clone()));
+    let options = runner::RunnerOptions {
+        parallelism,
+        executor: config.executor.clone(),
+        log_cap: runner::LogCap { lines: config.log_cap_lines, bytes: config.log_cap_mib << 20 },
+    };
     let runner = runner::Runner::new(
         credential.agent.clone(),
         config.data_dir.join("work"),
         leases.clone(),
         outbox,
-        parallelism,
-        config.executor.clone(),
         docker,
+        options,
     );
     let collector = tokio::spawn(collect_orphans(runner.clone(), stop.clone()));
     let result = session::run(config, credential, leases, runner.clone(), outbox_rx, stop.clone()).await;

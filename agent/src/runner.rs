@@ -24,6 +24,7 @@ use crate::docker::{DockerExecutor, RunResources, StepCommand, TaskContainer, Ta
 use crate::leases::Leases;
 use crate::lines::{now_ms, StepOutput};
 use crate::process::{run_step, StepEnd};
+use crate::tail::Tail;
 
 /// Messages for the leader; the session sends them in order when it is connected.
 pub type Outbox = UnboundedSender<pb::AgentMessage>;
@@ -40,6 +41,7 @@ pub struct Runner {
     docker: Option<DockerExecutor>,
     /// What the agent was asked to use: `docker` or `process`.
     executor: String,
+    log_cap: LogCap,
     tasks: TaskTracker,
     running: Mutex<HashMap<String, (String, u64, CancellationToken)>>,
     /// Starts under a newer epoch of runs still stopping under an older one, by run.
@@ -56,24 +58,33 @@ struct Deferred {
     payload: Vec<u8>,
 }
 
+/// How a [`Runner`] runs tasks.
+pub struct RunnerOptions {
+    /// Tasks of one run at once.
+    pub parallelism: usize,
+    /// `docker` or `process`.
+    pub executor: String,
+    pub log_cap: LogCap,
+}
+
 impl Runner {
     pub fn new(
         agent: String,
         work_dir: PathBuf,
         leases: Arc<Leases>,
         outbox: Outbox,
-        parallelism: usize,
-        executor: String,
         docker: Option<DockerExecutor>,
+        options: RunnerOptions,
     ) -> Arc<Self> {
         Arc::new(Runner {
             agent,
             work_dir,
             leases,
             outbox,
-            parallelism: parallelism.max(1),
+            parallelism: options.parallelism.max(1),
             docker,
-            executor,
+            executor: options.executor,
+            log_cap: options.log_cap,
             tasks: TaskTracker::new(),
             running: Mutex::default(),
             deferred: Mutex::default(),
@@ -311,6 +322,7 @@ impl Runner {
                     secrets: Arc::clone(&secrets),
                     containers: containers.clone(),
                     event: event.clone().map(|payload| (event_file.clone(), payload)),
+                    log_cap: self.log_cap,
                 };
                 workers.spawn(async move {
                     let ok = context.run_task().await;
@@ -491,6 +503,7 @@ struct TaskContext {
     /// The webhook payload and the file on this host that holds it, when a webhook started
     /// the run.
     event: Option<(PathBuf, Arc<Vec<u8>>)>,
+    log_cap: LogCap,
 }
 
 impl TaskContext {
@@ -587,7 +600,7 @@ impl TaskContext {
     ) -> Option<ErrorReason> {
         let first = task.steps.first().map_or("", |s| s.name.as_str());
         let target = ChunkTarget { run: &run.metadata.name, task: &self.task, execution, step: first };
-        let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets);
+        let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets, self.log_cap);
         shipper.note(&message);
         shipper.finish();
         self.update(|s| {
@@ -675,7 +688,7 @@ impl TaskContext {
                 s.steps[index].started = Some(started);
             });
             let target = ChunkTarget { run: &run.metadata.name, task: &self.task, execution, step: &step.name };
-            let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets);
+            let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets, self.log_cap);
             let end = if let Some(message) = missing {
                 shipper.note(&message);
                 StepEnd::NotStarted
@@ -737,6 +750,27 @@ struct ChunkTarget<'a> {
     step: &'a str,
 }
 
+/// The per-step log cap (DESIGN §9.7): a step's first half of either is shipped as it comes,
+/// then only its latest half of both is kept, shipped when it ends behind a marker saying how
+/// many lines were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogCap {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+impl LogCap {
+    pub const DEFAULT: LogCap = LogCap { lines: 200_000, bytes: 32 << 20 };
+
+    fn half_lines(self) -> u64 {
+        (self.lines / 2).max(1)
+    }
+
+    fn half_bytes(self) -> u64 {
+        (self.bytes / 2).max(1)
+    }
+}
+
 /// Batches a step's lines with sequence numbers and timestamps and ships them (DESIGN §9.7).
 struct LogShipper<'a> {
     outbox: &'a Outbox,
@@ -754,11 +788,13 @@ struct LogShipper<'a> {
     first_seq: u64,
     /// When the oldest line of `pending` came.
     pending_since: Option<tokio::time::Instant>,
-    /// Lines seen so far (shipped or not).
-    seen: u64,
+    cap: LogCap,
+    /// Lines and bytes of text shipped as the head, until the first line that does not fit.
+    head_lines: u64,
+    head_bytes: u64,
+    in_tail: bool,
     /// Past the head, the latest lines, kept until the step ends.
-    tail: std::collections::VecDeque<(&'static str, String, u64)>,
-    dropped: u64,
+    tail: Tail,
 }
 
 impl<'a> LogShipper<'a> {
@@ -770,11 +806,13 @@ impl<'a> LogShipper<'a> {
     const BATCH_LINES: usize = 1_000;
     const BATCH_BYTES: usize = 48 * 1024;
     const BATCH_AGE: Duration = Duration::from_millis(200);
-    /// Per-step cap (DESIGN §9.7): the first half is shipped as it comes, then only the last
-    /// half is kept, behind a marker saying how many lines were dropped.
-    const CAP_LINES: u64 = 200_000;
-
-    fn new(outbox: &'a Outbox, epoch: u64, target: ChunkTarget<'_>, secrets: &BTreeMap<String, String>) -> Self {
+    fn new(
+        outbox: &'a Outbox,
+        epoch: u64,
+        target: ChunkTarget<'_>,
+        secrets: &BTreeMap<String, String>,
+        cap: LogCap,
+    ) -> Self {
         LogShipper {
             outbox,
             masks: masks(secrets),
@@ -788,21 +826,23 @@ impl<'a> LogShipper<'a> {
             pending_bytes: 0,
             first_seq: 0,
             pending_since: None,
-            seen: 0,
-            tail: std::collections::VecDeque::new(),
-            dropped: 0,
+            cap,
+            head_lines: 0,
+            head_bytes: 0,
+            in_tail: false,
+            tail: Tail::new(cap.half_lines() as usize, cap.half_bytes() as usize),
         }
     }
 
     /// Ships the kept tail after a marker, at the end of the step.
     fn finish(&mut self) {
-        if self.dropped > 0 {
-            let marker = format!("[xene: {} lines truncated; the last {} follow]", self.dropped, self.tail.len());
+        let (dropped, kept) = self.tail.counts();
+        if dropped > 0 {
+            let marker = format!("[xene: {dropped} lines truncated; the last {kept} follow]");
             self.ship("xene", marker, now_ms());
         }
-        while let Some((stream, text, ts_ms)) = self.tail.pop_front() {
-            self.ship(stream, text, ts_ms);
-        }
+        let mut tail = std::mem::replace(&mut self.tail, Tail::new(1, 1));
+        tail.drain(|stream, text, ts_ms| self.ship(stream, text.to_string(), ts_ms));
         self.flush();
     }
 
@@ -828,22 +868,18 @@ impl<'a> LogShipper<'a> {
 
 impl StepOutput for LogShipper<'_> {
     fn line(&mut self, stream: &'static str, text: &str, ts_ms: u64) {
-        self.seen += 1;
-        if self.seen > Self::CAP_LINES / 2 {
-            // Past the head only the latest half is kept: once the tail is full, the oldest
-            // line's buffer is reused for the newest, so a long step allocates nothing per line.
-            let mut kept = if self.tail.len() as u64 >= Self::CAP_LINES / 2 {
-                self.dropped += 1;
-                self.tail.pop_front().map(|(_, buffer, _)| buffer).unwrap_or_default()
-            } else {
-                String::new()
-            };
-            kept.clear();
-            kept.push_str(text);
-            self.tail.push_back((stream, kept, ts_ms));
-            return;
+        if !self.in_tail {
+            let bytes = self.head_bytes + text.len() as u64;
+            if self.head_lines < self.cap.half_lines() && bytes <= self.cap.half_bytes() {
+                self.head_lines += 1;
+                self.head_bytes = bytes;
+                self.ship(stream, text.to_string(), ts_ms);
+                return;
+            }
+            // Past the head only the latest lines are kept, until the step ends.
+            self.in_tail = true;
         }
-        self.ship(stream, text.to_string(), ts_ms);
+        self.tail.push(stream, text, ts_ms);
     }
 
     fn due(&self) -> Option<tokio::time::Instant> {
@@ -902,7 +938,7 @@ mod tests {
         ]
         .into();
         let target = ChunkTarget { run: "r", task: "t", execution: "e1", step: "s" };
-        let mut shipper = LogShipper::new(&tx, 7, target, &secrets);
+        let mut shipper = LogShipper::new(&tx, 7, target, &secrets, LogCap::DEFAULT);
         shipper.line("stdout", "password=hunter22!", 0);
         shipper.line("stdout", "cert: line-one", 0);
         shipper.line("stdout", "line-two and a", 0);
@@ -918,29 +954,64 @@ mod tests {
         assert_eq!(chunk.execution, "e1", "every chunk names its execution");
     }
 
-    #[test]
-    fn a_step_over_the_cap_keeps_head_marker_and_tail() {
+    /// Every line a shipper with `cap` sends for `texts`, checking each chunk's numbering.
+    fn shipped(cap: LogCap, texts: impl IntoIterator<Item = String>) -> Vec<LogLine> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let target = ChunkTarget { run: "r", task: "t", execution: "e1", step: "s" };
-        let mut shipper = LogShipper::new(&tx, 1, target, &BTreeMap::new());
-        let total = LogShipper::CAP_LINES + 1_000;
-        for i in 0..total {
-            shipper.line("stdout", &format!("line {i}"), i);
+        let mut shipper = LogShipper::new(&tx, 1, target, &BTreeMap::new(), cap);
+        for (i, text) in texts.into_iter().enumerate() {
+            shipper.line("stdout", &text, i as u64);
         }
         shipper.finish();
         let mut lines = Vec::new();
         while let Ok(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) = rx.try_recv() {
+            assert!(batch.chunk_json.len() < 1 << 20, "a chunk must fit the store's 1 MiB value limit");
             let chunk: LogChunk = serde_json::from_str(&batch.chunk_json).expect("chunk");
             assert_eq!(chunk.lines.first().map(|l| l.seq), Some(batch.first_seq));
             lines.extend(chunk.lines);
         }
-        let half = LogShipper::CAP_LINES / 2;
-        assert_eq!(lines.len() as u64, LogShipper::CAP_LINES + 1, "head, marker, tail");
         assert!(lines.iter().enumerate().all(|(i, l)| l.seq == i as u64), "sequence numbers have no gaps");
+        lines
+    }
+
+    #[test]
+    fn a_step_over_the_line_cap_keeps_head_marker_and_tail() {
+        let cap = LogCap::DEFAULT;
+        let total = cap.lines + 1_000;
+        let lines = shipped(cap, (0..total).map(|i| format!("line {i}")));
+        let half = cap.lines / 2;
+        assert_eq!(lines.len() as u64, cap.lines + 1, "head, marker, tail");
         assert_eq!(lines[half as usize - 1].text, format!("line {}", half - 1));
         assert_eq!(lines[half as usize].stream, "xene");
         assert_eq!(lines[half as usize].text, format!("[xene: 1000 lines truncated; the last {half} follow]"));
+        assert_eq!(lines[half as usize + 1].text, format!("line {}", half + 1_000));
         assert_eq!(lines.last().map(|l| l.text.clone()), Some(format!("line {}", total - 1)));
+        assert_eq!(lines.last().map(|l| l.ts_ms), Some(total - 1), "kept lines keep their timestamps");
+    }
+
+    #[test]
+    fn a_step_over_the_byte_cap_keeps_a_head_and_tail_of_half_the_bytes_each() {
+        // 100-byte lines under a 2,000-byte cap: 10 lines of head, 10 of tail.
+        let cap = LogCap { lines: 1_000, bytes: 2_000 };
+        let lines = shipped(cap, (0..500).map(|i| format!("{i:0100}")));
+        assert_eq!(lines.len(), 21, "{:?}", lines.iter().map(|l| &l.text).collect::<Vec<_>>());
+        assert_eq!(lines[9].text, format!("{:0100}", 9));
+        assert_eq!(lines[10].text, "[xene: 480 lines truncated; the last 10 follow]");
+        assert_eq!(lines[11].text, format!("{:0100}", 490));
+        // Under both caps nothing is dropped and no marker is written.
+        let lines = shipped(cap, (0..15).map(|i| format!("{i:0100}")));
+        assert_eq!(lines.len(), 15);
+        assert!(lines.iter().all(|l| l.stream == "stdout"));
+    }
+
+    #[test]
+    fn the_longest_lines_of_the_worst_text_still_fit_a_stored_chunk() {
+        // Control characters take six bytes each in JSON; pieces of MAX_LINE of them, beside a
+        // nearly full chunk of short lines, must still make chunks the store accepts.
+        let mut texts: Vec<String> = (0..999).map(|_| "\u{1}".repeat(48)).collect();
+        texts.extend((0..3).map(|_| "\u{1}".repeat(crate::lines::MAX_LINE)));
+        let lines = shipped(LogCap::DEFAULT, texts);
+        assert_eq!(lines.len(), 1_002);
     }
 
     /// Lines a step prints before it falls silent reach the servers within the batch age, not
@@ -951,7 +1022,7 @@ mod tests {
         let target = ChunkTarget { run: "r", task: "t", execution: "e1", step: "s" };
         let dir = std::env::temp_dir();
         let step = tokio::spawn(async move {
-            let mut shipper = LogShipper::new(&tx, 1, target, &BTreeMap::new());
+            let mut shipper = LogShipper::new(&tx, 1, target, &BTreeMap::new(), LogCap::DEFAULT);
             let cancel = CancellationToken::new();
             let script = "echo first; echo second >&2; sleep 3; echo third";
             let end = run_step(script, &dir, &BTreeMap::new(), None, &cancel, &mut shipper).await;
