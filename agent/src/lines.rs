@@ -56,27 +56,33 @@ pub struct LineBuffer {
 }
 
 impl LineBuffer {
-    /// Emits every line `bytes` completes.
+    /// Emits every line `bytes` completes, and pieces of [`MAX_LINE`] of a longer one.
     pub fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&str)) {
         while let Some(newline) = memchr::memchr(b'\n', bytes) {
             let (line, rest) = (&bytes[..newline], &bytes[newline + 1..]);
-            if self.partial.is_empty() {
+            if self.partial.is_empty() && line.len() <= MAX_LINE {
                 emit_text(line, &mut emit);
             } else {
                 self.partial.extend_from_slice(line);
+                self.cut_pieces(&mut emit);
                 emit_text(&self.partial, &mut emit);
                 self.partial.clear();
             }
             bytes = rest;
         }
         self.partial.extend_from_slice(bytes);
-        while self.partial.len() >= MAX_LINE {
+        self.cut_pieces(&mut emit);
+    }
+
+    /// Emits pieces of at most [`MAX_LINE`] while more than that is held.
+    fn cut_pieces(&mut self, emit: &mut impl FnMut(&str)) {
+        while self.partial.len() > MAX_LINE {
             // Cut before a UTF-8 continuation byte so that no character is split.
             let mut cut = MAX_LINE;
             while cut > MAX_LINE - 4 && self.partial.get(cut).is_some_and(|b| b & 0xC0 == 0x80) {
                 cut -= 1;
             }
-            emit_text(&self.partial[..cut], &mut emit);
+            emit_text(&self.partial[..cut], emit);
             self.partial.drain(..cut);
         }
     }
@@ -130,5 +136,19 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].len(), MAX_LINE - 1);
         assert_eq!(out[1], "érest");
+    }
+
+    #[test]
+    fn a_long_line_read_at_once_comes_in_pieces_and_an_exact_one_whole() {
+        let mut text = vec![b'x'; 2 * MAX_LINE + 10];
+        text.extend_from_slice(b"\nnext\n");
+        let lengths: Vec<usize> = lines(&[&text]).iter().map(String::len).collect();
+        assert_eq!(lengths, [MAX_LINE, MAX_LINE, 10, 4]);
+        let mut head = vec![b'y'; 100];
+        head.extend_from_slice(&vec![b'y'; 2 * MAX_LINE]);
+        let lengths: Vec<usize> = lines(&[&head[..100], &head[100..], b"z\n"]).iter().map(String::len).collect();
+        assert_eq!(lengths, [MAX_LINE, MAX_LINE, 101], "pieces across reads, the rest with its end");
+        let exact = vec![b'w'; MAX_LINE];
+        assert_eq!(lines(&[&exact, b"\n", b"after\n"]).len(), 2, "a line of exactly MAX_LINE, then the next");
     }
 }

@@ -85,6 +85,7 @@ spec:
         talk:
           steps:
             - {name: lines, run: 'seq 1 100000'}
+            - {name: wide, run: 'head -c 1200000 /dev/zero | tr "\\0" x; echo'}
     noimage:
       executor: {type: container, image: "xene/does-not-exist:1"}
       tasks:
@@ -409,7 +410,8 @@ async fn executor_behaviour(executor: &str) {
     assert!(listed.contains("Error") && listed.contains("Cancelled") && listed.contains("Success"), "{listed}");
 }
 
-/// 100,000 lines: `logs -f` during the run and `logs` after both give every line once, in order.
+/// 100,000 lines: `logs -f` during the run and `logs` after both give every line once, in order;
+/// then one line of 1.2 MB, stored in 64 KiB pieces (as one piece it could not be stored).
 async fn many_lines(executor: &str) {
     let (cluster, agent) = setup_with(executor).await;
     let id = start(&cluster, "chatty", &[]).await;
@@ -443,6 +445,18 @@ async fn many_lines(executor: &str) {
         describe(&after.stdout),
         String::from_utf8_lossy(&after.stderr)
     );
+    let wide = cluster.xenectl(&["logs", &id, "--task", "talk", "--step", "wide"]);
+    let text = String::from_utf8_lossy(&wide.stdout);
+    let pieces: Vec<&str> = text.lines().collect();
+    let lengths: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+    assert_eq!(
+        pieces.len(),
+        1_200_000usize.div_ceil(64 * 1024),
+        "piece lengths {lengths:?}; {}",
+        String::from_utf8_lossy(&wide.stderr)
+    );
+    assert!(pieces.iter().all(|p| p.len() <= 64 * 1024 && p.bytes().all(|b| b == b'x')));
+    assert_eq!(pieces.concat().len(), 1_200_000, "the long line's pieces hold all of it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
