@@ -89,6 +89,9 @@ pub struct Sizes {
     /// W9: lines the step prints (100 bytes each).
     #[arg(long, global = true, default_value_t = 1_000_000)]
     pub lines: u64,
+    /// W9: runs of the step (and twice as many of the command alone); medians are reported.
+    #[arg(long, global = true, default_value_t = 3)]
+    pub log_runs: usize,
 }
 
 impl Sizes {
@@ -108,6 +111,7 @@ impl Sizes {
             self.window = 2;
             self.pipelines = 10;
             self.placement_agents = 3;
+            self.log_runs = 1;
             self.footprint_keys = 100;
             self.idle = 1;
             self.lines = 1_000;
