@@ -321,7 +321,8 @@ pub async fn w9(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         if run.status.phase != RunPhase::Success {
             bail!("the log run ended {:?}", run.status.phase);
         }
-        let step = run.status.tasks.get("print").and_then(|t| t.steps.first()).ok_or_else(|| anyhow!("no step status"))?;
+        let step =
+            run.status.tasks.get("print").and_then(|t| t.steps.first()).ok_or_else(|| anyhow!("no step status"))?;
         let step_wall = match (step.started, step.finished) {
             (Some(s), Some(f)) => (f - s).to_std().unwrap_or_default(),
             _ => bail!("the step has no start or finish time"),
