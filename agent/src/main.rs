@@ -80,10 +80,17 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
     let cron = tokio::spawn(cron::run(leases.clone(), outbox.clone(), stop.clone()));
+    // What a crashed agent left running goes before anything new starts.
+    let step_records = Arc::new(process::StepRecords::new(config.data_dir.join("work").join(".steps")));
+    match step_records.stop_leftovers() {
+        0 => {}
+        stopped => tracing::info!(stopped, "stopped steps a previous run of this agent left running"),
+    }
     let options = runner::RunnerOptions {
         parallelism,
         executor: config.executor.clone(),
         log_cap: runner::LogCap { lines: config.log_cap_lines, bytes: config.log_cap_mib << 20 },
+        step_records,
     };
     let runner = runner::Runner::new(
         credential.agent.clone(),

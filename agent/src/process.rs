@@ -5,7 +5,7 @@
 //! step, and is split into lines ([`LineBuffer`]) stamped with the time their block was read.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -36,13 +36,14 @@ const PIPE_BYTES: i32 = 1 << 20;
 /// The most read from a pipe at once.
 const BLOCK_BYTES: usize = 256 * 1024;
 
-/// Runs one step, sending every line of its output to `sink`.
+/// Runs one step, sending every line of its output to `sink`; `records` notes it while it runs.
 pub async fn run_step(
     script: &str,
     dir: &Path,
     env: &BTreeMap<String, String>,
     timeout: Option<Duration>,
     cancel: &CancellationToken,
+    records: &StepRecords,
     sink: &mut impl StepOutput,
 ) -> StepEnd {
     let mut command = Command::new("/bin/sh");
@@ -67,6 +68,7 @@ pub async fn run_step(
         }
     };
     let pid = child.id();
+    let record = pid.and_then(|pid| records.note(pid));
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return StepEnd::NotStarted;
     };
@@ -116,6 +118,9 @@ pub async fn run_step(
     out.finish(|text| sink.line("stdout", text, ts));
     err.finish(|text| sink.line("stderr", text, ts));
     let status = child.wait().await;
+    if let Some(record) = record {
+        let _ = std::fs::remove_file(record);
+    }
     if let Some(end) = ended {
         return end;
     }
@@ -123,6 +128,82 @@ pub async fn run_step(
         Ok(status) => StepEnd::Exited(status.code().unwrap_or(128 + status_signal(&status))),
         Err(_) => StepEnd::NotStarted,
     }
+}
+
+/// Where the process executor notes the steps it runs (a file per step's process group, named
+/// by its ID and holding the boot and the start time of its leader), so that an agent started
+/// again after a crash stops what the dead one left running (DESIGN §9.3; the container
+/// executor finds its leftovers by label). A step's processes die with their agent only if
+/// they write to their closed output; one that never writes would otherwise run on.
+pub struct StepRecords {
+    dir: PathBuf,
+}
+
+impl StepRecords {
+    pub fn new(dir: PathBuf) -> Self {
+        StepRecords { dir }
+    }
+
+    /// Notes the step whose process group `pid` leads; the record to remove when it ends.
+    fn note(&self, pid: u32) -> Option<PathBuf> {
+        let started = start_time(pid)?;
+        let path = self.dir.join(pid.to_string());
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&path, format!("{} {started}\n", boot_id())));
+        match written {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not note a running step; a crash of this agent would leave it running");
+                None
+            }
+        }
+    }
+
+    /// SIGKILLs the process groups of the noted steps that still run, forgets every record,
+    /// and says how many groups it stopped. A group is only signalled when its record is of
+    /// this boot and its leader is the one noted (same start time) or gone: a process ID is
+    /// not reused while a group of that ID has members.
+    pub fn stop_leftovers(&self) -> usize {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
+        let boot = boot_id();
+        let mut stopped = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let pid = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()).filter(|pid| *pid > 1);
+            let noted = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut fields = noted.split_whitespace();
+            let (noted_boot, noted_start) = (fields.next(), fields.next().and_then(|t| t.parse::<u64>().ok()));
+            if let (Some(pid), Some(noted_start)) = (pid, noted_start) {
+                let same_leader = match start_time(pid as u32) {
+                    Some(now) => now == noted_start,
+                    None => true,
+                };
+                if noted_boot == Some(boot.as_str())
+                    && same_leader
+                    && killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+                {
+                    stopped += 1;
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        stopped
+    }
+}
+
+/// When process `pid` started, in clock ticks after boot (`/proc/PID/stat`, field 22).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This boot's identity.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_string()).unwrap_or_default()
 }
 
 /// Asks for [`PIPE_BYTES`] of capacity in `pipe`. A refusal (a lower `pipe-max-size`, or a
@@ -155,6 +236,39 @@ async fn stop_group(pid: Option<u32>, child: &mut tokio::process::Child) {
 mod tests {
     use super::*;
 
+    /// A step left running by a dead agent (its group noted) is stopped by the next agent;
+    /// a record whose process ID now names another process (another start time) is not acted
+    /// on, and every record is forgotten.
+    #[test]
+    fn leftover_steps_are_stopped_and_strangers_spared() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let records = StepRecords::new(dir.path().join("steps"));
+        let spawn = || {
+            std::process::Command::new("/bin/sh")
+                .args(["-c", "sleep 60 & wait"])
+                .process_group(0)
+                .spawn()
+                .expect("spawn sh")
+        };
+        let (mut left, mut stranger) = (spawn(), spawn());
+        assert!(records.note(left.id()).is_some());
+        let record = records.note(stranger.id()).expect("noted");
+        let noted = std::fs::read_to_string(&record).expect("record");
+        let (boot, start) = noted.trim().split_once(' ').expect("two fields");
+        let other: u64 = start.parse::<u64>().expect("start time") + 1;
+        std::fs::write(&record, format!("{boot} {other}\n")).expect("rewrite the record");
+        assert_eq!(records.stop_leftovers(), 1);
+        assert_eq!(left.wait().expect("wait").signal(), Some(9), "the leftover was SIGKILLed");
+        assert_eq!(stranger.try_wait().expect("try_wait"), None, "the stranger runs on");
+        assert_eq!(std::fs::read_dir(dir.path().join("steps")).expect("dir").count(), 0, "records forgotten");
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(stranger.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = stranger.wait();
+    }
+
     /// Much more than a pipe holds, on both pipes at once: every line arrives, in order per
     /// stream, through the reused read buffers.
     #[tokio::test]
@@ -167,7 +281,9 @@ mod tests {
         };
         let script = "seq 1 300000 & seq 1 200000 >&2; wait";
         let cancel = CancellationToken::new();
-        let end = run_step(script, &std::env::temp_dir(), &BTreeMap::new(), None, &cancel, &mut sink).await;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let records = StepRecords::new(dir.path().join("steps"));
+        let end = run_step(script, dir.path(), &BTreeMap::new(), None, &cancel, &records, &mut sink).await;
         assert_eq!(end, StepEnd::Exited(0));
         assert_eq!(err, 200_000);
         assert_eq!(out.len(), 300_000);

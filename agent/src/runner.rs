@@ -23,7 +23,7 @@ use xene_proto::agent_message;
 use crate::docker::{DockerExecutor, RunResources, StepCommand, TaskContainer, TaskSpec};
 use crate::leases::Leases;
 use crate::lines::{now_ms, StepOutput};
-use crate::process::{run_step, StepEnd};
+use crate::process::{run_step, StepEnd, StepRecords};
 use crate::tail::Tail;
 
 /// Messages for the leader; the session sends them in order when it is connected.
@@ -42,6 +42,7 @@ pub struct Runner {
     /// What the agent was asked to use: `docker` or `process`.
     executor: String,
     log_cap: LogCap,
+    step_records: Arc<StepRecords>,
     tasks: TaskTracker,
     running: Mutex<HashMap<String, (String, u64, CancellationToken)>>,
     /// Starts under a newer epoch of runs still stopping under an older one, by run.
@@ -65,6 +66,8 @@ pub struct RunnerOptions {
     /// `docker` or `process`.
     pub executor: String,
     pub log_cap: LogCap,
+    /// Where the process executor notes the steps it runs.
+    pub step_records: Arc<StepRecords>,
 }
 
 impl Runner {
@@ -85,6 +88,7 @@ impl Runner {
             docker,
             executor: options.executor,
             log_cap: options.log_cap,
+            step_records: options.step_records,
             tasks: TaskTracker::new(),
             running: Mutex::default(),
             deferred: Mutex::default(),
@@ -323,6 +327,7 @@ impl Runner {
                     containers: containers.clone(),
                     event: event.clone().map(|payload| (event_file.clone(), payload)),
                     log_cap: self.log_cap,
+                    step_records: Arc::clone(&self.step_records),
                 };
                 workers.spawn(async move {
                     let ok = context.run_task().await;
@@ -504,6 +509,7 @@ struct TaskContext {
     /// the run.
     event: Option<(PathBuf, Arc<Vec<u8>>)>,
     log_cap: LogCap,
+    step_records: Arc<StepRecords>,
 }
 
 impl TaskContext {
@@ -705,7 +711,9 @@ impl TaskContext {
                         let command = StepCommand { script: &step.run, working_dir, env: &env, timeout };
                         docker.exec_step(container, &command, &self.cancel, &mut shipper).await
                     }
-                    None => run_step(&step.run, &dir, &env, timeout, &self.cancel, &mut shipper).await,
+                    None => {
+                        run_step(&step.run, &dir, &env, timeout, &self.cancel, &self.step_records, &mut shipper).await
+                    }
                 }
             };
             // The step ended when its process did; shipping the kept tail comes after.
@@ -1020,12 +1028,14 @@ mod tests {
     async fn held_lines_leave_when_due_while_the_step_is_silent() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let target = ChunkTarget { run: "r", task: "t", execution: "e1", step: "s" };
-        let dir = std::env::temp_dir();
+        let work = tempfile::tempdir().expect("temporary directory");
+        let dir = work.path().to_path_buf();
         let step = tokio::spawn(async move {
             let mut shipper = LogShipper::new(&tx, 1, target, &BTreeMap::new(), LogCap::DEFAULT);
             let cancel = CancellationToken::new();
             let script = "echo first; echo second >&2; sleep 3; echo third";
-            let end = run_step(script, &dir, &BTreeMap::new(), None, &cancel, &mut shipper).await;
+            let records = StepRecords::new(dir.join("steps"));
+            let end = run_step(script, &dir, &BTreeMap::new(), None, &cancel, &records, &mut shipper).await;
             shipper.finish();
             end
         });

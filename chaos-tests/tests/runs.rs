@@ -107,7 +107,7 @@ spec:
       tasks:
         forever:
           steps:
-            - {name: wait, run: 'trap "echo got TERM; exit 143" TERM; while true; do sleep 0.1; done'}
+            - {name: wait, run: 'echo "pid $$"; trap "echo got TERM; exit 143" TERM; while true; do sleep 0.1; done'}
 "#;
 
 async fn setup() -> (TestCluster, AgentProc) {
@@ -504,6 +504,16 @@ async fn a_stale_lease_epoch_is_fenced_off() {
     let long = start(&cluster, "long", &[]).await;
     let running = wait_run(&cluster, &agent, &long, |r| r.status.phase == RunPhase::Running).await;
     let epoch = running.status.lease_epoch.expect("epoch");
+    // The step prints its PID and falls silent: the line still reaches the servers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        let lines = logs(&cluster, &long).await;
+        if let Some(pid) = lines.iter().find_map(|l| l.text.strip_prefix("pid ").and_then(|p| p.parse::<u32>().ok())) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the step's first line was not shipped while it ran silent: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     // The agent dies mid-run; the lease moves away (no other agent: it is revoked), and the run
     // fails with AgentLost instead of hanging.
     agent.kill();
@@ -528,6 +538,26 @@ async fn a_stale_lease_epoch_is_fenced_off() {
     let after = wait_run(&cluster, &agent, &long, |_| true).await;
     assert_eq!(after.status.phase, RunPhase::Error, "the stale write changed nothing");
     assert_eq!(after.status.reason, Some(ErrorReason::AgentLost));
+
+    // The step never writes, so nothing told it its agent died; the agent started again
+    // stops it before it does anything else.
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
+    };
+    assert!(alive(pid), "the step outlived its SIGKILLed agent");
+    agent.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent left the dead one's step (pid {pid}) running: {}",
+            agent.log_tail(10)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// An agent restarted mid-run executes the task attempt again under the same lease epoch, and
