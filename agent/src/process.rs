@@ -36,14 +36,15 @@ const PIPE_BYTES: i32 = 1 << 20;
 /// The most read from a pipe at once.
 const BLOCK_BYTES: usize = 256 * 1024;
 
-/// Runs one step, sending every line of its output to `sink`; `records` notes it while it runs.
+/// Runs one step, sending every line of its output to `sink`; its process group joins the
+/// task attempt's `groups`.
 pub async fn run_step(
     script: &str,
     dir: &Path,
     env: &BTreeMap<String, String>,
     timeout: Option<Duration>,
     cancel: &CancellationToken,
-    records: &StepRecords,
+    groups: &mut TaskGroups<'_>,
     sink: &mut impl StepOutput,
 ) -> StepEnd {
     let mut command = Command::new("/bin/sh");
@@ -68,7 +69,9 @@ pub async fn run_step(
         }
     };
     let pid = child.id();
-    let record = pid.and_then(|pid| records.note(pid));
+    if let Some(pid) = pid {
+        groups.note(pid);
+    }
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return StepEnd::NotStarted;
     };
@@ -118,9 +121,6 @@ pub async fn run_step(
     out.finish(|text| sink.line("stdout", text, ts));
     err.finish(|text| sink.line("stderr", text, ts));
     let status = child.wait().await;
-    if let Some(record) = record {
-        let _ = std::fs::remove_file(record);
-    }
     if let Some(end) = ended {
         return end;
     }
@@ -144,14 +144,19 @@ impl StepRecords {
         StepRecords { dir }
     }
 
-    /// Notes the step whose process group `pid` leads; the record to remove when it ends.
-    fn note(&self, pid: u32) -> Option<PathBuf> {
+    /// The groups of one task attempt's steps.
+    pub fn task(&self) -> TaskGroups<'_> {
+        TaskGroups { records: self, noted: Vec::new() }
+    }
+
+    /// Notes the step whose process group `pid` leads: its record, and its leader's start time.
+    fn note(&self, pid: u32) -> Option<(PathBuf, u64)> {
         let started = start_time(pid)?;
         let path = self.dir.join(pid.to_string());
         let written = std::fs::create_dir_all(&self.dir)
             .and_then(|()| std::fs::write(&path, format!("{} {started}\n", boot_id())));
         match written {
-            Ok(()) => Some(path),
+            Ok(()) => Some((path, started)),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "could not note a running step; a crash of this agent would leave it running");
                 None
@@ -164,8 +169,6 @@ impl StepRecords {
     /// this boot and its leader is the one noted (same start time) or gone: a process ID is
     /// not reused while a group of that ID has members.
     pub fn stop_leftovers(&self) -> usize {
-        use nix::sys::signal::{killpg, Signal};
-        use nix::unistd::Pid;
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
         let boot = boot_id();
         let mut stopped = 0;
@@ -176,14 +179,7 @@ impl StepRecords {
             let mut fields = noted.split_whitespace();
             let (noted_boot, noted_start) = (fields.next(), fields.next().and_then(|t| t.parse::<u64>().ok()));
             if let (Some(pid), Some(noted_start)) = (pid, noted_start) {
-                let same_leader = match start_time(pid as u32) {
-                    Some(now) => now == noted_start,
-                    None => true,
-                };
-                if noted_boot == Some(boot.as_str())
-                    && same_leader
-                    && killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
-                {
+                if noted_boot == Some(boot.as_str()) && kill_noted(pid, noted_start) {
                     stopped += 1;
                 }
             }
@@ -191,6 +187,57 @@ impl StepRecords {
         }
         stopped
     }
+}
+
+/// The process groups of one task attempt's steps. When the attempt ends (this is dropped),
+/// what is left of them — processes a step put in the background — is SIGKILLed and their
+/// records forgotten, as removing the task's container does for the container executor; a
+/// later step of the same attempt may still use what an earlier one started.
+pub struct TaskGroups<'a> {
+    records: &'a StepRecords,
+    noted: Vec<(u32, u64, Option<PathBuf>)>,
+}
+
+impl TaskGroups<'_> {
+    fn note(&mut self, pid: u32) {
+        match self.records.note(pid) {
+            Some((path, started)) => self.noted.push((pid, started, Some(path))),
+            None => {
+                if let Some(started) = start_time(pid) {
+                    self.noted.push((pid, started, None));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TaskGroups<'_> {
+    fn drop(&mut self) {
+        for (pid, started, record) in self.noted.drain(..) {
+            if let Ok(pid) = i32::try_from(pid) {
+                kill_noted(pid, started);
+            }
+            if let Some(path) = record {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// SIGKILLs process group `pid` if it is still the one noted: its leader has the start time
+/// noted, or is gone (a process ID is not reused while a group of that ID has members).
+/// Whether a group was signalled.
+fn kill_noted(pid: i32, noted_start: u64) -> bool {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    if pid <= 1 {
+        return false;
+    }
+    let same_leader = match start_time(pid as u32) {
+        Some(now) => now == noted_start,
+        None => true,
+    };
+    same_leader && killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
 }
 
 /// When process `pid` started, in clock ticks after boot (`/proc/PID/stat`, field 22).
@@ -253,7 +300,7 @@ mod tests {
         };
         let (mut left, mut stranger) = (spawn(), spawn());
         assert!(records.note(left.id()).is_some());
-        let record = records.note(stranger.id()).expect("noted");
+        let (record, _) = records.note(stranger.id()).expect("noted");
         let noted = std::fs::read_to_string(&record).expect("record");
         let (boot, start) = noted.trim().split_once(' ').expect("two fields");
         let other: u64 = start.parse::<u64>().expect("start time") + 1;
@@ -283,10 +330,38 @@ mod tests {
         let cancel = CancellationToken::new();
         let dir = tempfile::tempdir().expect("temporary directory");
         let records = StepRecords::new(dir.path().join("steps"));
-        let end = run_step(script, dir.path(), &BTreeMap::new(), None, &cancel, &records, &mut sink).await;
+        let mut groups = records.task();
+        let end = run_step(script, dir.path(), &BTreeMap::new(), None, &cancel, &mut groups, &mut sink).await;
         assert_eq!(end, StepEnd::Exited(0));
         assert_eq!(err, 200_000);
         assert_eq!(out.len(), 300_000);
         assert!(out.iter().enumerate().all(|(i, n)| *n == i as u64 + 1), "stdout lines out of order or altered");
+    }
+
+    /// What a step leaves in the background outlives the step (a later step may use it) and
+    /// is stopped when the task attempt ends.
+    #[tokio::test]
+    async fn background_processes_are_stopped_when_the_attempt_ends() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let records = StepRecords::new(dir.path().join("steps"));
+        let mut groups = records.task();
+        let mut pid = None;
+        let mut sink = |_: &'static str, text: &str, _ts_ms: u64| pid = text.parse::<u32>().ok();
+        let cancel = CancellationToken::new();
+        let script = "sleep 60 > /dev/null 2>&1 & echo $!";
+        let end = run_step(script, dir.path(), &BTreeMap::new(), None, &cancel, &mut groups, &mut sink).await;
+        assert_eq!(end, StepEnd::Exited(0));
+        let pid = pid.expect("the step printed its background PID");
+        let running = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
+        assert!(running(), "the background process outlives its step");
+        let steps = dir.path().join("steps");
+        assert_eq!(std::fs::read_dir(&steps).expect("dir").count(), 1, "noted while the attempt runs");
+        drop(groups);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while running() {
+            assert!(std::time::Instant::now() < deadline, "the background process was not stopped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(std::fs::read_dir(&steps).expect("dir").count(), 0, "records forgotten");
     }
 }

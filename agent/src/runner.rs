@@ -636,6 +636,8 @@ impl TaskContext {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             tracing::warn!(error = %e, "creating the working directory");
         }
+        // What the steps leave in the background is stopped when this returns.
+        let mut groups = self.step_records.task();
         for (index, step) in task.steps.iter().enumerate() {
             let mut env = BTreeMap::new();
             for (key, value) in run.spec.parameters.iter() {
@@ -711,9 +713,7 @@ impl TaskContext {
                         let command = StepCommand { script: &step.run, working_dir, env: &env, timeout };
                         docker.exec_step(container, &command, &self.cancel, &mut shipper).await
                     }
-                    None => {
-                        run_step(&step.run, &dir, &env, timeout, &self.cancel, &self.step_records, &mut shipper).await
-                    }
+                    None => run_step(&step.run, &dir, &env, timeout, &self.cancel, &mut groups, &mut shipper).await,
                 }
             };
             // The step ended when its process did; shipping the kept tail comes after.
@@ -1035,7 +1035,7 @@ mod tests {
             let cancel = CancellationToken::new();
             let script = "echo first; echo second >&2; sleep 3; echo third";
             let records = StepRecords::new(dir.join("steps"));
-            let end = run_step(script, &dir, &BTreeMap::new(), None, &cancel, &records, &mut shipper).await;
+            let end = run_step(script, &dir, &BTreeMap::new(), None, &cancel, &mut records.task(), &mut shipper).await;
             shipper.finish();
             end
         });

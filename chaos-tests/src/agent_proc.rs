@@ -9,6 +9,15 @@ use xene_proto as pb;
 
 use crate::harness::{bin_dir, TestCluster};
 
+/// An agent name no other test on this machine uses, even one in the same test process
+/// (`cargo test` runs tests as threads of one process): agents label their Docker containers
+/// and volumes with their names and remove those with their name that they do not know.
+pub fn unique_agent_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
 /// One agent process and what is needed to restart it.
 pub struct AgentProc {
     pub name: String,

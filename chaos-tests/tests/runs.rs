@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
-use xene_chaos_tests::agent_proc::AgentProc;
+use xene_chaos_tests::agent_proc::{unique_agent_name, AgentProc};
 use xene_chaos_tests::harness::{bin_dir, ClusterOptions, TestCluster};
 use xene_chaos_tests::images::busybox_image;
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
@@ -124,8 +124,7 @@ async fn setup_with(executor: &str) -> (TestCluster, AgentProc) {
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let token =
         String::from_utf8_lossy(&cluster.xenectl(&["token", "create", "--kind", "agent"]).stdout).trim().to_string();
-    // A name unique on this machine, so the Docker labels of parallel tests never collide.
-    let name = format!("runner-{}", std::process::id());
+    let name = unique_agent_name("runner");
     let agent = cluster.start_agent_with(&name, "os=linux", &token, executor);
     ObjectServiceClient::new(cluster.channel(0))
         .apply(cluster.request(pb::ApplyRequest { manifest: WORKFLOW.into() }))
@@ -659,7 +658,7 @@ async fn a_dag_runs_in_containers_sharing_the_run_workspace() {
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let token =
         String::from_utf8_lossy(&cluster.xenectl(&["token", "create", "--kind", "agent"]).stdout).trim().to_string();
-    let agent_name = format!("docker-{}", std::process::id());
+    let agent_name = unique_agent_name("docker");
     let agent = cluster.start_agent_with(&agent_name, "os=linux", &token, "docker");
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fan-out-fan-in.yaml");
     let applied = cluster.xenectl(&["apply", "-f", &examples.display().to_string()]);

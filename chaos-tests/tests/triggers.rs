@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
-use xene_chaos_tests::agent_proc::AgentProc;
+use xene_chaos_tests::agent_proc::{unique_agent_name, AgentProc};
 use xene_chaos_tests::harness::{ClusterOptions, TestCluster};
 use xene_chaos_tests::rest;
 use xene_model::status::RunPhase;
@@ -52,7 +52,7 @@ async fn setup_with(manifest: &str, agents: &[&str], executor: &str) -> (TestClu
         String::from_utf8_lossy(&cluster.xenectl(&["token", "create", "--kind", "agent"]).stdout).trim().to_string();
     let agents = agents
         .iter()
-        .map(|name| cluster.start_agent_with(&format!("{name}-{}", std::process::id()), "os=linux", &token, executor))
+        .map(|name| cluster.start_agent_with(&unique_agent_name(name), "os=linux", &token, executor))
         .collect();
     ObjectServiceClient::new(cluster.channel(0))
         .apply(cluster.request(pb::ApplyRequest { manifest: manifest.into() }))
