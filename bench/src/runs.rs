@@ -10,6 +10,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use xene_chaos_tests::agent_proc::AgentProc;
 use xene_chaos_tests::harness::TestCluster;
 use xene_model::status::RunPhase;
+use xene_model::RunObject;
 use xene_proto as pb;
 use xene_proto::secret_service_client::SecretServiceClient;
 
@@ -62,6 +63,27 @@ async fn cluster_with_agent(
         .await
         .with_context(|| format!("placing the pipeline on the agent; agent log:\n{}", agent.log_tail(10)))?;
     Ok((cluster, agent))
+}
+
+/// Starts a run of `workflow`/`pipeline` and waits up to `limit` for it to succeed: its ID,
+/// its final state, and how long it took.
+async fn run_to_success(
+    cluster: &TestCluster,
+    agent: &AgentProc,
+    workflow: &str,
+    pipeline: &str,
+    limit: Duration,
+) -> anyhow::Result<(String, RunObject, Duration)> {
+    let began = Instant::now();
+    let id = crate::xene::create_run(cluster, workflow, pipeline).await?;
+    let run = crate::xene::wait_run(cluster, &id, Duration::from_millis(50), limit, |r| r.status.phase.is_terminal())
+        .await
+        .with_context(|| format!("agent log:\n{}", agent.log_tail(10)))?;
+    let took = began.elapsed();
+    if run.status.phase != RunPhase::Success {
+        bail!("the {pipeline} run ended {:?}: {}", run.status.phase, run.status.message.unwrap_or_default());
+    }
+    Ok((id, run, took))
 }
 
 fn trigger_manifest(stamps: &Path, container: bool) -> String {
@@ -259,17 +281,7 @@ pub async fn w5(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         }
     }
     let (cluster, agent) = cluster_with_agent(bench, "process", manifest, 1).await?;
-    let began = Instant::now();
-    let id = crate::xene::create_run(&cluster, "bench-dag", "dag").await?;
-    let run = crate::xene::wait_run(&cluster, &id, Duration::from_millis(50), Duration::from_secs(600), |r| {
-        r.status.phase.is_terminal()
-    })
-    .await
-    .with_context(|| format!("agent log:\n{}", agent.log_tail(10)))?;
-    let wall = began.elapsed();
-    if run.status.phase != RunPhase::Success {
-        bail!("the DAG run ended {:?}: {}", run.status.phase, run.status.message.unwrap_or_default());
-    }
+    let (_, _, wall) = run_to_success(&cluster, &agent, "bench-dag", "dag", Duration::from_secs(600)).await?;
     drop(agent);
     drop(cluster);
     let dir = tempfile::Builder::new().prefix("xene-bench-w5-").tempdir()?;
@@ -310,17 +322,8 @@ pub async fn w9(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     let mut steps = Samples::default();
     let mut stored = Vec::new();
     for _ in 0..runs {
-        let began = Instant::now();
-        let id = crate::xene::create_run(&cluster, "bench-logs", "logs").await?;
-        let run = crate::xene::wait_run(&cluster, &id, Duration::from_millis(50), Duration::from_secs(1800), |r| {
-            r.status.phase.is_terminal()
-        })
-        .await
-        .with_context(|| format!("agent log:\n{}", agent.log_tail(10)))?;
-        let to_success = began.elapsed();
-        if run.status.phase != RunPhase::Success {
-            bail!("the log run ended {:?}", run.status.phase);
-        }
+        let (id, run, to_success) =
+            run_to_success(&cluster, &agent, "bench-logs", "logs", Duration::from_secs(1800)).await?;
         let step =
             run.status.tasks.get("print").and_then(|t| t.steps.first()).ok_or_else(|| anyhow!("no step status"))?;
         let step_wall = match (step.started, step.finished) {
