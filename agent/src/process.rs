@@ -131,7 +131,7 @@ pub async fn run_step(
 }
 
 /// Where the process executor notes the steps it runs (a file per step's process group, named
-/// by its ID and holding the boot and the start time of its leader), so that an agent started
+/// by its ID and holding the boot, the start time of its leader and the agent's session), so that an agent started
 /// again after a crash stops what the dead one left running (DESIGN §9.3; the container
 /// executor finds its leftovers by label). A step's processes die with their agent only if
 /// they write to their closed output; one that never writes would otherwise run on.
@@ -149,14 +149,15 @@ impl StepRecords {
         TaskGroups { records: self, noted: Vec::new() }
     }
 
-    /// Notes the step whose process group `pid` leads: its record, and its leader's start time.
-    fn note(&self, pid: u32) -> Option<(PathBuf, u64)> {
-        let started = start_time(pid)?;
+    /// Notes the step whose process group `pid` leads: its record, and who it is.
+    fn note(&self, pid: u32) -> Option<(PathBuf, Noted)> {
+        let stat = Stat::of(pid)?;
+        let noted = Noted { start: stat.start, session: stat.session };
         let path = self.dir.join(pid.to_string());
         let written = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::write(&path, format!("{} {started}\n", boot_id())));
+            .and_then(|()| std::fs::write(&path, format!("{} {} {}\n", boot_id(), noted.start, noted.session)));
         match written {
-            Ok(()) => Some((path, started)),
+            Ok(()) => Some((path, noted)),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "could not note a running step; a crash of this agent would leave it running");
                 None
@@ -166,8 +167,7 @@ impl StepRecords {
 
     /// SIGKILLs the process groups of the noted steps that still run, forgets every record,
     /// and says how many groups it stopped. A group is only signalled when its record is of
-    /// this boot and its leader is the one noted (same start time) or gone: a process ID is
-    /// not reused while a group of that ID has members.
+    /// this boot and it is still the one noted ([`kill_noted`]).
     pub fn stop_leftovers(&self) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
         let boot = boot_id();
@@ -177,9 +177,11 @@ impl StepRecords {
             let pid = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()).filter(|pid| *pid > 1);
             let noted = std::fs::read_to_string(&path).unwrap_or_default();
             let mut fields = noted.split_whitespace();
-            let (noted_boot, noted_start) = (fields.next(), fields.next().and_then(|t| t.parse::<u64>().ok()));
-            if let (Some(pid), Some(noted_start)) = (pid, noted_start) {
-                if noted_boot == Some(boot.as_str()) && kill_noted(pid, noted_start) {
+            let noted_boot = fields.next();
+            let start = fields.next().and_then(|t| t.parse::<u64>().ok());
+            let session = fields.next().and_then(|t| t.parse::<i32>().ok());
+            if let (Some(pid), Some(start), Some(session)) = (pid, start, session) {
+                if noted_boot == Some(boot.as_str()) && kill_noted(pid, Noted { start, session }) {
                     stopped += 1;
                 }
             }
@@ -195,16 +197,16 @@ impl StepRecords {
 /// later step of the same attempt may still use what an earlier one started.
 pub struct TaskGroups<'a> {
     records: &'a StepRecords,
-    noted: Vec<(u32, u64, Option<PathBuf>)>,
+    noted: Vec<(u32, Noted, Option<PathBuf>)>,
 }
 
 impl TaskGroups<'_> {
     fn note(&mut self, pid: u32) {
         match self.records.note(pid) {
-            Some((path, started)) => self.noted.push((pid, started, Some(path))),
+            Some((path, noted)) => self.noted.push((pid, noted, Some(path))),
             None => {
-                if let Some(started) = start_time(pid) {
-                    self.noted.push((pid, started, None));
+                if let Some(stat) = Stat::of(pid) {
+                    self.noted.push((pid, Noted { start: stat.start, session: stat.session }, None));
                 }
             }
         }
@@ -213,9 +215,9 @@ impl TaskGroups<'_> {
 
 impl Drop for TaskGroups<'_> {
     fn drop(&mut self) {
-        for (pid, started, record) in self.noted.drain(..) {
+        for (pid, noted, record) in self.noted.drain(..) {
             if let Ok(pid) = i32::try_from(pid) {
-                kill_noted(pid, started);
+                kill_noted(pid, noted);
             }
             if let Some(path) = record {
                 let _ = std::fs::remove_file(path);
@@ -224,28 +226,72 @@ impl Drop for TaskGroups<'_> {
     }
 }
 
-/// SIGKILLs process group `pid` if it is still the one noted: its leader has the start time
-/// noted, or is gone (a process ID is not reused while a group of that ID has members).
-/// Whether a group was signalled.
-fn kill_noted(pid: i32, noted_start: u64) -> bool {
+/// Who a step's group leader was: its start time, and its session (the agent's, which the
+/// step's processes inherit).
+#[derive(Debug, Clone, Copy)]
+struct Noted {
+    start: u64,
+    session: i32,
+}
+
+/// SIGKILLs process group `pid` if it is still the one noted, and says whether it did. While
+/// the leader lives, its start time tells. Once it is gone the group, if any, is the noted one
+/// unless its ID was reused by a leader that has exited in turn: the group is only signalled
+/// when every member is in the noted session (a process ID is not reused while a group of that
+/// ID has members, and the agent's own steps are the only groups in its session).
+fn kill_noted(pid: i32, noted: Noted) -> bool {
     use nix::sys::signal::{killpg, Signal};
     use nix::unistd::Pid;
     if pid <= 1 {
         return false;
     }
-    let same_leader = match start_time(pid as u32) {
-        Some(now) => now == noted_start,
-        None => true,
+    let group = Pid::from_raw(pid);
+    let ours = match Stat::of(pid as u32) {
+        Some(leader) => leader.start == noted.start,
+        // Signal 0 first: the group is usually gone with its leader, and then /proc is not read.
+        None => killpg(group, None).is_ok() && group_in_session(pid, noted.session),
     };
-    same_leader && killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+    ours && killpg(group, Signal::SIGKILL).is_ok()
 }
 
-/// When process `pid` started, in clock ticks after boot (`/proc/PID/stat`, field 22).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+/// Whether group `pgid` has members and all of them are in session `session`.
+fn group_in_session(pgid: i32, session: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    let mut members = 0;
+    for entry in entries.flatten() {
+        let Some(stat) = entry.file_name().to_str().and_then(|name| name.parse().ok()).and_then(Stat::of) else {
+            continue;
+        };
+        if stat.group == pgid {
+            if stat.session != session {
+                return false;
+            }
+            members += 1;
+        }
+    }
+    members > 0
+}
+
+/// What `/proc/PID/stat` says of a process: its group (field 5), session (6) and start time
+/// in clock ticks after boot (22).
+struct Stat {
+    group: i32,
+    session: i32,
+    start: u64,
+}
+
+impl Stat {
+    fn of(pid: u32) -> Option<Stat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces: count after it.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(Stat {
+            group: fields.get(2)?.parse().ok()?,
+            session: fields.get(3)?.parse().ok()?,
+            start: fields.get(19)?.parse().ok()?,
+        })
+    }
 }
 
 /// This boot's identity.
@@ -300,11 +346,9 @@ mod tests {
         };
         let (mut left, mut stranger) = (spawn(), spawn());
         assert!(records.note(left.id()).is_some());
-        let (record, _) = records.note(stranger.id()).expect("noted");
-        let noted = std::fs::read_to_string(&record).expect("record");
-        let (boot, start) = noted.trim().split_once(' ').expect("two fields");
-        let other: u64 = start.parse::<u64>().expect("start time") + 1;
-        std::fs::write(&record, format!("{boot} {other}\n")).expect("rewrite the record");
+        let (record, noted) = records.note(stranger.id()).expect("noted");
+        let boot = boot_id();
+        std::fs::write(&record, format!("{boot} {} {}\n", noted.start + 1, noted.session)).expect("rewrite");
         assert_eq!(records.stop_leftovers(), 1);
         assert_eq!(left.wait().expect("wait").signal(), Some(9), "the leftover was SIGKILLed");
         assert_eq!(stranger.try_wait().expect("try_wait"), None, "the stranger runs on");
@@ -338,6 +382,26 @@ mod tests {
         assert!(out.iter().enumerate().all(|(i, n)| *n == i as u64 + 1), "stdout lines out of order or altered");
     }
 
+    /// A group whose leader is gone is only signalled while all its members are in the noted
+    /// session: the agent's steps share the agent's; a group elsewhere is left alone.
+    #[test]
+    fn a_leaderless_group_in_another_session_is_left_alone() {
+        use std::os::unix::process::CommandExt;
+        let ours = nix::unistd::getsid(None).expect("getsid").as_raw();
+        let mut own =
+            std::process::Command::new("/bin/sh").args(["-c", "sleep 60"]).process_group(0).spawn().expect("spawn sh");
+        let mut other = std::process::Command::new("setsid").args(["sleep", "60"]).spawn().expect("spawn setsid");
+        std::thread::sleep(Duration::from_millis(200));
+        let (own_id, other_id) = (own.id() as i32, other.id() as i32);
+        assert!(group_in_session(own_id, ours), "a group of ours");
+        assert!(!group_in_session(other_id, ours), "a group in its own session is not ours");
+        assert!(!group_in_session(i32::MAX, ours), "no such group");
+        for child in [&mut own, &mut other] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// What a step leaves in the background outlives the step (a later step may use it) and
     /// is stopped when the task attempt ends.
     #[tokio::test]
@@ -353,6 +417,8 @@ mod tests {
         assert_eq!(end, StepEnd::Exited(0));
         let pid = pid.expect("the step printed its background PID");
         let running = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
+        let leader = groups.noted.first().map(|(leader, _, _)| *leader).expect("the step's group is noted");
+        assert!(Stat::of(leader).is_none(), "the step's shell has exited and was reaped");
         assert!(running(), "the background process outlives its step");
         let steps = dir.path().join("steps");
         assert_eq!(std::fs::read_dir(&steps).expect("dir").count(), 1, "noted while the attempt runs");
