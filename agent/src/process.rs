@@ -36,6 +36,11 @@ const PIPE_BYTES: i32 = 1 << 20;
 /// The most read from a pipe at once.
 const BLOCK_BYTES: usize = 256 * 1024;
 
+/// How long a step runs before its group is noted on disk for an agent started after a crash
+/// ([`StepRecords`]): most steps end sooner, and a file written and removed for each of a
+/// thousand one-line tasks cost a 1,000-task DAG a tenth of its time (PERF W5).
+const RECORD_AFTER: Duration = Duration::from_millis(250);
+
 /// Runs one step, sending every line of its output to `sink`; its process group joins the
 /// task attempt's `groups`.
 pub async fn run_step(
@@ -89,6 +94,9 @@ pub async fn run_step(
     };
     tokio::pin!(sleep_until);
     let mut ended: Option<StepEnd> = None;
+    let record_at = tokio::time::sleep(RECORD_AFTER);
+    tokio::pin!(record_at);
+    let mut recorded = pid.is_none();
     // Reading into a slice is cancel safe: a read that loses the race has taken nothing.
     while out_open || err_open {
         tokio::select! {
@@ -107,6 +115,12 @@ pub async fn run_step(
                 }
             },
             _ = until_due(sink.due()) => sink.flush(),
+            _ = &mut record_at, if !recorded => {
+                recorded = true;
+                if let Some(pid) = pid {
+                    groups.record(pid);
+                }
+            }
             _ = &mut sleep_until, if ended.is_none() => {
                 ended = Some(StepEnd::TimedOut);
                 stop_group(pid, &mut child).await;
@@ -149,15 +163,13 @@ impl StepRecords {
         TaskGroups { records: self, noted: Vec::new() }
     }
 
-    /// Notes the step whose process group `pid` leads: its record, and who it is.
-    fn note(&self, pid: u32) -> Option<(PathBuf, Noted)> {
-        let stat = Stat::of(pid)?;
-        let noted = Noted { start: stat.start, session: stat.session };
+    /// Writes the record of the step whose process group `pid` leads; its path.
+    fn write(&self, pid: u32, noted: Noted) -> Option<PathBuf> {
         let path = self.dir.join(pid.to_string());
         let written = std::fs::create_dir_all(&self.dir)
             .and_then(|()| std::fs::write(&path, format!("{} {} {}\n", boot_id(), noted.start, noted.session)));
         match written {
-            Ok(()) => Some((path, noted)),
+            Ok(()) => Some(path),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "could not note a running step; a crash of this agent would leave it running");
                 None
@@ -197,18 +209,22 @@ impl StepRecords {
 /// later step of the same attempt may still use what an earlier one started.
 pub struct TaskGroups<'a> {
     records: &'a StepRecords,
+    /// Each step's group, who led it, and its record once written.
     noted: Vec<(u32, Noted, Option<PathBuf>)>,
 }
 
 impl TaskGroups<'_> {
+    /// A step's group, as it starts: kept in memory.
     fn note(&mut self, pid: u32) {
-        match self.records.note(pid) {
-            Some((path, noted)) => self.noted.push((pid, noted, Some(path))),
-            None => {
-                if let Some(stat) = Stat::of(pid) {
-                    self.noted.push((pid, Noted { start: stat.start, session: stat.session }, None));
-                }
-            }
+        if let Some(stat) = Stat::of(pid) {
+            self.noted.push((pid, Noted { start: stat.start, session: stat.session }, None));
+        }
+    }
+
+    /// A step's group, once it has run a while: noted on disk too.
+    fn record(&mut self, pid: u32) {
+        if let Some((_, noted, record @ None)) = self.noted.iter_mut().find(|(p, _, _)| *p == pid) {
+            *record = self.records.write(pid, *noted);
         }
     }
 }
@@ -345,10 +361,11 @@ mod tests {
                 .expect("spawn sh")
         };
         let (mut left, mut stranger) = (spawn(), spawn());
-        assert!(records.note(left.id()).is_some());
-        let (record, noted) = records.note(stranger.id()).expect("noted");
-        let boot = boot_id();
-        std::fs::write(&record, format!("{boot} {} {}\n", noted.start + 1, noted.session)).expect("rewrite");
+        let noted = |pid: u32| Stat::of(pid).map(|s| Noted { start: s.start, session: s.session }).expect("stat");
+        assert!(records.write(left.id(), noted(left.id())).is_some());
+        let mut wrong = noted(stranger.id());
+        wrong.start += 1;
+        assert!(records.write(stranger.id(), wrong).is_some(), "a record whose PID now names another process");
         assert_eq!(records.stop_leftovers(), 1);
         assert_eq!(left.wait().expect("wait").signal(), Some(9), "the leftover was SIGKILLed");
         assert_eq!(stranger.try_wait().expect("try_wait"), None, "the stranger runs on");
@@ -412,7 +429,7 @@ mod tests {
         let mut pid = None;
         let mut sink = |_: &'static str, text: &str, _ts_ms: u64| pid = text.parse::<u32>().ok();
         let cancel = CancellationToken::new();
-        let script = "sleep 60 > /dev/null 2>&1 & echo $!";
+        let script = "sleep 60 > /dev/null 2>&1 & echo $!; sleep 0.4";
         let end = run_step(script, dir.path(), &BTreeMap::new(), None, &cancel, &mut groups, &mut sink).await;
         assert_eq!(end, StepEnd::Exited(0));
         let pid = pid.expect("the step printed its background PID");

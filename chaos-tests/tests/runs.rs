@@ -513,6 +513,16 @@ async fn a_stale_lease_epoch_is_fenced_off() {
         assert!(Instant::now() < deadline, "the step's first line was not shipped while it ran silent: {lines:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // A step running for a while is noted on disk, for the agent's next start.
+    let record = agent.data_dir.join("work").join(".steps").join(pid.to_string());
+    while !record.exists() {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(5),
+            "no record of the running step at {}",
+            record.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The agent dies mid-run; the lease moves away (no other agent: it is revoked), and the run
     // fails with AgentLost instead of hanging.
     agent.kill();
