@@ -405,16 +405,19 @@ mod tests {
     fn a_leaderless_group_in_another_session_is_left_alone() {
         use std::os::unix::process::CommandExt;
         let ours = nix::unistd::getsid(None).expect("getsid").as_raw();
-        let mut own =
-            std::process::Command::new("/bin/sh").args(["-c", "sleep 60"]).process_group(0).spawn().expect("spawn sh");
-        let mut other = std::process::Command::new("setsid").args(["sleep", "60"]).spawn().expect("spawn setsid");
+        let quiet = |command: &mut std::process::Command| {
+            command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn")
+        };
+        let mut own = quiet(std::process::Command::new("/bin/sh").args(["-c", "sleep 60"]).process_group(0));
+        let mut other = quiet(std::process::Command::new("setsid").args(["sleep", "60"]));
         std::thread::sleep(Duration::from_millis(200));
         let (own_id, other_id) = (own.id() as i32, other.id() as i32);
         assert!(group_in_session(own_id, ours), "a group of ours");
         assert!(!group_in_session(other_id, ours), "a group in its own session is not ours");
         assert!(!group_in_session(i32::MAX, ours), "no such group");
         for child in [&mut own, &mut other] {
-            let _ = child.kill();
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
         }
     }
