@@ -60,3 +60,26 @@ impl AgentConfig {
         self.labels.iter().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<AgentConfig, clap::Error> {
+        let base = ["xene-agent", "--servers", "127.0.0.1:7000", "--name", "a", "--data-dir", "/tmp/a"];
+        AgentConfig::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn the_log_cap_defaults_to_the_shippers_and_bad_values_are_refused_with_their_range() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(LogCap { lines: config.log_cap_lines, bytes: config.log_cap_mib << 20 }, LogCap::DEFAULT);
+        for (flag, value, range) in
+            [("--log-cap-lines", "1", "2.."), ("--log-cap-mib", "1", "2..=1048576"), ("--log-cap-mib", "x", "")]
+        {
+            let message = parse(&[flag, value]).expect_err("refused").to_string();
+            assert!(message.contains(flag) && message.contains(&format!("'{value}'")), "{message}");
+            assert!(message.contains(range), "{message}");
+        }
+    }
+}
