@@ -128,7 +128,9 @@ async fn run(workload: Workload, sizes: Sizes, bin_dir: PathBuf) -> anyhow::Resu
     } else {
         None
     };
-    let build = if bin_dir.ends_with("release") {
+    let build = if bin_dir.ends_with("dist") {
+        "dist"
+    } else if bin_dir.ends_with("release") {
         "release"
     } else if bin_dir.ends_with("debug") {
         "debug"
