@@ -391,7 +391,7 @@ impl DockerExecutor {
                 frame = output.next() => match frame {
                     Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
                         let ts = now_ms();
-                        stdout.push(&message, |text| sink.line("stdout", text, ts));
+                        stdout.push_to(&message, "stdout", ts, sink);
                     }
                     Some(Ok(LogOutput::StdErr { message })) => {
                         let ts = now_ms();

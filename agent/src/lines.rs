@@ -9,6 +9,16 @@ pub trait StepOutput {
     /// read at `ts_ms` (milliseconds since the Unix epoch).
     fn line(&mut self, stream: &'static str, text: &str, ts_ms: u64);
 
+    /// A run of whole lines of `stream` read at `ts_ms`, as [`LineBuffer::push_to`] hands them
+    /// over: each line ends with `\n`, none is longer than [`MAX_LINE`] nor holds a `\r`. A
+    /// sink that keeps such runs whole saves work per line (PERF W9); by default each line
+    /// goes to [`Self::line`].
+    fn lines(&mut self, stream: &'static str, run: &str, ts_ms: u64) {
+        for text in run.split_terminator('\n') {
+            self.line(stream, text, ts_ms);
+        }
+    }
+
     /// A message of the executor's own, now.
     fn note(&mut self, text: &str) {
         self.line("xene", text, now_ms());
@@ -72,6 +82,36 @@ impl LineBuffer {
         }
         self.partial.extend_from_slice(bytes);
         self.cut_pieces(&mut emit);
+    }
+
+    /// Like [`Self::push`], to `sink` as lines of `stream` read at `ts_ms`: whole lines come
+    /// in runs of at most [`MAX_LINE`] bytes ([`StepOutput::lines`]), checked once a run for
+    /// UTF-8 and `\r`, instead of one by one. A run that fails a check, a partial line and a
+    /// line longer than a run go through [`Self::push`].
+    pub fn push_to(&mut self, mut bytes: &[u8], stream: &'static str, ts_ms: u64, sink: &mut impl StepOutput) {
+        if !self.partial.is_empty() {
+            let Some(newline) = memchr::memchr(b'\n', bytes) else {
+                self.push(bytes, |text| sink.line(stream, text, ts_ms));
+                return;
+            };
+            self.push(&bytes[..=newline], |text| sink.line(stream, text, ts_ms));
+            bytes = &bytes[newline + 1..];
+        }
+        while !bytes.is_empty() {
+            let window = &bytes[..bytes.len().min(MAX_LINE)];
+            let Some(last) = memchr::memrchr(b'\n', window) else {
+                // No newline within a run's length: the rest of a line too long for a run,
+                // or a partial line.
+                self.push(bytes, |text| sink.line(stream, text, ts_ms));
+                return;
+            };
+            let run = &window[..=last];
+            match std::str::from_utf8(run) {
+                Ok(text) if memchr::memchr(b'\r', run).is_none() => sink.lines(stream, text, ts_ms),
+                _ => self.push(run, |text| sink.line(stream, text, ts_ms)),
+            }
+            bytes = &bytes[last + 1..];
+        }
     }
 
     /// Emits pieces of at most [`MAX_LINE`] while more than that is held.
@@ -150,5 +190,57 @@ mod tests {
         assert_eq!(lengths, [MAX_LINE, MAX_LINE, 101], "pieces across reads, the rest with its end");
         let exact = vec![b'w'; MAX_LINE];
         assert_eq!(lines(&[&exact, b"\n", b"after\n"]).len(), 2, "a line of exactly MAX_LINE, then the next");
+    }
+    /// Records what a sink is handed: runs as runs, lines as lines.
+    #[derive(Default)]
+    struct Recorder {
+        runs: usize,
+        lines: Vec<(&'static str, String, u64)>,
+    }
+
+    impl StepOutput for Recorder {
+        fn line(&mut self, stream: &'static str, text: &str, ts_ms: u64) {
+            self.lines.push((stream, text.to_string(), ts_ms));
+        }
+
+        fn lines(&mut self, stream: &'static str, run: &str, ts_ms: u64) {
+            self.runs += 1;
+            assert!(run.ends_with('\n') && !run.contains('\r') && run.len() <= MAX_LINE, "a run as promised");
+            for text in run.split_terminator('\n') {
+                self.line(stream, text, ts_ms);
+            }
+        }
+    }
+
+    #[test]
+    fn runs_of_lines_split_as_line_by_line_does_whatever_the_reads() {
+        let mut text = Vec::new();
+        for i in 0..100_000 {
+            match i {
+                100 | 60_000 => text.extend_from_slice(b"crlf line\r\n"),
+                30_000 => text.extend_from_slice(b"bad \xff byte\n"),
+                50_000 | 80_000 => text.extend_from_slice(&vec![b'L'; MAX_LINE * 2 + 7]),
+                50_001 => text.extend_from_slice(&vec![b'x'; MAX_LINE]),
+                _ => text.extend_from_slice(format!("line {i}\n").as_bytes()),
+            }
+        }
+        text.extend_from_slice(b"no newline at the end");
+        let expected = lines(&[&text]);
+        for read in [1, 7, 4096, 65_536, 256 * 1024, text.len()] {
+            let mut buffer = LineBuffer::default();
+            let mut sink = Recorder::default();
+            for block in text.chunks(read) {
+                buffer.push_to(block, "stdout", 5, &mut sink);
+            }
+            buffer.finish(|l| sink.line("stdout", l, 5));
+            let got: Vec<String> = sink.lines.iter().map(|(_, t, _)| t.clone()).collect();
+            assert_eq!(got.len(), expected.len(), "reads of {read} bytes");
+            assert!(got == expected, "reads of {read} bytes: the lines differ");
+            assert!(sink.lines.iter().all(|(s, _, ts)| *s == "stdout" && *ts == 5));
+            if read >= 4096 {
+                let (runs, lines) = (sink.runs, sink.lines.len());
+                assert!(runs > 0 && runs < lines / 10, "reads of {read} bytes: {runs} runs for {lines} lines");
+            }
+        }
     }
 }

@@ -104,14 +104,14 @@ pub async fn run_step(
                 Ok(0) | Err(_) => out_open = false,
                 Ok(n) => {
                     let ts = now_ms();
-                    out.push(&out_block[..n], |text| sink.line("stdout", text, ts));
+                    out.push_to(&out_block[..n], "stdout", ts, sink);
                 }
             },
             read = stderr.read(&mut err_block), if err_open => match read {
                 Ok(0) | Err(_) => err_open = false,
                 Ok(n) => {
                     let ts = now_ms();
-                    err.push(&err_block[..n], |text| sink.line("stderr", text, ts));
+                    err.push_to(&err_block[..n], "stderr", ts, sink);
                 }
             },
             _ = until_due(sink.due()) => sink.flush(),

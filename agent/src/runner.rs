@@ -890,6 +890,19 @@ impl StepOutput for LogShipper<'_> {
         self.tail.push(stream, text, ts_ms);
     }
 
+    /// Line by line while in the head; past it, the rest of the run is kept whole.
+    fn lines(&mut self, stream: &'static str, run: &str, ts_ms: u64) {
+        let mut rest = run;
+        while !self.in_tail {
+            let Some((text, after)) = rest.split_once('\n') else { return };
+            self.line(stream, text, ts_ms);
+            rest = after;
+        }
+        if !rest.is_empty() {
+            self.tail.push_lines(stream, rest, ts_ms);
+        }
+    }
+
     fn due(&self) -> Option<tokio::time::Instant> {
         self.pending_since.map(|since| since + Self::BATCH_AGE)
     }
