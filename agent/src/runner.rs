@@ -894,7 +894,13 @@ impl StepOutput for LogShipper<'_> {
     fn lines(&mut self, stream: &'static str, run: &str, ts_ms: u64) {
         let mut rest = run;
         while !self.in_tail {
-            let Some((text, after)) = rest.split_once('\n') else { return };
+            let Some((text, after)) = rest.split_once('\n') else {
+                // A last line without its newline, which executors do not send, still counts.
+                if !rest.is_empty() {
+                    self.line(stream, rest, ts_ms);
+                }
+                return;
+            };
             self.line(stream, text, ts_ms);
             rest = after;
         }
@@ -984,6 +990,25 @@ mod tests {
             shipper.line("stdout", &text, i as u64);
         }
         shipper.finish();
+        received(&mut rx)
+    }
+
+    /// Like [`shipped`], with the lines handed over in runs of `run` lines (as executors hand
+    /// whole lines read together), each run stamped with the time of its first line.
+    fn shipped_in_runs(cap: LogCap, texts: &[String], run: usize) -> Vec<LogLine> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let target = ChunkTarget { run: "r", task: "t", execution: "e1", step: "s" };
+        let mut shipper = LogShipper::new(&tx, 1, target, &BTreeMap::new(), cap);
+        for (i, lines) in texts.chunks(run).enumerate() {
+            let joined: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            shipper.lines("stdout", &joined, (i * run) as u64);
+        }
+        shipper.finish();
+        received(&mut rx)
+    }
+
+    /// The lines of every chunk sent to `rx`, checking each chunk's numbering.
+    fn received(rx: &mut tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage>) -> Vec<LogLine> {
         let mut lines = Vec::new();
         while let Ok(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) = rx.try_recv() {
             assert!(batch.chunk_json.len() < 1 << 20, "a chunk must fit the store's 1 MiB value limit");
@@ -1023,6 +1048,29 @@ mod tests {
         let lines = shipped(cap, (0..15).map(|i| format!("{i:0100}")));
         assert_eq!(lines.len(), 15);
         assert!(lines.iter().all(|l| l.stream == "stdout"));
+    }
+
+    #[test]
+    fn lines_handed_over_in_runs_are_shipped_and_capped_as_one_by_one() {
+        for (cap, count) in [
+            (LogCap { lines: 1_000, bytes: 1 << 20 }, 5_003),
+            (LogCap { lines: 100_000, bytes: 2_000 }, 777),
+            (LogCap { lines: 1_000, bytes: 1 << 20 }, 600),
+        ] {
+            let texts: Vec<String> = (0..count).map(|i| format!("line {i:04}")).collect();
+            let want = shipped(cap, texts.iter().cloned());
+            for run in [1, 7, 500, 5_003] {
+                let got = shipped_in_runs(cap, &texts, run);
+                let text =
+                    |lines: &[LogLine]| lines.iter().map(|l| (l.stream.clone(), l.text.clone())).collect::<Vec<_>>();
+                assert_eq!(text(&got), text(&want), "{cap:?}, runs of {run}");
+                let stamped = got.iter().filter(|l| l.stream == "stdout").all(|l| {
+                    let i: u64 = l.text["line ".len()..].parse().expect("number");
+                    l.ts_ms == i - i % run as u64
+                });
+                assert!(stamped, "each line keeps its run's time ({cap:?}, runs of {run})");
+            }
+        }
     }
 
     #[test]

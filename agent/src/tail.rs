@@ -86,12 +86,13 @@ impl Tail {
         self.add(stream, text, 1, text.len(), ts_ms);
     }
 
-    /// Keeps a run of whole lines, each ending with `\n` and holding no other (what
-    /// [`crate::lines::StepOutput::lines`] is given).
+    /// Keeps a run of whole lines, each ending with `\n` (what
+    /// [`crate::lines::StepOutput::lines`] is given; a last line without one counts too).
     pub fn push_lines(&mut self, stream: &'static str, run: &str, ts_ms: u64) {
-        let Some(run) = run.strip_suffix('\n') else {
+        if run.is_empty() {
             return;
-        };
+        }
+        let run = run.strip_suffix('\n').unwrap_or(run);
         let lines = memchr::memchr_iter(b'\n', run.as_bytes()).count() + 1;
         self.add(stream, run, lines, run.len() - (lines - 1), ts_ms);
     }
@@ -286,5 +287,15 @@ mod tests {
         assert_eq!(dropped, 99_990);
         let expected: Vec<String> = (990..1_000).map(|i| i.to_string()).collect();
         assert_eq!(lines, expected);
+    }
+
+    #[test]
+    fn empty_lines_count_and_a_run_without_its_last_newline_loses_nothing() {
+        let mut tail = Tail::new(100, 1 << 20);
+        tail.push_lines("stdout", "", 0);
+        tail.push_lines("stdout", "\n\n", 0);
+        tail.push_lines("stdout", "a\nb", 0);
+        let (dropped, lines) = drained(&mut tail);
+        assert_eq!((dropped, lines), (0, vec![String::new(), String::new(), "a".into(), "b".into()]));
     }
 }
