@@ -191,6 +191,7 @@ mod tests {
         let exact = vec![b'w'; MAX_LINE];
         assert_eq!(lines(&[&exact, b"\n", b"after\n"]).len(), 2, "a line of exactly MAX_LINE, then the next");
     }
+
     /// Records what a sink is handed: runs as runs, lines as lines.
     #[derive(Default)]
     struct Recorder {
