@@ -145,9 +145,9 @@ pub async fn run_step(
 }
 
 /// Where the process executor notes the steps it runs (a file per step's process group, named
-/// by its ID and holding the boot, the start time of its leader and the agent's session), so that an agent started
-/// again after a crash stops what the dead one left running (DESIGN §9.3; the container
-/// executor finds its leftovers by label). A step's processes die with their agent only if
+/// by its ID and holding the boot, the start time of its leader and the agent's session), so
+/// that an agent started again after a crash stops what the dead one left running (DESIGN
+/// §9.3; the container executor finds its leftovers by label). A step's processes die with their agent only if
 /// they write to their closed output; one that never writes would otherwise run on.
 pub struct StepRecords {
     dir: PathBuf,
