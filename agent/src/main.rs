@@ -1,6 +1,7 @@
 //! `xene-agent`: joins the cluster (once), then holds a session with the leader and the
 //! pipeline leases it is granted, until SIGTERM or SIGINT.
 
+mod chunk;
 mod config;
 mod connect;
 mod credential;

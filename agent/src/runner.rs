@@ -4,6 +4,7 @@
 //! stay `NotExecuted`), retries tasks by their policy, and reports statuses and log lines to
 //! the leader, fenced by the lease epoch the run was started under.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -14,12 +15,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
-use xene_model::{
-    EnvValue, Executor, LogChunk, LogLine, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, Workflow,
-};
+use xene_model::{EnvValue, Executor, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, Workflow};
 use xene_proto as pb;
 use xene_proto::agent_message;
 
+use crate::chunk::ChunkJson;
 use crate::docker::{DockerExecutor, RunResources, StepCommand, TaskContainer, TaskSpec};
 use crate::leases::Leases;
 use crate::lines::{now_ms, StepOutput};
@@ -786,13 +786,9 @@ struct LogShipper<'a> {
     masks: Vec<String>,
     epoch: u64,
     run: String,
-    task: String,
-    execution: String,
-    step: String,
     next_seq: u64,
-    pending: Vec<LogLine>,
-    /// Bytes of text in `pending`.
-    pending_bytes: usize,
+    /// The lines not yet shipped, as the chunk that will carry them.
+    pending: ChunkJson,
     first_seq: u64,
     /// When the oldest line of `pending` came.
     pending_since: Option<tokio::time::Instant>,
@@ -826,12 +822,8 @@ impl<'a> LogShipper<'a> {
             masks: masks(secrets),
             epoch,
             run: target.run.into(),
-            task: target.task.into(),
-            execution: target.execution.into(),
-            step: target.step.into(),
             next_seq: 0,
-            pending: Vec::new(),
-            pending_bytes: 0,
+            pending: ChunkJson::new(target.run, target.task, target.step, target.execution),
             first_seq: 0,
             pending_since: None,
             cap,
@@ -847,28 +839,27 @@ impl<'a> LogShipper<'a> {
         let (dropped, kept) = self.tail.counts();
         if dropped > 0 {
             let marker = format!("[xene: {dropped} lines truncated; the last {kept} follow]");
-            self.ship("xene", marker, now_ms());
+            self.ship("xene", &marker, now_ms());
         }
         let mut tail = std::mem::replace(&mut self.tail, Tail::new(1, 1));
-        tail.drain(|stream, text, ts_ms| self.ship(stream, text.to_string(), ts_ms));
+        tail.drain(|stream, text, ts_ms| self.ship(stream, text, ts_ms));
         self.flush();
     }
 
-    fn ship(&mut self, stream: &str, text: String, ts_ms: u64) {
-        if self.pending.is_empty() {
+    fn ship(&mut self, stream: &str, text: &str, ts_ms: u64) {
+        if self.pending.lines() == 0 {
             self.first_seq = self.next_seq;
             self.pending_since = Some(tokio::time::Instant::now());
         }
-        let mut text = text;
+        let mut text = Cow::Borrowed(text);
         for mask in &self.masks {
             if text.contains(mask.as_str()) {
-                text = text.replace(mask.as_str(), "***");
+                text = Cow::Owned(text.replace(mask.as_str(), "***"));
             }
         }
-        self.pending_bytes += text.len();
-        self.pending.push(LogLine { seq: self.next_seq, ts_ms, stream: stream.into(), text });
+        self.pending.push(self.next_seq, ts_ms, stream, &text);
         self.next_seq += 1;
-        if self.pending.len() >= Self::BATCH_LINES || self.pending_bytes >= Self::BATCH_BYTES {
+        if self.pending.lines() >= Self::BATCH_LINES || self.pending.text_bytes() >= Self::BATCH_BYTES {
             self.flush();
         }
     }
@@ -881,7 +872,7 @@ impl StepOutput for LogShipper<'_> {
             if self.head_lines < self.cap.half_lines() && bytes <= self.cap.half_bytes() {
                 self.head_lines += 1;
                 self.head_bytes = bytes;
-                self.ship(stream, text.to_string(), ts_ms);
+                self.ship(stream, text, ts_ms);
                 return;
             }
             // Past the head only the latest lines are kept, until the step ends.
@@ -915,21 +906,13 @@ impl StepOutput for LogShipper<'_> {
 
     fn flush(&mut self) {
         self.pending_since = None;
-        if self.pending.is_empty() {
+        if self.pending.lines() == 0 {
             return;
         }
-        self.pending_bytes = 0;
-        let chunk = LogChunk {
-            run: self.run.clone(),
-            task: self.task.clone(),
-            step: self.step.clone(),
-            execution: self.execution.clone(),
-            lines: std::mem::take(&mut self.pending),
-        };
         let batch = pb::LogBatch {
             run: self.run.clone(),
             epoch: self.epoch,
-            chunk_json: serde_json::to_string(&chunk).unwrap_or_default(),
+            chunk_json: self.pending.take(),
             first_seq: self.first_seq,
             seq: 0,
         };
@@ -954,6 +937,7 @@ fn masks(secrets: &BTreeMap<String, String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xene_model::{LogChunk, LogLine};
 
     #[test]
     fn secret_values_are_masked_line_by_line() {
