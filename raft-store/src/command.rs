@@ -57,6 +57,7 @@ pub struct Txn {
 /// One condition on one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub op: CompareOp,
     pub target: CompareTarget,
@@ -78,7 +79,7 @@ pub enum CompareTarget {
     Version(u64),
     CreateRevision(Revision),
     ModRevision(Revision),
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl Compare {
@@ -108,20 +109,38 @@ impl Compare {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Write `value` at `key`.
-    Put { key: Vec<u8>, value: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// Read one key, or every key starting with `key` when `prefix` is set, in key order,
     /// at most `limit` of them (0 means no limit).
-    Get { key: Vec<u8>, prefix: bool, limit: u64 },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        prefix: bool,
+        limit: u64,
+    },
     /// Remove one key.
-    Delete { key: Vec<u8> },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// Remove every key that starts with `prefix`.
-    DeletePrefix { prefix: Vec<u8> },
+    DeletePrefix {
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+    },
 }
 
 /// A key as stored, with its revisions (DESIGN §4.3).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Revision that created the key (since its last deletion).
     pub create_revision: Revision,
@@ -298,4 +317,92 @@ fn check_value(key: &[u8], value: &[u8]) -> Result<(), Rejection> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The types as they were before their bytes were written as byte strings: what is on
+    /// disk and in flight from earlier builds.
+    mod before {
+        use super::Revision;
+        use serde::Serialize;
+
+        #[derive(Serialize)]
+        pub struct KeyValue {
+            pub key: Vec<u8>,
+            pub value: Vec<u8>,
+            pub create_revision: Revision,
+            pub mod_revision: Revision,
+            pub version: u64,
+        }
+
+        #[derive(Serialize)]
+        pub enum Op {
+            Put { key: Vec<u8>, value: Vec<u8> },
+            Get { key: Vec<u8>, prefix: bool, limit: u64 },
+            Delete { key: Vec<u8> },
+            DeletePrefix { prefix: Vec<u8> },
+        }
+
+        #[derive(Serialize)]
+        pub enum CompareTarget {
+            Version(u64),
+            CreateRevision(Revision),
+            ModRevision(Revision),
+            Value(Vec<u8>),
+        }
+    }
+
+    /// postcard writes a byte string exactly as it wrote a sequence of bytes (a varint length,
+    /// then the bytes), so stores and peers of earlier builds read and are read unchanged.
+    #[test]
+    fn bytes_are_encoded_as_before() {
+        let value: Vec<u8> = (0..=255).cycle().take(300).collect();
+        let kv = KeyValue {
+            key: b"/runs/a".to_vec(),
+            value: value.clone(),
+            create_revision: 3,
+            mod_revision: 9,
+            version: 2,
+        };
+        let old = before::KeyValue {
+            key: b"/runs/a".to_vec(),
+            value: value.clone(),
+            create_revision: 3,
+            mod_revision: 9,
+            version: 2,
+        };
+        assert_eq!(postcard::to_stdvec(&kv).ok(), postcard::to_stdvec(&old).ok());
+        let ops = [
+            (
+                Op::Put { key: b"k".to_vec(), value: value.clone() },
+                before::Op::Put { key: b"k".to_vec(), value: value.clone() },
+            ),
+            (
+                Op::Get { key: b"k".to_vec(), prefix: true, limit: 7 },
+                before::Op::Get { key: b"k".to_vec(), prefix: true, limit: 7 },
+            ),
+            (Op::Delete { key: vec![] }, before::Op::Delete { key: vec![] }),
+            (Op::DeletePrefix { prefix: b"/p/".to_vec() }, before::Op::DeletePrefix { prefix: b"/p/".to_vec() }),
+        ];
+        for (op, old) in ops {
+            let bytes = postcard::to_stdvec(&op).expect("encode");
+            assert_eq!(Some(&bytes), postcard::to_stdvec(&old).ok().as_ref(), "{op:?}");
+            assert_eq!(postcard::from_bytes::<Op>(&bytes).ok(), Some(op));
+        }
+        let targets = [
+            (CompareTarget::Version(4), before::CompareTarget::Version(4)),
+            (CompareTarget::CreateRevision(5), before::CompareTarget::CreateRevision(5)),
+            (CompareTarget::ModRevision(6), before::CompareTarget::ModRevision(6)),
+            (CompareTarget::Value(value.clone()), before::CompareTarget::Value(value)),
+        ];
+        for (target, old) in targets {
+            assert_eq!(postcard::to_stdvec(&target).ok(), postcard::to_stdvec(&old).ok(), "{target:?}");
+        }
+        let compare = Compare::value(b"k".to_vec(), b"v".to_vec());
+        let bytes = postcard::to_stdvec(&compare).expect("encode");
+        assert_eq!(postcard::from_bytes::<Compare>(&bytes).ok(), Some(compare));
+    }
 }
