@@ -2,17 +2,6 @@
 //! `serde_json` makes of a [`xene_model::LogChunk`], without a `LogLine` and its two
 //! strings for every line, and with lines that need no escaping (most output) copied whole.
 
-use serde::Serialize;
-
-/// One line as `LogLine` is encoded, borrowed; the field order is `LogLine`'s.
-#[derive(Serialize)]
-struct LineRef<'a> {
-    seq: u64,
-    ts_ms: u64,
-    stream: &'a str,
-    text: &'a str,
-}
-
 /// The JSON of a `LogChunk` being filled.
 pub struct ChunkJson {
     /// `{"run":…,"lines":[`: what comes before the first line.
@@ -26,16 +15,12 @@ impl ChunkJson {
     /// An empty chunk of these lines' step.
     pub fn new(run: &str, task: &str, step: &str, execution: &str) -> Self {
         let mut head = String::from("{");
-        for (name, value) in [("run", run), ("task", task), ("step", step), ("execution", execution)] {
-            // `LogChunk` leaves out an empty execution.
-            if name == "execution" && value.is_empty() {
-                continue;
-            }
-            head.push('"');
-            head.push_str(name);
-            head.push_str("\":");
-            push_str_json(&mut head, value);
-            head.push(',');
+        push_field(&mut head, "run", run);
+        push_field(&mut head, "task", task);
+        push_field(&mut head, "step", step);
+        // `LogChunk` leaves out an empty execution.
+        if !execution.is_empty() {
+            push_field(&mut head, "execution", execution);
         }
         head.push_str("\"lines\":[");
         ChunkJson { json: head.clone(), head, lines: 0, text_bytes: 0 }
@@ -55,21 +40,17 @@ impl ChunkJson {
         if self.lines > 0 {
             self.json.push(',');
         }
-        if needs_escaping(stream) || needs_escaping(text) {
-            let line = LineRef { seq, ts_ms, stream, text };
-            self.json.push_str(&serde_json::to_string(&line).unwrap_or_default());
-        } else {
-            let mut number = itoa::Buffer::new();
-            self.json.push_str("{\"seq\":");
-            self.json.push_str(number.format(seq));
-            self.json.push_str(",\"ts_ms\":");
-            self.json.push_str(number.format(ts_ms));
-            self.json.push_str(",\"stream\":\"");
-            self.json.push_str(stream);
-            self.json.push_str("\",\"text\":\"");
-            self.json.push_str(text);
-            self.json.push_str("\"}");
-        }
+        // `LogLine`'s fields, in its order.
+        let mut number = itoa::Buffer::new();
+        self.json.push_str("{\"seq\":");
+        self.json.push_str(number.format(seq));
+        self.json.push_str(",\"ts_ms\":");
+        self.json.push_str(number.format(ts_ms));
+        self.json.push_str(",\"stream\":");
+        push_str_json(&mut self.json, stream);
+        self.json.push_str(",\"text\":");
+        push_str_json(&mut self.json, text);
+        self.json.push('}');
         self.lines += 1;
         self.text_bytes += text.len();
     }
@@ -93,6 +74,16 @@ fn needs_escaping(text: &str) -> bool {
     found || blocks.remainder().iter().any(special)
 }
 
+/// `"name":value,`.
+fn push_field(out: &mut String, name: &str, value: &str) {
+    out.push('"');
+    out.push_str(name);
+    out.push_str("\":");
+    push_str_json(out, value);
+    out.push(',');
+}
+
+/// `value` as a JSON string: copied as it is when nothing in it needs escaping.
 fn push_str_json(out: &mut String, value: &str) {
     if needs_escaping(value) {
         out.push_str(&serde_json::to_string(value).unwrap_or_default());
