@@ -334,6 +334,12 @@ pub async fn w9(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         steps.push(step_wall);
         stored.push((to_success, stored_lines, stored_bytes));
     }
+    // What storing the logs left in the servers' memory: the largest of the three.
+    let mut server_rss = 0;
+    for server in &cluster.servers {
+        let pid = server.pid().ok_or_else(|| anyhow!("a server of the cluster is not running"))?.as_raw();
+        server_rss = server_rss.max(crate::xene::rss_bytes(pid)?);
+    }
     drop(agent);
     drop(cluster);
     let mut alone_runs = Samples::default();
@@ -366,6 +372,9 @@ pub async fn w9(bench: &Bench) -> anyhow::Result<Vec<Row>> {
                 dur(to_success),
                 mb(stored_rate as u64)
             ))
+            .peer("–"),
+        Row::new(format!("W9 server RSS after storing the logs of {runs} runs, largest of 3"))
+            .xene(mb(server_rss))
             .peer("–"),
     ])
 }

@@ -111,10 +111,27 @@ impl Db {
         self.inner.write_opt(batch, &opts)
     }
 
-    /// Writes `batch` to the write-ahead log without waiting for the disk. Used for state the
-    /// Raft log can rebuild (the state machine); the next durable write syncs it too, since
-    /// all column families share one write-ahead log.
+    /// Writes `batch` to the write-ahead log without waiting for the disk; the next durable
+    /// write syncs it too, since all column families share one write-ahead log.
     pub(crate) fn write_buffered(&self, batch: WriteBatch) -> Result<(), rocksdb::Error> {
         self.inner.write(batch)
+    }
+
+    /// Writes `batch` to the memtables only, not to the write-ahead log: for the state
+    /// machine, which the Raft log rebuilds. A crash (even of the process alone) loses such
+    /// writes back to the column family's last flush; the state machine's applied log id is
+    /// in the same column family, so what survives is a state as of some applied log id, and
+    /// openraft applies the entries after it again. [`Db::flush_state_machine`] makes them
+    /// durable before the log may let go of the entries they came from.
+    pub(crate) fn write_unlogged(&self, batch: WriteBatch) -> Result<(), rocksdb::Error> {
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.inner.write_opt(batch, &opts)
+    }
+
+    /// Flushes the state machine's memtables to table files and waits until they are on
+    /// disk, with everything written to the state machine before the call.
+    pub(crate) fn flush_state_machine(&self) -> Result<(), rocksdb::Error> {
+        self.inner.flush_cf(self.cf(CF_SM))
     }
 }

@@ -47,6 +47,9 @@ pub use watch::Watcher;
 pub struct StoreConfig {
     /// How many recent events each server keeps for watchers (DESIGN §4.6).
     pub watch_window_events: usize,
+    /// How many bytes of keys and values those events may hold at most; past either bound
+    /// the oldest revisions leave the window, and watchers behind them are told to list again.
+    pub watch_window_bytes: usize,
     /// How many recent request outcomes are remembered per client (DESIGN §4.4).
     pub dedup_per_client: usize,
     /// How long a client may be silent before its outcomes are forgotten, in milliseconds of
@@ -56,7 +59,12 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { watch_window_events: 10_000, dedup_per_client: 1_024, dedup_client_idle_ms: 15 * 60 * 1000 }
+        StoreConfig {
+            watch_window_events: 10_000,
+            watch_window_bytes: 32 << 20,
+            dedup_per_client: 1_024,
+            dedup_client_idle_ms: 15 * 60 * 1000,
+        }
     }
 }
 

@@ -217,10 +217,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.recent.purge_through(log_id.index);
         let this = self.clone();
         blocking::run(ErrorSubject::Logs, ErrorVerb::Delete, move || {
-            // The state machine is written without syncing because the log can rebuild it.
-            // Before entries leave the log, sync everything written so far, so the applied
-            // state that replaces them is on disk.
-            this.db.raw().flush_wal(true).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+            // openraft purges only entries a snapshot covers, and the state machine was on disk
+            // through that snapshot before it was kept (flushed when built, synced when
+            // installed): the applied state that replaces these entries survives a crash.
             let mut batch = WriteBatch::default();
             batch.put_cf(this.db.cf(CF_META), meta_key::LAST_PURGED, codec::encode(&log_id));
             batch.delete_range_cf(this.db.cf(CF_LOG), index_key(0), index_key(log_id.index.saturating_add(1)));

@@ -81,7 +81,7 @@ impl StateMachineStore {
         let applied = state.applied.map_or(0, |id| id.index);
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
-                watch: WatchHub::new(applied, config.watch_window_events),
+                watch: WatchHub::new(applied, config.watch_window_events, config.watch_window_bytes),
                 db,
                 state: Mutex::new(state),
                 limits: DedupLimits {
@@ -148,7 +148,9 @@ impl Shared {
         let sm = self.db.cf(CF_SM);
         batch.put_cf(sm, sm_key::APPLIED, codec::encode(&state.applied));
         batch.put_cf(sm, sm_key::MEMBERSHIP, codec::encode(&state.membership));
-        self.db.write_buffered(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        // Not in the write-ahead log: the Raft log holds these entries until a snapshot that
+        // covers them is built, and building one flushes this column family first.
+        self.db.write_unlogged(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let applied = state.applied.map_or(0, |id| id.index);
         drop(state);
         self.watch.publish(events, applied);
@@ -361,6 +363,10 @@ impl Shared {
             pairs.push((key.to_vec(), value.to_vec()));
         }
         drop(view);
+        // The state machine is written without the write-ahead log (`apply_batch`). Once this
+        // snapshot is kept, openraft may purge the entries it covers; flush first, so that the
+        // state on disk is at least the snapshot's, whatever crash comes after.
+        self.db.flush_state_machine().map_err(|e| snapshot_err(None, ErrorVerb::Write, e))?;
         let find = |key: &[u8]| pairs.iter().find(|(k, _)| k.as_slice() == key).map(|(_, v)| v.as_slice());
         let last_log_id: Option<LogId> = match find(sm_key::APPLIED) {
             Some(bytes) => {

@@ -27,12 +27,22 @@ struct Window {
     compacted: Revision,
     /// The last applied revision (events or not).
     latest: Revision,
+    /// Most events kept.
     capacity: usize,
+    /// Bytes the kept events hold ([`event_bytes`]), and the most they may hold.
+    bytes: usize,
+    max_bytes: usize,
+}
+
+/// What an event costs the window: its key and value, and about the fixed size of an event.
+fn event_bytes(event: &Event) -> usize {
+    event.kv.key.len() + event.kv.value.len() + std::mem::size_of::<Event>()
 }
 
 impl WatchHub {
-    /// A window holding up to `capacity` events, starting after revision `applied`.
-    pub(crate) fn new(applied: Revision, capacity: usize) -> Arc<Self> {
+    /// A window holding up to `capacity` events and `max_bytes` of their keys and values,
+    /// starting after revision `applied`.
+    pub(crate) fn new(applied: Revision, capacity: usize, max_bytes: usize) -> Arc<Self> {
         let (notify, _) = watch::channel(applied);
         Arc::new(WatchHub {
             window: Mutex::new(Window {
@@ -40,6 +50,8 @@ impl WatchHub {
                 compacted: applied,
                 latest: applied,
                 capacity: capacity.max(1),
+                bytes: 0,
+                max_bytes,
             }),
             notify,
         })
@@ -54,13 +66,17 @@ impl WatchHub {
     pub(crate) fn publish(&self, events: Vec<Event>, applied: Revision) {
         {
             let mut window = self.lock();
+            window.bytes += events.iter().map(event_bytes).sum::<usize>();
             window.events.extend(events);
             window.latest = window.latest.max(applied);
             // Evict whole revisions, so a revision is either complete in the window or compacted.
-            while window.events.len() > window.capacity {
+            // The byte bound keeps large values (log chunks of 64 KiB) from holding hundreds of
+            // megabytes where small ones hold a few.
+            while window.events.len() > window.capacity || window.bytes > window.max_bytes {
                 let Some(oldest) = window.events.front().map(|e| e.kv.mod_revision) else { break };
                 while window.events.front().is_some_and(|e| e.kv.mod_revision == oldest) {
-                    window.events.pop_front();
+                    let gone = window.events.pop_front().map_or(0, |e| event_bytes(&e));
+                    window.bytes -= gone;
                 }
                 window.compacted = window.compacted.max(oldest);
             }
@@ -73,6 +89,7 @@ impl WatchHub {
         {
             let mut window = self.lock();
             window.events.clear();
+            window.bytes = 0;
             window.compacted = applied;
             window.latest = applied;
         }

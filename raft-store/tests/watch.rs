@@ -91,3 +91,32 @@ async fn a_watch_older_than_the_window_is_compacted() {
     assert!(matches!(sm.reader().watch(20, Vec::new()), Err(StoreError::Compacted { compacted: 20, .. })));
     assert!(sm.reader().watch(21, Vec::new()).is_ok());
 }
+
+#[tokio::test]
+async fn large_values_leave_the_window_by_their_bytes() {
+    // Room for about three events of 1 KiB values, whatever the count allows.
+    let config = StoreConfig { watch_window_events: 1_000, watch_window_bytes: 3 * 1_200, ..StoreConfig::default() };
+    let mut store = open_with(config);
+    let big = "x".repeat(1_024);
+    for i in 0..10 {
+        store.txn(txn(vec![put(&format!("k{i}"), &big)])).await;
+    }
+    let reader = store.sm.reader();
+    assert!(
+        matches!(reader.watch(7, Vec::new()), Err(StoreError::Compacted { requested: 7, compacted: 7 })),
+        "revisions 1 to 7 must have left a window of 3,600 bytes"
+    );
+    let mut watcher = reader.watch(8, Vec::new()).expect("watch inside the window");
+    let events = watcher.next().await.expect("events");
+    assert_eq!(events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(), vec![8, 9, 10]);
+    assert!(events.iter().all(|e| e.kv.value == big.as_bytes()), "values arrive whole");
+
+    // The bytes of evicted events are given back: ten more, and the window holds the last three.
+    for i in 10..20 {
+        store.txn(txn(vec![put(&format!("k{i}"), &big)])).await;
+    }
+    assert!(matches!(reader.watch(17, Vec::new()), Err(StoreError::Compacted { compacted: 17, .. })));
+    let mut watcher = reader.watch(18, Vec::new()).expect("watch inside the window");
+    let revisions: Vec<u64> = watcher.next().await.expect("events").iter().map(|e| e.kv.mod_revision).collect();
+    assert_eq!(revisions, vec![18, 19, 20]);
+}
