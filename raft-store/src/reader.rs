@@ -46,6 +46,19 @@ impl KvReader {
             .map_err(|e| StoreError::Join(e.to_string()))?
     }
 
+    /// Reads the keys starting with `prefix` that sort at or after `from` (at most `limit`, 0 =
+    /// no limit), from one consistent view of the store: a page of a long prefix, the next
+    /// page starting after the last key of this one (that key with a 0 byte appended).
+    pub async fn range_from(&self, prefix: Vec<u8>, from: Vec<u8>, limit: u64) -> Result<RangeResult> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let from = if from.as_slice() < prefix.as_slice() { prefix.clone() } else { from };
+            scan_blocking(&db, &prefix, &from, limit)
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
     /// The last revision this server applied.
     pub fn applied_revision(&self) -> Revision {
         self.watch.latest()
@@ -67,32 +80,48 @@ impl KvReader {
 }
 
 fn range_blocking(db: &Db, key: &[u8], prefix: bool, limit: u64) -> Result<RangeResult> {
+    if prefix {
+        return scan_blocking(db, key, key, limit);
+    }
     let view = db.raw().snapshot();
     let sm = db.cf(CF_SM);
-    let revision = match view.get_cf(sm, sm_key::APPLIED)? {
-        Some(bytes) => codec::decode::<Option<LogId>>("applied log id", &bytes)?.map_or(0, |id| id.index),
-        None => 0,
+    let revision = applied_in(&view, db)?;
+    let kvs = match view.get_cf(sm, data_key(key))? {
+        Some(bytes) => vec![codec::decode("stored key", &bytes)?],
+        None => Vec::new(),
     };
-    let start = data_key(key);
+    Ok(RangeResult { kvs, more: false, revision })
+}
+
+/// The keys starting with `prefix` from `from` on (`from` sorts at or after `prefix`).
+fn scan_blocking(db: &Db, prefix: &[u8], from: &[u8], limit: u64) -> Result<RangeResult> {
+    let view = db.raw().snapshot();
+    let sm = db.cf(CF_SM);
+    let revision = applied_in(&view, db)?;
+    let (prefix, start) = (data_key(prefix), data_key(from));
+    let limit = if limit == 0 { usize::MAX } else { usize::try_from(limit).unwrap_or(usize::MAX) };
     let mut kvs = Vec::new();
     let mut more = false;
-    if prefix {
-        let limit = if limit == 0 { usize::MAX } else { usize::try_from(limit).unwrap_or(usize::MAX) };
-        let mut opts = ReadOptions::default();
-        opts.set_snapshot(&view);
-        for item in db.raw().iterator_cf_opt(sm, opts, IteratorMode::From(&start, Direction::Forward)) {
-            let (k, v) = item?;
-            if !k.starts_with(&start) {
-                break;
-            }
-            if kvs.len() == limit {
-                more = true;
-                break;
-            }
-            kvs.push(codec::decode("stored key", &v)?);
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&view);
+    for item in db.raw().iterator_cf_opt(sm, opts, IteratorMode::From(&start, Direction::Forward)) {
+        let (k, v) = item?;
+        if !k.starts_with(&prefix) {
+            break;
         }
-    } else if let Some(bytes) = view.get_cf(sm, &start)? {
-        kvs.push(codec::decode("stored key", &bytes)?);
+        if kvs.len() == limit {
+            more = true;
+            break;
+        }
+        kvs.push(codec::decode("stored key", &v)?);
     }
     Ok(RangeResult { kvs, more, revision })
+}
+
+/// The revision a view of the store has applied.
+fn applied_in(view: &rocksdb::Snapshot<'_>, db: &Db) -> Result<Revision> {
+    Ok(match view.get_cf(db.cf(CF_SM), sm_key::APPLIED)? {
+        Some(bytes) => codec::decode::<Option<LogId>>("applied log id", &bytes)?.map_or(0, |id| id.index),
+        None => 0,
+    })
 }

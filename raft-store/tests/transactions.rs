@@ -160,6 +160,27 @@ async fn prefix_ranges_with_limits_and_delete_prefix() {
     let exact = reader.range(b"a/".to_vec(), true, 3).await.expect("range");
     assert!(!exact.more, "no more when the limit equals the count");
 
+    // Page by page: each page starts after the last key of the one before, and the pages hold
+    // the prefix's keys and nothing else, once each.
+    let mut pages = Vec::new();
+    let mut from = Vec::new();
+    loop {
+        let page = reader.range_from(b"a/".to_vec(), from.clone(), 2).await.expect("page");
+        pages.push(page.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>());
+        match page.kvs.last() {
+            Some(last) if page.more => from = [last.key.as_slice(), &[0]].concat(),
+            _ => break,
+        }
+    }
+    assert_eq!(pages, vec![vec![b"a/1".to_vec(), b"a/2".into()], vec![b"a/3".to_vec()]]);
+    let from_inside = reader.range_from(b"a/".to_vec(), b"a/2".to_vec(), 0).await.expect("range");
+    assert_eq!(
+        from_inside.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+        vec![b"a/2".to_vec(), b"a/3".into()]
+    );
+    let before_prefix = reader.range_from(b"a/".to_vec(), b"0".to_vec(), 0).await.expect("range");
+    assert_eq!(before_prefix.kvs, all.kvs, "a start before the prefix reads from the prefix");
+
     // The same through a transaction, where pending writes merge with stored keys.
     let response = store.txn(txn(vec![put("a/0", "new"), Op::Delete { key: "a/2".into() }, get_prefix("a/", 2)])).await;
     match &response.results[2] {

@@ -284,12 +284,29 @@ pub async fn agent_logs(
     }
 }
 
-/// Every stored log chunk of a run, in order (task, step, sequence).
-pub async fn log_chunks(node: &ClusterNode, run: &str, from_revision: Option<u64>) -> Result<(Vec<LogChunk>, u64)> {
-    let _ = from_revision;
-    let found = node.reader.range(keys::logs_of(run).into_bytes(), true, 0).await?;
+/// Stored log chunks of a run read in one page: about 1 MiB of 64 KiB chunks, so that
+/// reading a run's logs holds a page at a time, not all of them.
+const LOG_PAGE: u64 = 16;
+
+/// One page of a run's stored log chunks, in order (task, step, sequence), starting at the
+/// key `from` (the run's first chunk when empty); the key the next page starts at, if there
+/// is more; and the revision the page was read at.
+pub async fn log_chunk_page(node: &ClusterNode, run: &str, from: Vec<u8>) -> Result<LogPage> {
+    let found = node.reader.range_from(keys::logs_of(run).into_bytes(), from, LOG_PAGE).await?;
+    let next = match found.kvs.last() {
+        Some(last) if found.more => Some([last.key.as_slice(), &[0]].concat()),
+        _ => None,
+    };
     let chunks = found.kvs.iter().filter_map(|kv| serde_json::from_slice::<LogChunk>(&kv.value).ok()).collect();
-    Ok((chunks, found.revision))
+    Ok(LogPage { chunks, next, revision: found.revision })
+}
+
+/// A page of log chunks ([`log_chunk_page`]).
+pub struct LogPage {
+    pub chunks: Vec<LogChunk>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<Vec<u8>>,
+    pub revision: u64,
 }
 
 /// Marks a run whose agent lost its lease as failed with `AgentLost` (DESIGN §7.4).

@@ -96,16 +96,30 @@ impl RunService for RunApi {
                         return;
                     }
                 };
-                let (chunks, revision) = match runs::log_chunks(&node, &logs.run, None).await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
+                // Page by page, so that a run with megabytes of logs is never held whole. The
+                // watch below starts after the first page's revision: a chunk stored while the
+                // pages are read comes either in a later page or from the watch (or both; the
+                // cursors send its lines once).
+                let mut from = Vec::new();
+                let mut revision = None;
+                loop {
+                    let page = match runs::log_chunk_page(&node, &logs.run, from).await {
+                        Ok(page) => page,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                    revision.get_or_insert(page.revision);
+                    if !send_lines(&tx, &logs, &executions, &mut next, page.chunks).await {
                         return;
                     }
-                };
-                if !send_lines(&tx, &logs, &executions, &mut next, chunks).await {
-                    return;
+                    match page.next {
+                        Some(key) => from = key,
+                        None => break,
+                    }
                 }
+                let revision = revision.unwrap_or_default();
                 if !logs.follow || finished {
                     return;
                 }
