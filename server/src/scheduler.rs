@@ -34,7 +34,12 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize,
                 changed = metrics.changed() => if changed.is_err() { return },
             }
         }
-        tracing::info!(node = node.id, "leading: the scheduler starts");
+        // Leading a term, not leading: a server that loses its leadership and wins the next
+        // election between two looks at its role (a deposed leader cut off from the others
+        // does, when it comes back) starts over, with a fresh grace period for agents to
+        // reconnect and with the sessions of the old term closed.
+        let term = metrics.borrow().current_term;
+        tracing::info!(node = node.id, term, "leading: the scheduler starts");
         let leader_since = Instant::now();
         let mut last_sweep = Instant::now();
         let mut changes = watch_store(&node);
@@ -62,7 +67,7 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize,
                 _ = hub.changed.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
-            if !node.is_leader() {
+            if !node.is_leader() || metrics.borrow().current_term != term {
                 break;
             }
         }
@@ -71,9 +76,10 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize,
     }
 }
 
-/// What the scheduler's running depends on: whether this server leads, and whom it follows.
-fn role_of(metrics: &RaftMetrics<NodeId, NodeInfo>) -> (ServerState, Option<NodeId>) {
-    (metrics.state, metrics.current_leader)
+/// What the scheduler's running depends on: whether this server leads, in which term, and
+/// whom it follows.
+fn role_of(metrics: &RaftMetrics<NodeId, NodeInfo>) -> (ServerState, u64, Option<NodeId>) {
+    (metrics.state, metrics.current_term, metrics.current_leader)
 }
 
 /// The prefixes whose writes the scheduler acts on.
