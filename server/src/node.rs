@@ -63,8 +63,6 @@ pub struct ClusterNode {
     /// Concurrent linearizable reads share one leadership confirmation (leader) or one
     /// read-index request (follower).
     local_reads: ReadIndexRounds,
-    /// Leadership confirmations for agents' heartbeats ([`ClusterNode::confirm_leadership`]).
-    heartbeat_rounds: ReadIndexRounds,
     remote_reads: ReadIndexRounds,
     /// Writes proposed on this server while it leads, grouped into entries, and where they go.
     proposals: Proposals,
@@ -108,10 +106,6 @@ impl ReadIndexRounds {
     }
 }
 
-/// The pause before each leadership confirmation for heartbeats: what an acknowledgement may
-/// wait longer, against how many rounds thousands of heartbeats cost.
-const HEARTBEAT_ROUND_GAP: Duration = Duration::from_millis(5);
-
 /// Milliseconds since the Unix epoch by this server's clock.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -144,7 +138,6 @@ impl ClusterNode {
             next_request: AtomicU64::new(1),
             transferring: AtomicBool::new(false),
             local_reads: ReadIndexRounds::default(),
-            heartbeat_rounds: ReadIndexRounds::default(),
             remote_reads: ReadIndexRounds::default(),
             proposals,
             to_raft,
@@ -313,22 +306,6 @@ impl ClusterNode {
                 }
             })
             .await
-    }
-
-    /// On the leader: confirms with a quorum, in a round that began after the call, that this
-    /// server still leads, before an agent's heartbeat is acknowledged. A leader cut off from
-    /// the others still believes it leads, and its acknowledgements would keep an agent
-    /// running what the real leader gives away after the TTL (DESIGN §7.5). Rounds start at
-    /// most every [`HEARTBEAT_ROUND_GAP`], shared by every heartbeat waiting: thousands of
-    /// agents cost a few rounds a second, not one each (PERF W6).
-    pub async fn confirm_leadership(&self) -> Result<()> {
-        self.heartbeat_rounds
-            .run(|| async {
-                tokio::time::sleep(HEARTBEAT_ROUND_GAP).await;
-                self.read_index_local().await
-            })
-            .await
-            .map(|_| ())
     }
 
     /// On a follower: the leader's read index, one request for every concurrent caller.

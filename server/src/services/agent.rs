@@ -396,9 +396,6 @@ impl AgentService for AgentApi {
                             // Acknowledging would tell the agent it still has a leader.
                             break;
                         }
-                        if node.confirm_leadership().await.is_err() {
-                            break;
-                        }
                         hub.heartbeat(&name, serial, now_ms());
                         let ack = pb::ServerMessage {
                             body: Some(server_message::Body::Ack(pb::HeartbeatAck { sent_ms: beat.sent_ms })),
