@@ -1,6 +1,7 @@
 //! The agent's one session with the leader (DESIGN §7.2): hello, heartbeats inside the
 //! stream, lease grants and revocations; on any break, reconnect to another server with
 //! exponential backoff and jitter, going straight to the leader when a follower names it.
+//! Only a leader's acknowledgement of a heartbeat keeps the agent's leases (the `fence`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use crate::leases::Leases;
 use crate::pace::Pacer;
 use crate::runner::Runner;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Why a session ended.
 enum End {
@@ -32,18 +35,74 @@ enum End {
 }
 
 /// Keeps a session open until `stop`; returns an error only when the cluster refuses the agent.
+/// Beside it, [`fence`] drops the leases once a TTL passes without a confirmed leader's word.
 pub async fn run(
     config: AgentConfig,
     credential: Credential,
     leases: Arc<Leases>,
     runner: Arc<Runner>,
-    mut outbox: UnboundedReceiver<pb::AgentMessage>,
+    outbox: UnboundedReceiver<pb::AgentMessage>,
     stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let (contact, seen) = watch::channel(Contact { last: Instant::now(), ttl: None });
+    let fencing = tokio::spawn(fence(seen, leases.clone(), runner.clone()));
+    let ended = sessions(config, credential, &leases, &runner, outbox, &stop, &contact).await;
+    // Dropping the sender ends the fence.
+    drop(contact);
+    if let Err(e) = fencing.await {
+        tracing::error!(error = %e, "the lease fence panicked");
+    }
+    ended
+}
+
+/// Drops every lease, and stops its runs, once the agent has gone a whole TTL without a
+/// confirmed leader's word: by then the leader may have given them to other agents, and a
+/// run attempt must not run on two agents at once (DESIGN §7.5). A timer, not a check between
+/// reconnection attempts, so backoff and hanging connections cannot delay it. Ends when
+/// `contact`'s sender is dropped.
+async fn fence(mut contact: watch::Receiver<Contact>, leases: Arc<Leases>, runner: Arc<Runner>) {
+    loop {
+        let Contact { last, ttl } = *contact.borrow_and_update();
+        let wake = match ttl {
+            // No leader has spoken yet: nothing was granted, nothing to drop.
+            None => None,
+            Some(ttl) if last.elapsed() < ttl => Some(last + ttl),
+            Some(ttl) => {
+                let held = leases.list();
+                if !held.is_empty() {
+                    tracing::warn!(
+                        ttl_ms = ttl.as_millis() as u64,
+                        "no word from a confirmed leader for the agent TTL; dropping every pipeline"
+                    );
+                    for (pipeline, epoch) in held {
+                        leases.revoke(&pipeline, epoch);
+                        runner.stop_pipeline(&pipeline);
+                    }
+                }
+                // Still out of touch: look again now and then, in case a grant slipped in.
+                Some(Instant::now() + ttl / 4)
+            }
+        };
+        tokio::select! {
+            changed = contact.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+        }
+    }
+}
+
+/// The session loop: one session at a time, to the leader, reconnecting on every break.
+async fn sessions(
+    config: AgentConfig,
+    credential: Credential,
+    leases: &Arc<Leases>,
+    runner: &Arc<Runner>,
+    mut outbox: UnboundedReceiver<pb::AgentMessage>,
+    stop: &CancellationToken,
+    contact: &watch::Sender<Contact>,
 ) -> anyhow::Result<()> {
     let mut next = 0usize;
     let mut hint: Option<String> = None;
     let mut pause = Duration::from_millis(100);
-    let mut contact = Contact { last: tokio::time::Instant::now(), ttl: None };
     let mut unacked = Unacked::default();
     // One pacer for the agent's life: what it holds outlives a session, and a reconnect does
     // not grant a fresh burst.
@@ -52,20 +111,6 @@ pub async fn run(
         if stop.is_cancelled() {
             return Ok(());
         }
-        // Out of touch with the leader for a whole TTL, the leader has given our leases to
-        // others: stop running them, so no pipeline runs on two agents at once (DESIGN §7.5).
-        if let Some(ttl) = contact.ttl {
-            if contact.last.elapsed() >= ttl && !leases.list().is_empty() {
-                tracing::warn!(
-                    ttl_ms = ttl.as_millis() as u64,
-                    "no contact with the leader for the agent TTL; dropping every pipeline"
-                );
-                for (pipeline, epoch) in leases.list() {
-                    leases.revoke(&pipeline, epoch);
-                    runner.stop_pipeline(&pipeline);
-                }
-            }
-        }
         let server = match hint.take() {
             Some(leader) => leader,
             None => {
@@ -73,11 +118,10 @@ pub async fn run(
                 config.servers[next % config.servers.len()].clone()
             }
         };
-        let link =
-            Link { leases: &leases, runner: &runner, outbox: &mut outbox, unacked: &mut unacked, pacer: &mut pacer };
-        let before = contact.last;
-        let end = once(&server, &config, &credential, link, &stop, &mut contact).await;
-        if contact.last > before {
+        let link = Link { leases, runner, outbox: &mut outbox, unacked: &mut unacked, pacer: &mut pacer };
+        let before = contact.borrow().last;
+        let end = once(&server, &config, &credential, link, stop, contact).await;
+        if contact.borrow().last > before {
             // The session was up: the next break starts the backoff afresh.
             pause = Duration::from_millis(100);
         }
@@ -104,10 +148,39 @@ pub async fn run(
     }
 }
 
-/// When the agent last heard from a leader, and the TTL that leader announced.
+/// The last word from a confirmed leader, and the TTL that leader announced. `last` is when
+/// the agent *sent* what the leader answered (the heartbeat it acknowledged, the session
+/// request it welcomed): the leader's confirmation came after it, so the agent's TTL never
+/// ends later than the leader's view of it.
+#[derive(Clone, Copy)]
 struct Contact {
-    last: tokio::time::Instant,
+    last: Instant,
     ttl: Option<Duration>,
+}
+
+/// Heartbeats sent and not yet acknowledged, by their `sent_ms`, with when they were sent.
+/// The leader skips acknowledging when it cannot confirm its leadership, so some never are.
+#[derive(Default)]
+struct Beats(std::collections::VecDeque<(u64, Instant)>);
+
+impl Beats {
+    /// At most this many are remembered; older ones can no longer move the contact forward.
+    const KEPT: usize = 32;
+
+    fn sent(&mut self, sent_ms: u64, at: Instant) {
+        if self.0.len() == Self::KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back((sent_ms, at));
+    }
+
+    /// When the heartbeat `sent_ms` names was sent, forgetting it and every older one.
+    fn acked(&mut self, sent_ms: u64) -> Option<Instant> {
+        let position = self.0.iter().position(|(ms, _)| *ms == sent_ms)?;
+        let (_, at) = self.0[position];
+        self.0.drain(..=position);
+        Some(at)
+    }
 }
 
 /// What a session works with.
@@ -162,7 +235,7 @@ async fn once(
     credential: &Credential,
     link: Link<'_>,
     stop: &CancellationToken,
-    contact: &mut Contact,
+    contact: &watch::Sender<Contact>,
 ) -> End {
     let Link { leases, runner, outbox, unacked, pacer } = link;
     let channel = match channel(server) {
@@ -186,6 +259,7 @@ async fn once(
         }
         Err(_) => return End::Fatal("the stored credential is not valid text".into()),
     }
+    let asked_at = Instant::now();
     let mut inbound = match AgentServiceClient::new(channel).session(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
@@ -209,8 +283,8 @@ async fn once(
         Ok(Some(Err(status))) => return End::Retry(status.message().to_string()),
         _ => return End::Retry("no welcome from the server".into()),
     };
-    contact.ttl = Some(ttl);
-    contact.last = tokio::time::Instant::now();
+    // A server welcomes an agent only while a quorum confirms it leads.
+    contact.send_replace(Contact { last: asked_at, ttl: Some(ttl) });
     if !unacked.writes.is_empty() {
         tracing::info!(writes = unacked.writes.len(), "sending the writes the last session did not confirm");
     }
@@ -220,7 +294,7 @@ async fn once(
         }
     }
     let mut ticker = tokio::time::interval(heartbeat);
-    let mut last_heard = tokio::time::Instant::now();
+    let mut beats = Beats::default();
     loop {
         // Held writes leave first, as the log pace lets them.
         if unacked.writes.len() < WINDOW {
@@ -243,17 +317,23 @@ async fn once(
                 }
             }
             _ = ticker.tick() => {
-                if last_heard.elapsed() > ttl {
-                    return End::Retry(format!("nothing heard from the server for {} ms", ttl.as_millis()));
+                // Half a TTL without an acknowledgement: this server may lead no more (cut off
+                // from the others, it cannot confirm it does). Look for the leader elsewhere
+                // while the other half runs; the fence drops the leases when it is over.
+                let silent = contact.borrow().last.elapsed();
+                if silent > ttl / 2 {
+                    return End::Retry(format!(
+                        "no heartbeat acknowledged for {} ms; looking for the leader elsewhere",
+                        silent.as_millis()
+                    ));
                 }
                 let sent_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                beats.sent(sent_ms, Instant::now());
                 if tx.send(pb::AgentMessage { body: Some(agent_message::Body::Heartbeat(pb::Heartbeat { sent_ms })) }).await.is_err() {
                     return End::Retry("the session's send side closed".into());
                 }
             }
             message = inbound.next() => {
-                last_heard = tokio::time::Instant::now();
-                contact.last = last_heard;
                 match message {
                     Some(Ok(pb::ServerMessage { body: Some(body) })) => match body {
                         server_message::Body::Grant(grant) => {
@@ -284,7 +364,16 @@ async fn once(
                             runner.stop_at(&fenced.run, fenced.epoch);
                         }
                         server_message::Body::Written(ack) => unacked.acked(ack.seq),
-                        server_message::Body::Ack(_) | server_message::Body::Welcome(_) => {}
+                        server_message::Body::Ack(ack) => {
+                            if let Some(sent) = beats.acked(ack.sent_ms) {
+                                contact.send_if_modified(|c| {
+                                    let later = sent > c.last;
+                                    c.last = c.last.max(sent);
+                                    later
+                                });
+                            }
+                        }
+                        server_message::Body::Welcome(_) => {}
                     },
                     Some(Ok(_)) => {}
                     Some(Err(status)) => return End::Retry(status.message().to_string()),
@@ -292,5 +381,37 @@ async fn once(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_moves_the_contact_to_when_its_heartbeat_left() {
+        let start = Instant::now();
+        let mut beats = Beats::default();
+        beats.sent(1_000, start);
+        beats.sent(1_500, start + Duration::from_millis(500));
+        beats.sent(2_000, start + Duration::from_secs(1));
+        // An ack for a heartbeat never sent (or long forgotten) tells nothing.
+        assert_eq!(beats.acked(999), None);
+        assert_eq!(beats.acked(1_500), Some(start + Duration::from_millis(500)));
+        // The older heartbeat went with it: its ack, arriving late, cannot move the contact.
+        assert_eq!(beats.acked(1_000), None);
+        assert_eq!(beats.acked(2_000), Some(start + Duration::from_secs(1)));
+        assert_eq!(beats.acked(2_000), None, "an ack counts once");
+    }
+
+    #[test]
+    fn only_the_latest_heartbeats_are_remembered() {
+        let start = Instant::now();
+        let mut beats = Beats::default();
+        for i in 0..(Beats::KEPT as u64 + 8) {
+            beats.sent(i, start + Duration::from_millis(i));
+        }
+        assert_eq!(beats.acked(7), None, "forgotten");
+        assert_eq!(beats.acked(8), Some(start + Duration::from_millis(8)));
     }
 }

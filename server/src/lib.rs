@@ -3,7 +3,8 @@
 //! - [`config`]: flags, environment and config file.
 //! - [`server`]: wiring, start-up (bootstrap or join) and ordered shutdown.
 //! - [`node`]: this server's place in the cluster: proposals forwarded to the leader, read
-//!   barriers, membership; [`proposals`]: the leader's group commit of concurrent writes.
+//!   barriers, membership; [`proposals`]: the leader's group commit of concurrent writes;
+//!   [`leadership`]: whether a quorum confirmed this server's leadership lately.
 //! - [`network`], [`peers`]: openraft's network over tonic and the reused peer channels.
 //! - [`objects`]: workflows and pipeline status objects in the store; [`runs`]: runs and
 //!   their logs, with the fenced writes of agents; [`secrets`]: write-only secrets.
@@ -25,6 +26,7 @@ pub mod convert;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod leadership;
 pub mod metrics;
 pub mod network;
 pub mod node;

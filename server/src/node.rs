@@ -16,6 +16,7 @@ use xene_raft_store::{
 
 use crate::error::{Result, ServerError};
 use crate::keys;
+use crate::leadership::Confirmation;
 use crate::metrics::Metrics;
 use crate::peers::PeerPool;
 use crate::proposals::{self, Proposals, Submit};
@@ -69,6 +70,9 @@ pub struct ClusterNode {
     to_raft: Submit,
     /// Writes this server forwards to the leader, grouped into calls.
     forwards: Proposals,
+    /// Until when a quorum's acknowledgement lets this server speak to agents as the leader;
+    /// kept current by [`leadership::follow`](crate::leadership::follow).
+    pub leadership: Arc<Confirmation>,
 }
 
 /// Coalesces read-index requests: one round runs at a time, and a round serves every request
@@ -142,6 +146,7 @@ impl ClusterNode {
             proposals,
             to_raft,
             forwards,
+            leadership: Arc::default(),
         }
     }
 
@@ -158,6 +163,13 @@ impl ClusterNode {
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Whether this server leads and a quorum said so lately enough that agents may take its
+    /// word (heartbeat acknowledgements, session openings): see [`crate::leadership`]. A
+    /// leader cut off from the others stops being confirmed within an election timeout.
+    pub fn leadership_confirmed(&self) -> bool {
+        self.leadership.holds()
     }
 
     fn no_leader(&self) -> ServerError {

@@ -101,6 +101,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 
     let hub = Arc::new(AgentHub::new(config.agent_ttl));
     tasks.spawn(tokens.clone().follow(reader.clone(), stop.clone()));
+    tasks.spawn(crate::leadership::follow(raft.clone(), node.leadership.clone(), timing.election_min, stop.clone()));
     tasks.spawn(crate::scheduler::run(node.clone(), hub.clone(), config.run_history, stop.clone()));
     {
         let grpc = tonic::transport::Server::builder()

@@ -305,6 +305,14 @@ impl AgentService for AgentApi {
             }
             .into());
         }
+        // The welcome counts as the leader's word for the agent (its TTL restarts from when
+        // it asked), so a leader that cannot show a quorum's recent acknowledgement says no.
+        if !self.node.leadership_confirmed() {
+            return Err(ServerError::unavailable(
+                "this server has not heard from a quorum of the cluster lately; try another server",
+            )
+            .into());
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
             .await
@@ -397,6 +405,13 @@ impl AgentService for AgentApi {
                             break;
                         }
                         hub.heartbeat(&name, serial, now_ms());
+                        if !node.leadership_confirmed() {
+                            // Perhaps cut off from the others, who may have elected a new
+                            // leader: no acknowledgement, so the agent's TTL runs on and it
+                            // looks for the leader elsewhere (see `crate::leadership`).
+                            tracing::debug!(agent = %name, "heartbeat not acknowledged: leadership not confirmed lately");
+                            continue;
+                        }
                         let ack = pb::ServerMessage {
                             body: Some(server_message::Body::Ack(pb::HeartbeatAck { sent_ms: beat.sent_ms })),
                         };
