@@ -22,6 +22,9 @@ struct Step {
     p99: Duration,
     rss: u64,
     failures: u64,
+    /// Heartbeats sent in the window, and acknowledgements received in it.
+    sent: u64,
+    acked: u64,
 }
 
 impl Step {
@@ -47,6 +50,7 @@ pub async fn w6(bench: &Bench) -> anyhow::Result<Vec<Row>> {
             tokio::time::sleep(heartbeat * 2).await;
             let failures = fleet.stats.failures.load(Ordering::Relaxed);
             fleet.stats.take_heartbeats();
+            fleet.stats.sent.store(0, Ordering::Relaxed);
             fleet.stats.recording.store(true, Ordering::Relaxed);
             let (cpu0, began) = (cpu_time(pid)?, Instant::now());
             tokio::time::sleep(Duration::from_secs(sizes.window)).await;
@@ -62,14 +66,18 @@ pub async fn w6(bench: &Bench) -> anyhow::Result<Vec<Row>> {
                 p99: samples.percentile(99.0),
                 rss: rss_bytes(pid)?,
                 failures: fleet.stats.failures.load(Ordering::Relaxed) - failures,
+                sent: fleet.stats.sent.load(Ordering::Relaxed),
+                acked: samples.len() as u64,
             };
             eprintln!(
-                "xene-bench: W6 {} agents: leader {:.2} cores, heartbeat p99 {}, RSS {}, {} session failures",
+                "xene-bench: W6 {} agents: leader {:.2} cores, heartbeat p99 {}, RSS {}, {} session failures, {} of {} heartbeats acknowledged",
                 step.agents,
                 step.cores,
                 dur(step.p99),
                 mb(step.rss),
-                step.failures
+                step.failures,
+                step.acked,
+                step.sent
             );
             let passed = step.passed();
             steps.push(step);
@@ -105,10 +113,12 @@ pub async fn w6(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     );
     for step in &steps {
         rows.push(Row::new(format!("W6 {} agents", thousands(step.agents as u64))).xene(format!(
-            "leader {:.2} cores, heartbeat p99 {}, RSS {}{}",
+            "leader {:.2} cores, heartbeat p99 {}, RSS {}, {} of {} heartbeats acknowledged{}",
             step.cores,
             dur(step.p99),
             mb(step.rss),
+            thousands(step.acked),
+            thousands(step.sent),
             if step.failures > 0 { format!(", {} session failures", step.failures) } else { String::new() }
         )));
     }

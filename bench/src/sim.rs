@@ -28,6 +28,10 @@ pub struct FleetStats {
     pub open: AtomicUsize,
     pub failures: AtomicU64,
     pub recording: AtomicBool,
+    /// Heartbeats sent while recording; with `heartbeats` (the acknowledged ones' round
+    /// trips) it shows heartbeats a leader did not acknowledge (give or take those in flight
+    /// when recording starts and stops).
+    pub sent: AtomicU64,
     pub heartbeats: Mutex<Samples>,
     pub granted: Mutex<HashSet<String>>,
     pub last_error: Mutex<Option<String>>,
@@ -252,6 +256,9 @@ async fn once(
             _ = ticker.tick() => {
                 // The server echoes `sent_ms` untouched; microseconds give finer round trips.
                 let beat = pb::Heartbeat { sent_ms: now_us() };
+                if stats.recording.load(Ordering::Relaxed) {
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
                 tx.send(pb::AgentMessage { body: Some(agent_message::Body::Heartbeat(beat)) }).await.context("sending a heartbeat")?;
             }
             message = inbound.message() => match message.context("session")? {

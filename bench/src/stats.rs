@@ -20,6 +20,10 @@ impl Samples {
         self.sorted = false;
     }
 
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
