@@ -71,7 +71,17 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize,
                 break;
             }
         }
-        tracing::info!(node = node.id, "no longer leading: the scheduler stops and agents reconnect");
+        let now = metrics.borrow().current_term;
+        if node.is_leader() {
+            tracing::info!(
+                node = node.id,
+                term,
+                now,
+                "leading a new term: the scheduler starts over and agents reconnect"
+            );
+        } else {
+            tracing::info!(node = node.id, term, "no longer leading: the scheduler stops and agents reconnect");
+        }
         hub.clear();
     }
 }
