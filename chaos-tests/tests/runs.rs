@@ -614,15 +614,24 @@ async fn a_dead_executions_late_log_chunk_does_not_replace_the_live_ones() {
 
     // Bad chunks are refused (the agent is told its write is done, as for any refused write)
     // and change nothing: one of another run than its batch names, whose epoch would fence the
-    // wrong pipeline, and one whose execution is not a name.
+    // wrong pipeline, one whose execution is not a name, and one whose lines are not lines
+    // (the server stores a chunk's bytes as the agent sent them, so it must check them all).
     let other = "demo.other.20260101000000aaaa";
-    let bad =
-        [LogChunk { run: other.into(), ..chunk.clone() }, LogChunk { execution: "../up".into(), ..chunk.clone() }];
-    for bad in bad {
+    let mut not_lines = serde_json::to_value(&chunk).expect("chunk as a value");
+    not_lines["lines"][0]["seq"] = serde_json::json!("first");
+    let bad = [
+        (LogChunk { run: other.into(), ..chunk.clone() }, None),
+        (LogChunk { execution: "../up".into(), ..chunk.clone() }, None),
+        (chunk.clone(), Some(not_lines.to_string())),
+    ];
+    for (bad, raw) in bad {
         // The batch names this run, whatever the chunk says.
         let mut message = logs_write(&bad, epoch, 7);
         if let Some(pb::agent_message::Body::Logs(batch)) = &mut message.body {
             batch.run = id.clone();
+            if let Some(raw) = raw {
+                batch.chunk_json = raw;
+            }
         }
         let answer = session_answer(&cluster, &agent, message, |body| match body {
             pb::server_message::Body::Written(ack) if ack.seq >= 1 => Some(()),

@@ -47,7 +47,7 @@
 //! - [`PipelineObject`] (`pipeline_object.rs`): the status object the server
 //!   keeps per pipeline (§6.3).
 //! - [`RunObject`] (`run.rs`): a run with its task and step statuses; [`LogChunk`]
-//!   of [`LogLine`]s.
+//!   of [`LogLine`]s, and [`LogChunkView`] to check one without copying its lines.
 //! - [`LabelSelector`] (`selector.rs`): `team=infra,tier!=db,canary,!legacy`.
 //!
 //! # Invariant
@@ -103,7 +103,10 @@ pub use pipeline_object::{
     PipelineObject, PipelineRef, PipelineStatus, TriggerStatus, PIPELINE_KIND, REASON_NO_AGENTS,
 };
 pub use retry::RetryPolicy;
-pub use run::{LogChunk, LogLine, RunObject, RunSpec, RunStatus, StepRunStatus, TaskRunStatus, RUN_KIND};
+pub use run::{
+    CheckedLines, LogChunk, LogChunkView, LogLine, RunObject, RunSpec, RunStatus, StepRunStatus, TaskRunStatus,
+    RUN_KIND,
+};
 pub use selector::{LabelSelector, Requirement, SelectorError};
 pub use spec::WorkflowSpec;
 pub use step::Step;

@@ -1,6 +1,7 @@
 //! [`RunObject`]: one execution of a pipeline as stored (DESIGN §6.3, §9.1): what started it,
 //! where it runs, and the status of every task and step.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -141,6 +142,60 @@ pub struct LogChunk {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub execution: String,
     pub lines: Vec<LogLine>,
+}
+
+/// A [`LogChunk`]'s JSON read in place: its names borrowed, its lines each checked to be a
+/// [`LogLine`] and counted, none kept. What a server needs to take an agent's chunk and store
+/// the agent's bytes as they are, instead of building every line and serializing them again.
+#[derive(Debug, Deserialize)]
+pub struct LogChunkView<'a> {
+    #[serde(borrow)]
+    pub run: Cow<'a, str>,
+    #[serde(borrow)]
+    pub task: Cow<'a, str>,
+    #[serde(borrow)]
+    pub step: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub execution: Cow<'a, str>,
+    pub lines: CheckedLines,
+}
+
+/// The number of lines of a [`LogChunkView`]; each was read as a [`LogLine`] would be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedLines(pub usize);
+
+impl<'de> Deserialize<'de> for CheckedLines {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// A [`LogLine`]'s fields, the strings borrowed where they need no unescaping.
+        #[derive(Deserialize)]
+        #[allow(dead_code)] // Read to check the line's shape, then dropped.
+        struct LineView<'a> {
+            seq: u64,
+            ts_ms: u64,
+            #[serde(borrow)]
+            stream: Cow<'a, str>,
+            #[serde(borrow)]
+            text: Cow<'a, str>,
+        }
+
+        struct Count;
+        impl<'de> serde::de::Visitor<'de> for Count {
+            type Value = CheckedLines;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of log lines")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<CheckedLines, A::Error> {
+                let mut count = 0;
+                while seq.next_element::<LineView<'de>>()?.is_some() {
+                    count += 1;
+                }
+                Ok(CheckedLines(count))
+            }
+        }
+        deserializer.deserialize_seq(Count)
+    }
 }
 
 impl LogChunk {

@@ -6,7 +6,7 @@
 use chrono::Utc;
 use rand::RngCore;
 use xene_model::status::{ErrorReason, RunPhase};
-use xene_model::{LogChunk, RunObject, RunSpec, Workflow};
+use xene_model::{LogChunk, LogChunkView, RunObject, RunSpec, Workflow};
 use xene_raft_store::{Compare, KeyValue, Op, Txn};
 
 use crate::error::{Result, ServerError};
@@ -245,13 +245,16 @@ pub async fn agent_update(node: &ClusterNode, agent: &str, epoch: u64, reported:
 
 /// Stores a chunk of log lines, fenced by the lease epoch of the run's pipeline
 /// (`workflow`, `pipeline`), which the caller knows from the run. Each execution's chunks have
-/// keys of their own, so a dead execution's late chunk never replaces a live one's.
+/// keys of their own, so a dead execution's late chunk never replaces a live one's. `json` is
+/// the chunk as the agent sent it, stored as it is; `chunk` is it read in place, every line
+/// checked to be a [`xene_model::LogLine`] (readers parse the stored bytes as a `LogChunk`).
 pub async fn agent_logs(
     node: &ClusterNode,
     pipeline: (&str, &str),
     epoch: u64,
     first_seq: u64,
-    chunk: LogChunk,
+    chunk: &LogChunkView<'_>,
+    json: &str,
 ) -> Result<(), Refused> {
     let name_ok = |name: &str| !name.is_empty() && !name.contains('/');
     if !name_ok(&chunk.task) || !name_ok(&chunk.step) {
@@ -269,11 +272,10 @@ pub async fn agent_logs(
         return Err(Refused::Other(ServerError::InvalidArgument(what)));
     }
     let key = keys::log_chunk(&chunk.run, &chunk.task, &chunk.step, &chunk.execution, first_seq);
-    let value = serde_json::to_vec(&chunk).map_err(internal)?;
     let response = node
         .txn(Txn {
             compare: vec![fence(pipeline.0, pipeline.1, epoch)],
-            success: vec![Op::Put { key: key.into_bytes(), value }],
+            success: vec![Op::Put { key: key.into_bytes(), value: json.as_bytes().to_vec() }],
             failure: vec![],
         })
         .await?;

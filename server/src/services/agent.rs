@@ -157,12 +157,13 @@ async fn apply_write(
                     found
                 }),
             };
-            let result = match (pipeline, serde_json::from_str::<xene_model::LogChunk>(&batch.chunk_json)) {
+            let result = match (pipeline, serde_json::from_str::<xene_model::LogChunkView>(&batch.chunk_json)) {
                 (Ok(_), Ok(chunk)) if chunk.run != batch.run => Err(Refused::Other(ServerError::InvalidArgument(
                     format!("log batch of run {} holds a chunk of run {}", batch.run, chunk.run),
                 ))),
                 (Ok((workflow, pipeline)), Ok(chunk)) => {
-                    runs::agent_logs(node, (&workflow, &pipeline), batch.epoch, batch.first_seq, chunk).await
+                    let (epoch, first) = (batch.epoch, batch.first_seq);
+                    runs::agent_logs(node, (&workflow, &pipeline), epoch, first, &chunk, &batch.chunk_json).await
                 }
                 (Err(e), _) => Err(Refused::Other(e)),
                 (_, Err(e)) => Err(Refused::Other(ServerError::InvalidArgument(format!("log batch: {e}")))),
