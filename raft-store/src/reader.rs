@@ -12,7 +12,7 @@ use crate::db::{sm_key, Db, CF_SM};
 use crate::error::{Result, StoreError};
 use crate::overlay::data_key;
 use crate::types::{LogId, Revision};
-use crate::watch::{WatchHub, Watcher};
+use crate::watch::{WatchHub, WatchKeys, Watcher};
 
 /// The answer to a range read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,7 +66,13 @@ impl KvReader {
 
     /// Watches keys starting with `prefix` from revision `from` (0 = from now on).
     pub fn watch(&self, from: Revision, prefix: Vec<u8>) -> Result<Watcher> {
-        self.watch.watch(from, prefix)
+        self.watch.watch(from, WatchKeys::Prefix(prefix))
+    }
+
+    /// Watches the one key `key` from revision `from` (0 = from now on): unlike
+    /// [`KvReader::watch`], keys that only start with `key` are not delivered.
+    pub fn watch_key(&self, from: Revision, key: Vec<u8>) -> Result<Watcher> {
+        self.watch.watch(from, WatchKeys::Exact(key))
     }
 
     /// Waits until this server has applied `revision` or later.

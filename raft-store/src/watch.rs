@@ -106,9 +106,9 @@ impl WatchHub {
         self.lock().latest
     }
 
-    /// Starts a watch of keys beginning with `prefix`, delivering every event at revision
-    /// `from` or later. `from == 0` means "changes after now".
-    pub fn watch(self: &Arc<Self>, from: Revision, prefix: Vec<u8>) -> Result<Watcher> {
+    /// Starts a watch of the keys `keys` selects, delivering every event at revision `from`
+    /// or later. `from == 0` means "changes after now".
+    pub fn watch(self: &Arc<Self>, from: Revision, keys: WatchKeys) -> Result<Watcher> {
         let rx = self.notify.subscribe();
         let next = {
             let window = self.lock();
@@ -118,12 +118,12 @@ impl WatchHub {
             }
             next
         };
-        Ok(Watcher { hub: Arc::clone(self), rx, next, prefix })
+        Ok(Watcher { hub: Arc::clone(self), rx, next, keys })
     }
 
-    /// Events with revision `>= from` whose key starts with `prefix`, at most about `max` of
-    /// them (a revision is never split), and the revision to read from next.
-    fn read(&self, from: Revision, prefix: &[u8], max: usize) -> Result<(Vec<Event>, Revision)> {
+    /// Events with revision `>= from` whose key `keys` selects, at most about `max` of them
+    /// (a revision is never split), and the revision to read from next.
+    fn read(&self, from: Revision, keys: &WatchKeys, max: usize) -> Result<(Vec<Event>, Revision)> {
         let window = self.lock();
         if from <= window.compacted {
             return Err(StoreError::Compacted { requested: from, compacted: window.compacted });
@@ -136,7 +136,7 @@ impl WatchHub {
             if out.len() >= max && revision >= next {
                 return Ok((out, next));
             }
-            if event.kv.key.starts_with(prefix) {
+            if keys.selects(&event.kv.key) {
                 out.push(event.clone());
             }
             next = revision + 1;
@@ -145,12 +145,30 @@ impl WatchHub {
     }
 }
 
+/// The keys a watch delivers the events of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchKeys {
+    /// Every key that starts with these bytes (all keys when empty).
+    Prefix(Vec<u8>),
+    /// This key only: watching `foo` says nothing of `foobar` or `foo/x`.
+    Exact(Vec<u8>),
+}
+
+impl WatchKeys {
+    fn selects(&self, key: &[u8]) -> bool {
+        match self {
+            WatchKeys::Prefix(prefix) => key.starts_with(prefix),
+            WatchKeys::Exact(exact) => key == exact.as_slice(),
+        }
+    }
+}
+
 /// One watch: a cursor into the [`WatchHub`].
 pub struct Watcher {
     hub: Arc<WatchHub>,
     rx: watch::Receiver<Revision>,
     next: Revision,
-    prefix: Vec<u8>,
+    keys: WatchKeys,
 }
 
 impl Watcher {
@@ -164,7 +182,7 @@ impl Watcher {
         loop {
             // Mark the signal seen before reading, so a publish after the read still wakes us.
             self.rx.borrow_and_update();
-            let (events, next) = self.hub.read(self.next, &self.prefix, Self::BATCH)?;
+            let (events, next) = self.hub.read(self.next, &self.keys, Self::BATCH)?;
             self.next = next;
             if !events.is_empty() {
                 return Ok(events);

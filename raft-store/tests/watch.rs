@@ -120,3 +120,44 @@ async fn large_values_leave_the_window_by_their_bytes() {
     let revisions: Vec<u64> = watcher.next().await.expect("events").iter().map(|e| e.kv.mod_revision).collect();
     assert_eq!(revisions, vec![18, 19, 20]);
 }
+
+#[tokio::test]
+async fn a_key_watch_sees_that_key_only_and_a_prefix_watch_every_key_under_it() {
+    let mut store = open();
+    let reader = store.sm.reader();
+    let mut exact = reader.watch_key(1, b"foo".to_vec()).expect("key watch");
+    let mut prefix = reader.watch(1, b"foo".to_vec()).expect("prefix watch");
+    store.txn(txn(vec![put("foobar", "1"), put("foo/x", "1"), put("fo", "1")])).await; // 1
+    store.txn(txn(vec![put("foo", "1")])).await; // 2
+    store.txn(txn(vec![Op::Delete { key: "foo/x".into() }])).await; // 3
+    store.txn(txn(vec![Op::Delete { key: "foo".into() }])).await; // 4
+
+    let seen = |events: Vec<xene_raft_store::Event>| -> Vec<(u64, EventKind, String)> {
+        events.into_iter().map(|e| (e.kv.mod_revision, e.kind, String::from_utf8_lossy(&e.kv.key).into())).collect()
+    };
+    assert_eq!(
+        seen(exact.next().await.expect("events")),
+        vec![(2, EventKind::Put, "foo".into()), (4, EventKind::Delete, "foo".into())]
+    );
+    assert_eq!(exact.next_revision(), 5, "revisions without the key are passed over");
+    assert_eq!(
+        seen(prefix.next().await.expect("events")),
+        vec![
+            (1, EventKind::Put, "foobar".into()),
+            (1, EventKind::Put, "foo/x".into()),
+            (2, EventKind::Put, "foo".into()),
+            (3, EventKind::Delete, "foo/x".into()),
+            (4, EventKind::Delete, "foo".into()),
+        ]
+    );
+
+    // A key watch waits through writes of other keys that share its prefix.
+    let waiting = tokio::spawn(async move { exact.next().await });
+    store.txn(txn(vec![put("foo2", "1")])).await; // 5
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "a write of foo2 must not wake a watch of foo with events");
+    store.txn(txn(vec![put("foo", "2")])).await; // 6
+    let events =
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("join").expect("events");
+    assert_eq!(seen(events), vec![(6, EventKind::Put, "foo".into())]);
+}

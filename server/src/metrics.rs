@@ -126,6 +126,60 @@ impl Default for Metrics {
     }
 }
 
+/// Every gRPC method this server serves, as `package.Service/Method`: the only values the
+/// `method` label takes besides [`UNKNOWN_METHOD`]. A test checks it against `proto/`.
+const METHODS: &[&str] = &[
+    "xene.v1.AgentService/Join",
+    "xene.v1.AgentService/List",
+    "xene.v1.AgentService/Session",
+    "xene.v1.ClusterService/AddMember",
+    "xene.v1.ClusterService/Members",
+    "xene.v1.ClusterService/RemoveMember",
+    "xene.v1.ClusterService/Snapshot",
+    "xene.v1.ClusterService/Status",
+    "xene.v1.ClusterService/TransferLeader",
+    "xene.v1.KvService/Delete",
+    "xene.v1.KvService/Put",
+    "xene.v1.KvService/Range",
+    "xene.v1.KvService/Txn",
+    "xene.v1.KvService/Watch",
+    "xene.v1.ObjectService/Apply",
+    "xene.v1.ObjectService/Delete",
+    "xene.v1.ObjectService/Get",
+    "xene.v1.ObjectService/List",
+    "xene.v1.ObjectService/Watch",
+    "xene.v1.RaftService/AppendEntries",
+    "xene.v1.RaftService/InstallSnapshot",
+    "xene.v1.RaftService/Join",
+    "xene.v1.RaftService/Propose",
+    "xene.v1.RaftService/ReadIndex",
+    "xene.v1.RaftService/TimeoutNow",
+    "xene.v1.RaftService/Vote",
+    "xene.v1.RunService/Cancel",
+    "xene.v1.RunService/Create",
+    "xene.v1.RunService/Get",
+    "xene.v1.RunService/List",
+    "xene.v1.RunService/Logs",
+    "xene.v1.SecretService/Delete",
+    "xene.v1.SecretService/List",
+    "xene.v1.SecretService/Set",
+    "xene.v1.TokenService/Create",
+    "xene.v1.TokenService/List",
+    "xene.v1.TokenService/Revoke",
+];
+
+/// The `method` label of every request to a path that is none of [`METHODS`].
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// The `method` label of a request to `path` (`/xene.v1.KvService/Range`): the method, or
+/// [`UNKNOWN_METHOD`] for any other path. Anyone who reaches the port, before authentication,
+/// chooses the path, so taking it as it comes would let them create a counter and a
+/// histogram per path they make up, until the server runs out of memory.
+fn method_label(path: &str) -> &'static str {
+    let Some(method) = path.strip_prefix('/') else { return UNKNOWN_METHOD };
+    METHODS.binary_search(&method).map_or(UNKNOWN_METHOD, |i| METHODS[i])
+}
+
 /// A tower layer that counts gRPC requests and times them, by method and status.
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
@@ -161,16 +215,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request
-            .uri()
-            .path()
-            .rsplit('/')
-            .take(2)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("/");
+        let method = method_label(request.uri().path()).to_string();
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let future = self.inner.call(request);
@@ -184,5 +229,107 @@ where
             metrics.api_seconds.get_or_create(&MethodOnly { method }).observe(started.elapsed().as_secs_f64());
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The methods `proto/xene/v1/*.proto` declare, as `package.Service/Method`.
+    fn declared_methods() -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto/xene/v1");
+        let mut methods = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("read proto/proto/xene/v1") {
+            let path = entry.expect("proto dir entry").path();
+            if path.extension().is_none_or(|e| e != "proto") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read a .proto file");
+            let mut package = String::new();
+            let mut service = String::new();
+            for line in text.lines().map(str::trim) {
+                if let Some(rest) = line.strip_prefix("package ") {
+                    package = rest.trim_end_matches(';').trim().to_string();
+                } else if let Some(rest) = line.strip_prefix("service ") {
+                    service = rest.split_whitespace().next().unwrap_or_default().to_string();
+                } else if let Some(rest) = line.strip_prefix("rpc ") {
+                    let name = rest.split('(').next().unwrap_or_default().trim();
+                    methods.push(format!("{package}.{service}/{name}"));
+                }
+            }
+        }
+        methods.sort();
+        methods
+    }
+
+    #[test]
+    fn the_method_list_is_sorted_and_matches_the_protos() {
+        let listed: Vec<String> = METHODS.iter().map(|m| m.to_string()).collect();
+        let mut sorted = listed.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(listed, sorted, "METHODS must stay sorted (it is binary-searched) and without repeats");
+        assert_eq!(listed, declared_methods(), "METHODS must list exactly the rpcs of proto/xene/v1/*.proto");
+    }
+
+    #[test]
+    fn only_known_methods_get_their_own_label() {
+        for (path, label) in [
+            ("/xene.v1.KvService/Range", "xene.v1.KvService/Range"),
+            ("/xene.v1.AgentService/Session", "xene.v1.AgentService/Session"),
+            ("/xene.v1.KvService/Nope", UNKNOWN_METHOD),
+            ("/xene.v1.Made-Up/Range", UNKNOWN_METHOD),
+            ("/a/b/xene.v1.KvService/Range", UNKNOWN_METHOD),
+            ("/xene.v1.KvService/Range/", UNKNOWN_METHOD),
+            ("xene.v1.KvService/Range", UNKNOWN_METHOD),
+            ("/", UNKNOWN_METHOD),
+            ("", UNKNOWN_METHOD),
+        ] {
+            assert_eq!(method_label(path), label, "path {path:?}");
+        }
+    }
+
+    /// A service that answers every request `Unimplemented`, as tonic does for unknown paths.
+    struct Unimplemented;
+
+    impl tower::Service<http::Request<()>> for Unimplemented {
+        type Response = http::Response<()>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let mut response = http::Response::new(());
+            response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("12"));
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test]
+    async fn made_up_paths_share_one_series() {
+        use tower::{Layer, Service};
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let mut service = GrpcMetricsLayer { metrics: metrics.clone() }.layer(Unimplemented);
+        for path in (0..1_000).map(|i| format!("/random/{i}")).chain(["/xene.v1.KvService/Range".to_string()]) {
+            let request = http::Request::builder().uri(path.as_str()).body(()).expect("a valid request");
+            service.call(request).await.expect("answered");
+        }
+        let text = metrics.encode();
+        let mut series: Vec<&str> = text.lines().filter(|l| l.starts_with("xene_api_requests_total{")).collect();
+        series.sort_unstable();
+        assert_eq!(
+            series,
+            vec![
+                r#"xene_api_requests_total{method="unknown",code="12"} 1000"#,
+                r#"xene_api_requests_total{method="xene.v1.KvService/Range",code="12"} 1"#,
+            ],
+            "{text}"
+        );
+        let histograms = text.lines().filter(|l| l.starts_with("xene_api_request_duration_seconds_count{")).count();
+        assert_eq!(histograms, 2, "{text}");
     }
 }

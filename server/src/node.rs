@@ -525,8 +525,15 @@ impl ClusterNode {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.transferring.store(true, Ordering::Release);
-        self.raft.runtime_config().heartbeat(false);
+        // Writes and heartbeats resume when `pause` drops: when the call below returns, and
+        // also when this future is dropped mid-way (the client went away, its grpc-timeout
+        // passed), which would otherwise leave this server refusing writes and silent.
+        let Some(pause) = TransferPause::begin(&self.transferring, |on| self.raft.runtime_config().heartbeat(on))
+        else {
+            return Err(ServerError::unavailable(
+                "another leadership transfer is in progress on this server; retry once it ends",
+            ));
+        };
         let deadline = self.timing.election_max * 4;
         let result = async {
             let mut client = self.peers.client(&target.grpc_addr)?;
@@ -537,8 +544,7 @@ impl ClusterNode {
                 .map_err(|s| ServerError::unavailable(format!("asking node {to} to take over: {}", s.message())))
         }
         .await;
-        self.raft.runtime_config().heartbeat(true);
-        self.transferring.store(false, Ordering::Release);
+        drop(pause);
         let reply = result?.into_inner();
         if !reply.became_leader {
             return Err(ServerError::unavailable(format!("node {to} did not win the election in time; retry")));
@@ -579,6 +585,34 @@ impl ClusterNode {
                 }
             }
         }
+    }
+}
+
+/// Writes and heartbeats paused for a leadership transfer, resumed when this is dropped.
+///
+/// A guard rather than code after the transfer's `.await`, because the transfer runs in an
+/// RPC handler's future, and tonic drops that future when the client disconnects or its
+/// deadline passes; nothing after the `.await` would run then.
+struct TransferPause<'a, F: Fn(bool)> {
+    transferring: &'a AtomicBool,
+    /// Turns the leader's heartbeats on (`true`) or off (`false`).
+    heartbeat: F,
+}
+
+impl<'a, F: Fn(bool)> TransferPause<'a, F> {
+    /// Marks a transfer as running and turns heartbeats off; `None` when a transfer is
+    /// already running, which this one must not end early by resuming on its own drop.
+    fn begin(transferring: &'a AtomicBool, heartbeat: F) -> Option<Self> {
+        transferring.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).ok()?;
+        heartbeat(false);
+        Some(TransferPause { transferring, heartbeat })
+    }
+}
+
+impl<F: Fn(bool)> Drop for TransferPause<'_, F> {
+    fn drop(&mut self) {
+        (self.heartbeat)(true);
+        self.transferring.store(false, Ordering::Release);
     }
 }
 
@@ -647,5 +681,46 @@ pub fn status_to_error(status: tonic::Status) -> ServerError {
         tonic::Code::PermissionDenied => ServerError::PermissionDenied(message),
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ServerError::unavailable(message),
         _ => ServerError::Internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    #[test]
+    fn a_transfer_pause_resumes_writes_and_heartbeats_when_dropped() {
+        let transferring = AtomicBool::new(false);
+        let heartbeats = RefCell::new(Vec::new());
+        let pause = TransferPause::begin(&transferring, |on| heartbeats.borrow_mut().push(on)).expect("first pause");
+        assert!(transferring.load(Ordering::Acquire), "writes wait while the transfer runs");
+        assert_eq!(*heartbeats.borrow(), vec![false]);
+
+        // A second transfer is refused and does not resume anything when it gives up.
+        assert!(TransferPause::begin(&transferring, |on| heartbeats.borrow_mut().push(on)).is_none());
+        assert!(transferring.load(Ordering::Acquire));
+        assert_eq!(*heartbeats.borrow(), vec![false]);
+
+        drop(pause);
+        assert!(!transferring.load(Ordering::Acquire), "writes resume");
+        assert_eq!(*heartbeats.borrow(), vec![false, true], "heartbeats resume");
+    }
+
+    #[tokio::test]
+    async fn a_transfer_dropped_mid_await_resumes_writes_and_heartbeats() {
+        // What tonic does to a handler whose client went away: the future is dropped while it
+        // waits, so only a guard's drop runs.
+        let transferring = AtomicBool::new(false);
+        let heartbeat_on = AtomicBool::new(true);
+        let transfer = async {
+            let _pause = TransferPause::begin(&transferring, |on| heartbeat_on.store(on, Ordering::Release));
+            std::future::pending::<()>().await;
+        };
+        let timed_out = tokio::time::timeout(Duration::from_millis(10), transfer).await;
+        assert!(timed_out.is_err(), "the transfer never finishes by itself");
+        assert!(!transferring.load(Ordering::Acquire), "writes resume after the drop");
+        assert!(heartbeat_on.load(Ordering::Acquire), "heartbeats resume after the drop");
     }
 }

@@ -40,6 +40,48 @@ fn internal(e: impl std::fmt::Display) -> ServerError {
     ServerError::Internal(e.to_string())
 }
 
+/// Checks the labels an agent brings (to a join or in a session's hello) against the rules
+/// of manifest labels: at most [`MAX_LABELS`](xene_model::limits::MAX_LABELS), keys and
+/// values as Kubernetes allows them (a name or value of at most 63 characters, a key's DNS
+/// prefix of at most 253). They are copied into the agent's record, and a record too large
+/// for the store would fail every scheduling pass; a label no `agentSelector` could name
+/// would match nothing anyway.
+fn check_labels<'a>(
+    agent: &str,
+    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), ServerError> {
+    const FIX: &str = "fix the agent's --labels (XENE_AGENT_LABELS) and start it again";
+    // A DNS prefix, "/", and a name; a value is at most a name.
+    const MAX_KEY: usize = 253 + 1 + MAX_VALUE;
+    const MAX_VALUE: usize = xene_model::limits::MAX_NAME_LEN;
+    let max = xene_model::limits::MAX_LABELS;
+    if labels.len() > max {
+        return Err(ServerError::InvalidArgument(format!(
+            "agent {agent:?}: {} labels, at most {max} are allowed; {FIX}",
+            labels.len()
+        )));
+    }
+    // In key order, so the same labels always get the same answer.
+    let labels: BTreeMap<&String, &String> = labels.collect();
+    for (key, value) in labels {
+        // Lengths first: the rules' messages quote the label, and a quote must stay short.
+        let problem = if key.len() > MAX_KEY {
+            let start: String = key.chars().take(MAX_VALUE).collect();
+            Some(format!("label key {start:?}... is {} bytes long, at most {MAX_KEY} are allowed", key.len()))
+        } else if let Some(problem) = xene_model::names::label_key_problem(key) {
+            Some(problem)
+        } else if value.len() > MAX_VALUE {
+            Some(format!("label {key:?}: the value is {} bytes long, at most {MAX_VALUE} are allowed", value.len()))
+        } else {
+            xene_model::names::label_value_problem(value).map(|problem| format!("label {key:?}: {problem}"))
+        };
+        if let Some(problem) = problem {
+            return Err(ServerError::InvalidArgument(format!("agent {agent:?}: {problem}; {FIX}")));
+        }
+    }
+    Ok(())
+}
+
 /// Tells the agent when one of its writes was fenced off; returns false when the session is gone.
 /// Tells the agent about a fenced write (it stops that execution); other refusals are only
 /// logged: the write is acknowledged anyway, as sending it again would not help.
@@ -216,6 +258,7 @@ impl AgentService for AgentApi {
         if let Some(message) = xene_model::names::name_message("agent", &join.name) {
             return Err(ServerError::InvalidArgument(message).into());
         }
+        check_labels(&join.name, join.labels.iter())?;
         let token_key = keys::token(&presented.id);
         let agent_key = keys::agent(&join.name);
         for _ in 0..5 {
@@ -323,6 +366,7 @@ impl AgentService for AgentApi {
             Some(Err(status)) => return Err(status),
             _ => return Err(ServerError::InvalidArgument("a session starts with a hello".into()).into()),
         };
+        check_labels(&name, hello.labels.iter())?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let ttl = self.hub.ttl;
         let welcome = pb::Welcome {
@@ -495,6 +539,43 @@ mod tests {
             first_seq: 0,
             seq,
         })
+    }
+
+    fn labels_message(labels: &[(&str, &str)]) -> Option<String> {
+        let labels: std::collections::HashMap<String, String> =
+            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        check_labels("a1", labels.iter()).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn agent_labels_are_checked_like_manifest_labels() {
+        assert_eq!(labels_message(&[]), None);
+        assert_eq!(labels_message(&[("os", "linux"), ("example.com/gpu", "true"), ("empty", "")]), None);
+        // A DNS prefix of 253 bytes (labels of at most 63), "/", and a name of 63.
+        let prefix = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
+        assert_eq!(prefix.len(), 253);
+        let longest_key = format!("{prefix}/{}", "e".repeat(63));
+        assert_eq!(labels_message(&[(&longest_key, &"v".repeat(63))]), None);
+
+        let many: Vec<(String, String)> = (0..65).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let refused = labels_message(&many).expect("65 labels are refused");
+        assert!(refused.contains("65 labels, at most 64"), "{refused}");
+        assert!(labels_message(&many[..64]).is_none(), "64 labels are allowed");
+
+        let huge_key = "k".repeat(100_000);
+        let refused = labels_message(&[(&huge_key, "v")]).expect("a huge key is refused");
+        assert!(refused.contains("100000 bytes long, at most 317"), "{refused}");
+        assert!(refused.len() < 400, "the message quotes only the key's start: {refused}");
+
+        let refused = labels_message(&[("os", &"x".repeat(64))]).expect("a long value is refused");
+        assert!(refused.contains(r#"label "os": the value is 64 bytes long, at most 63"#), "{refused}");
+        assert!(refused.contains("--labels"), "says what to do: {refused}");
+
+        let refused = labels_message(&[("b", "ok"), ("a b", "ok"), ("c", "-bad")]).expect("refused");
+        assert!(refused.contains(r#"invalid label key "a b""#), "the first bad label by key: {refused}");
+        let refused = labels_message(&[("c", "-bad")]).expect("refused");
+        assert!(refused.contains(r#"label "c": invalid label value "-bad""#), "{refused}");
     }
 
     #[test]

@@ -156,7 +156,14 @@ impl KvService for KvApi {
         let watch = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let header = self.header(0);
-        match self.node.reader.watch(watch.start_revision, watch.key) {
+        // `prefix` unset watches the key itself, as `xenectl kv watch KEY` (without --prefix)
+        // promises: not `KEYbar` or `KEY/x`.
+        let watcher = if watch.prefix {
+            self.node.reader.watch(watch.start_revision, watch.key)
+        } else {
+            self.node.reader.watch_key(watch.start_revision, watch.key)
+        };
+        match watcher {
             Err(StoreError::Compacted { compacted, .. }) => {
                 let _ = tx.try_send(Ok(pb::WatchResponse {
                     header: Some(header),

@@ -42,6 +42,28 @@ fn to_pb(object: StoredObject) -> pb::Object {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ObjectEvent, Status>> + Send>>;
 
+/// The keys an object watch reads.
+#[derive(Debug, PartialEq, Eq)]
+enum WatchedKeys {
+    Prefix(String),
+    Exact(String),
+}
+
+/// What a watch of `kind` objects named `name` reads: every object of the kind when `name` is
+/// empty; a pipeline's every status object when `name` is a workflow's name alone; otherwise
+/// the one object, so watching workflow `ci` says nothing of `ci-nightly`.
+fn watched_keys(kind: Kind, name: &str) -> WatchedKeys {
+    match kind {
+        Kind::Workflow if name.is_empty() => WatchedKeys::Prefix(keys::WORKFLOWS.into()),
+        Kind::Workflow => WatchedKeys::Exact(keys::workflow(name)),
+        Kind::Pipeline if name.is_empty() => WatchedKeys::Prefix(keys::PIPELINES.into()),
+        Kind::Pipeline => match name.split_once('/') {
+            Some((workflow, pipeline)) => WatchedKeys::Exact(keys::pipeline(workflow, pipeline)),
+            None => WatchedKeys::Prefix(keys::pipelines_of(name)),
+        },
+    }
+}
+
 #[tonic::async_trait]
 impl ObjectService for ObjectApi {
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
@@ -100,9 +122,12 @@ impl ObjectService for ObjectApi {
             Kind::Workflow => keys::WORKFLOWS,
             Kind::Pipeline => keys::PIPELINES,
         };
-        let prefix = format!("{base}{}", watch.name);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let mut watcher = match self.node.reader.watch(watch.start_revision, prefix.into_bytes()) {
+        let watched = match watched_keys(kind, &watch.name) {
+            WatchedKeys::Prefix(prefix) => self.node.reader.watch(watch.start_revision, prefix.into_bytes()),
+            WatchedKeys::Exact(key) => self.node.reader.watch_key(watch.start_revision, key.into_bytes()),
+        };
+        let mut watcher = match watched {
             Ok(watcher) => watcher,
             Err(StoreError::Compacted { compacted, .. }) => {
                 let _ = tx.try_send(Ok(pb::ObjectEvent { r#type: 0, object: None, compact_revision: compacted }));
@@ -160,5 +185,24 @@ impl ObjectService for ObjectApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_watch_reads_that_object_only() {
+        use WatchedKeys::{Exact, Prefix};
+        for (kind, name, expected) in [
+            (Kind::Workflow, "", Prefix("/xene/objects/workflows/".into())),
+            (Kind::Workflow, "ci", Exact("/xene/objects/workflows/ci".into())),
+            (Kind::Pipeline, "", Prefix("/xene/objects/pipelines/".into())),
+            (Kind::Pipeline, "ci", Prefix("/xene/objects/pipelines/ci/".into())),
+            (Kind::Pipeline, "ci/build", Exact("/xene/objects/pipelines/ci/build".into())),
+        ] {
+            assert_eq!(watched_keys(kind, name), expected, "{kind:?} {name:?}");
+        }
     }
 }
