@@ -11,8 +11,8 @@ use crate::runner::LogCap;
 #[command(name = "xene-agent", version, about = "A Xene agent: holds pipeline leases and runs their tasks.")]
 pub struct AgentConfig {
     /// Servers to connect to, HOST:PORT separated by commas; any one will do.
-    #[arg(long, env = "XENE_SERVERS", value_delimiter = ',', required = true)]
-    pub servers: Vec<String>,
+    #[arg(long, env = "XENE_SERVERS", required = true, value_parser = parse_servers)]
+    pub servers: Servers,
     /// A join token (xenectl token create --kind agent); needed only the first time.
     #[arg(long, env = "XENE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -47,6 +47,52 @@ pub struct AgentConfig {
     pub log_format: String,
 }
 
+/// The servers' addresses the agent was given: at least one, each `HOST:PORT`
+/// ([`crate::connect::endpoint`] accepts every one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Servers(Vec<String>);
+
+impl std::ops::Deref for Servers {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Servers {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// Reads `--servers`/`XENE_SERVERS`: entries separated by commas, each trimmed, empty ones
+/// (a trailing comma) skipped. A malformed entry is refused here, at start-up, rather than
+/// when the agent first tries it, possibly hours later.
+fn parse_servers(text: &str) -> Result<Servers, String> {
+    let mut servers = Vec::new();
+    for (index, entry) in text.split(',').enumerate() {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        if let Err(e) = crate::connect::endpoint(entry) {
+            return Err(format!(
+                "entry {} of --servers (or XENE_SERVERS), {e}; list the servers' gRPC addresses as HOST:PORT separated by commas, e.g. xene-1:7400,xene-2:7400",
+                index + 1
+            ));
+        }
+        servers.push(entry.to_string());
+    }
+    if servers.is_empty() {
+        return Err("--servers (or XENE_SERVERS) names no server; list the servers' gRPC addresses as HOST:PORT separated by commas, e.g. xene-1:7400,xene-2:7400".into());
+    }
+    Ok(Servers(servers))
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').ok_or_else(|| format!("label {text:?}: write it as key=value"))?;
     if key.trim().is_empty() {
@@ -68,6 +114,43 @@ mod tests {
     fn parse(extra: &[&str]) -> Result<AgentConfig, clap::Error> {
         let base = ["xene-agent", "--servers", "127.0.0.1:7000", "--name", "a", "--data-dir", "/tmp/a"];
         AgentConfig::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn server_entries_are_trimmed_and_empty_ones_skipped() {
+        for (text, want) in [
+            ("127.0.0.1:7000", vec!["127.0.0.1:7000"]),
+            ("a:1,b:2,", vec!["a:1", "b:2"]),
+            ("a:1, b:2 ,,c:3", vec!["a:1", "b:2", "c:3"]),
+            (" [::1]:7400 ", vec!["[::1]:7400"]),
+        ] {
+            let config =
+                AgentConfig::try_parse_from(["xene-agent", "--servers", text, "--name", "a", "--data-dir", "/a"])
+                    .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(config.servers.to_vec(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_server_entry_is_refused_saying_which_and_how_to_write_it() {
+        for (text, entry, why) in [
+            ("a:1,b", "entry 2", "\"b\" is not HOST:PORT: the port is missing"),
+            ("a:1,b c:2", "entry 2", "space"),
+            ("http://a:1", "entry 1", "scheme"),
+            ("a:1,,x:99999", "entry 3", "port must be"),
+        ] {
+            let message =
+                AgentConfig::try_parse_from(["xene-agent", "--servers", text, "--name", "a", "--data-dir", "/a"])
+                    .expect_err(text)
+                    .to_string();
+            for part in [entry, why, "--servers", "XENE_SERVERS", "HOST:PORT separated by commas"] {
+                assert!(message.contains(part), "{text:?}: {part:?} missing from {message}");
+            }
+        }
+        for empty in ["", ",", " , "] {
+            let message = parse_servers(empty).expect_err(empty);
+            assert!(message.contains("names no server"), "{empty:?}: {message}");
+        }
     }
 
     #[test]

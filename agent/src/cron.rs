@@ -39,21 +39,25 @@ struct Slot {
 /// `CronFire` through `outbox` at each fire.
 pub async fn run(leases: Arc<Leases>, outbox: UnboundedSender<pb::AgentMessage>, stop: CancellationToken) {
     let mut slots: BTreeMap<(String, String), Slot> = BTreeMap::new();
-    // The epoch each held pipeline's slots were made for: a lease is read (and its workflow
-    // parsed) once per grant, not on every wake.
-    let mut configured: BTreeMap<String, u64> = BTreeMap::new();
+    // The (epoch, workflow revision) each held pipeline's slots were made for: a lease is read
+    // (and its workflow parsed) once per grant, not on every wake. A workflow applied again
+    // at the same epoch remakes its slots, so a changed schedule takes effect.
+    let mut configured: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     loop {
         let changed = leases.changed.notified();
         let now = Utc::now();
-        let held = leases.list();
-        configured.retain(|pipeline, epoch| held.iter().any(|(p, e)| p == pipeline && e == epoch));
-        slots.retain(|(pipeline, _), slot| configured.get(pipeline) == Some(&slot.epoch));
-        for (pipeline, epoch) in &held {
-            if configured.get(pipeline) == Some(epoch) {
+        let held = leases.versions();
+        configured.retain(|pipeline, version| held.iter().any(|(p, v)| p == pipeline && v == version));
+        slots.retain(|(pipeline, _), _| configured.contains_key(pipeline));
+        for (pipeline, version) in &held {
+            if configured.get(pipeline) == Some(version) {
                 continue;
             }
-            let Some(lease) = leases.get(pipeline).filter(|lease| lease.epoch == *epoch) else { continue };
-            configured.insert(pipeline.clone(), *epoch);
+            let Some(lease) = leases.get(pipeline).filter(|lease| (lease.epoch, lease.workflow_revision) == *version)
+            else {
+                continue;
+            };
+            configured.insert(pipeline.clone(), *version);
             for (trigger, slot) in new_slots(pipeline, &lease, now) {
                 let since = lease.cron_since_ms.get(&trigger).and_then(|ms| DateTime::from_timestamp_millis(*ms));
                 let limit = match slot.catch_up {

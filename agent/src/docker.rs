@@ -60,6 +60,11 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the output of a step may go on after SIGKILL before the executor stops reading it
 /// (a process that left the step's process group can hold its stdout open).
 const AFTER_KILL: Duration = Duration::from_secs(5);
+/// While a step's output is open, how often the engine is asked whether its shell has exited:
+/// something the step left in the background may hold the output open for as long as it runs.
+const EXIT_PROBE: Duration = Duration::from_millis(500);
+/// How long output is still read once the shell has exited and the output has not closed.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 /// The first stderr line of every step: the wrapper's PID, consumed by the executor.
 const PID_MARKER: &str = "xene-step-pid ";
 /// Runs the step's script (`$1`) in its working directory (`$2`, created if missing) after
@@ -386,6 +391,11 @@ impl DockerExecutor {
         let mut kill_at: Option<Instant> = None;
         let mut give_up_at: Option<Instant> = None;
         let deadline = step.timeout.map(|t| Instant::now() + t);
+        // The step ends when its shell does (as with the process executor), not when its output
+        // closes; what it left in the background runs on until the task's container goes.
+        let mut probe_at = Some(Instant::now() + EXIT_PROBE);
+        let mut exited: Option<i32> = None;
+        let mut drain_until: Option<Instant> = None;
         loop {
             tokio::select! {
                 frame = output.next() => match frame {
@@ -434,6 +444,17 @@ impl DockerExecutor {
                     sink.note(&format!("the step's output was still open {AFTER_KILL:?} after SIGKILL; no longer reading it"));
                     break;
                 }
+                _ = sleep_until(probe_at), if ended.is_none() => {
+                    probe_at = None;
+                    match self.docker.inspect_exec(&exec).await {
+                        Ok(inspect) if inspect.running == Some(false) => {
+                            exited = inspect.exit_code.map(|code| i32::try_from(code).unwrap_or(-1));
+                            drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                        }
+                        _ => probe_at = Some(Instant::now() + EXIT_PROBE),
+                    }
+                }
+                _ = sleep_until(drain_until), if ended.is_none() => break,
             }
             // The PID may arrive after the timeout fired: signal as soon as it is known.
             if term_pending {
@@ -448,6 +469,9 @@ impl DockerExecutor {
         stderr.finish(|text| sink.line("stderr", text, ts));
         if let Some(end) = ended {
             return end;
+        }
+        if let Some(code) = exited {
+            return StepEnd::Exited(code);
         }
         match self.exit_code(&exec).await {
             Ok(code) => StepEnd::Exited(code),

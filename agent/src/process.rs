@@ -41,6 +41,11 @@ const BLOCK_BYTES: usize = 256 * 1024;
 /// thousand one-line tasks cost a 1,000-task DAG a tenth of its time (PERF W5).
 const RECORD_AFTER: Duration = Duration::from_millis(250);
 
+/// How long a step's output is still read after its shell has exited: lines a background
+/// process, or the kernel's pipe buffer, delivers a moment late are kept, and a background
+/// process holding the pipes open cannot keep the step from ending (as GitHub Actions does).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
 /// Runs one step, sending every line of its output to `sink`; its process group joins the
 /// task attempt's `groups`.
 pub async fn run_step(
@@ -97,8 +102,15 @@ pub async fn run_step(
     let record_at = tokio::time::sleep(RECORD_AFTER);
     tokio::pin!(record_at);
     let mut recorded = pid.is_none();
-    // Reading into a slice is cancel safe: a read that loses the race has taken nothing.
-    while out_open || err_open {
+    // The step ends when its shell does, not when its output closes: what the step left in
+    // the background may hold the pipes open for as long as it runs. Once the shell has
+    // exited, output still arriving is read for up to [`DRAIN_AFTER_EXIT`]; set when it has.
+    let mut status: Option<std::io::Result<std::process::ExitStatus>> = None;
+    let drain = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(drain);
+    // Reading into a slice is cancel safe: a read that loses the race has taken nothing; and
+    // so is waiting for the child.
+    while status.is_none() || out_open || err_open {
         tokio::select! {
             read = stdout.read(&mut out_block), if out_open => match read {
                 Ok(0) | Err(_) => out_open = false,
@@ -114,6 +126,15 @@ pub async fn run_step(
                     err.push_to(&err_block[..n], "stderr", ts, sink);
                 }
             },
+            exited = child.wait(), if status.is_none() => {
+                status = Some(exited);
+                drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            // The shell has exited and something it left behind still holds its output: the
+            // step is over. Those processes run on until the task attempt ends (see
+            // [`TaskGroups`]), as a later step may use them; what they print from now on is
+            // read and dropped, so that they neither block on a full pipe nor die of SIGPIPE.
+            _ = &mut drain, if status.is_some() => break,
             _ = until_due(sink.due()) => sink.flush(),
             _ = &mut record_at, if !recorded => {
                 recorded = true;
@@ -131,16 +152,21 @@ pub async fn run_step(
             }
         }
     }
+    if out_open {
+        groups.discard(stdout);
+    }
+    if err_open {
+        groups.discard(stderr);
+    }
     let ts = now_ms();
     out.finish(|text| sink.line("stdout", text, ts));
     err.finish(|text| sink.line("stderr", text, ts));
-    let status = child.wait().await;
     if let Some(end) = ended {
         return end;
     }
     match status {
-        Ok(status) => StepEnd::Exited(status.code().unwrap_or(128 + status_signal(&status))),
-        Err(_) => StepEnd::NotStarted,
+        Some(Ok(status)) => StepEnd::Exited(status.code().unwrap_or(128 + status_signal(&status))),
+        Some(Err(_)) | None => StepEnd::NotStarted,
     }
 }
 
@@ -160,7 +186,7 @@ impl StepRecords {
 
     /// The groups of one task attempt's steps.
     pub fn task(&self) -> TaskGroups<'_> {
-        TaskGroups { records: self, noted: Vec::new() }
+        TaskGroups { records: self, noted: Vec::new(), discarding: Vec::new() }
     }
 
     /// Writes the record of the step whose process group `pid` leads; its path.
@@ -211,6 +237,8 @@ pub struct TaskGroups<'a> {
     records: &'a StepRecords,
     /// Each step's group, who led it, and its record once written.
     noted: Vec<(u32, Noted, Option<PathBuf>)>,
+    /// Readers that drop the output of what ended steps left running; stopped with them.
+    discarding: Vec<tokio::task::AbortHandle>,
 }
 
 impl TaskGroups<'_> {
@@ -219,6 +247,15 @@ impl TaskGroups<'_> {
         if let Some(stat) = Stat::of(pid) {
             self.noted.push((pid, Noted { start: stat.start, session: stat.session }, None));
         }
+    }
+
+    /// Reads and drops what comes out of `pipe` until it closes or the attempt ends.
+    fn discard(&mut self, mut pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) {
+        let reader = tokio::spawn(async move {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut pipe, &mut sink).await;
+        });
+        self.discarding.push(reader.abort_handle());
     }
 
     /// A step's group, once it has run a while: noted on disk too.
@@ -238,6 +275,9 @@ impl Drop for TaskGroups<'_> {
             if let Some(path) = record {
                 let _ = std::fs::remove_file(path);
             }
+        }
+        for reader in self.discarding.drain(..) {
+            reader.abort();
         }
     }
 }
@@ -397,6 +437,64 @@ mod tests {
         assert_eq!(err, 200_000);
         assert_eq!(out.len(), 300_000);
         assert!(out.iter().enumerate().all(|(i, n)| *n == i as u64 + 1), "stdout lines out of order or altered");
+    }
+
+    /// Whether a process of group `pgid` runs (zombies, which need not be reaped at once, do not count).
+    fn group_runs(pgid: u32) -> bool {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+        entries.flatten().any(|entry| {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+            fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
+        })
+    }
+
+    /// A step ends when its shell exits, with the shell's status, even while what it left in
+    /// the background holds its output open (`redis-server &`); a line that comes a moment
+    /// after the shell exits is kept. What was left runs on until the attempt ends, printing
+    /// as it likes (its output is dropped, not refused with SIGPIPE).
+    #[tokio::test]
+    async fn a_step_ends_with_its_shell_while_a_background_process_holds_its_output() {
+        type Lines = &'static [(&'static str, &'static str)];
+        let cases: [(&str, StepEnd, Lines); 3] = [
+            (
+                "sleep 30 & (sleep 0.3; echo late >&2) & echo hi",
+                StepEnd::Exited(0),
+                &[("stdout", "hi"), ("stderr", "late")],
+            ),
+            ("sleep 30 & echo bye; exit 3", StepEnd::Exited(3), &[("stdout", "bye")]),
+            ("(while echo tick; do sleep 0.05; done) & exit 0", StepEnd::Exited(0), &[]),
+        ];
+        for (script, want, want_lines) in cases {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let records = StepRecords::new(dir.path().join("steps"));
+            let mut groups = records.task();
+            let mut lines: Vec<(&'static str, String)> = Vec::new();
+            let mut sink = |stream: &'static str, text: &str, _ts_ms: u64| lines.push((stream, text.to_string()));
+            let cancel = CancellationToken::new();
+            let began = std::time::Instant::now();
+            let env = BTreeMap::new();
+            let step = run_step(script, dir.path(), &env, None, &cancel, &mut groups, &mut sink);
+            let end = tokio::time::timeout(Duration::from_secs(10), step).await;
+            let took = began.elapsed();
+            assert_eq!(end, Ok(want), "{script:?}: the step must end with its shell (after {took:?})");
+            assert!(took < Duration::from_secs(5), "{script:?} took {took:?}");
+            let got: Vec<(&str, &str)> = lines
+                .iter()
+                .filter(|(_, text)| text != "tick")
+                .map(|(stream, text)| (*stream, text.as_str()))
+                .collect();
+            assert_eq!(got, want_lines, "{script:?}");
+            let leader = groups.noted.first().map(|(leader, _, _)| *leader).expect("the step's group is noted");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(group_runs(leader), "{script:?}: what the step left in the background runs on");
+            drop(groups);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while group_runs(leader) {
+                assert!(std::time::Instant::now() < deadline, "{script:?}: the background sleep was not stopped");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// A group whose leader is gone is only signalled while all its members are in the noted

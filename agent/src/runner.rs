@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
-use xene_model::{EnvValue, Executor, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, Workflow};
+use xene_model::{EnvValue, Executor, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, When, Workflow};
 use xene_proto as pb;
 use xene_proto::agent_message;
 
@@ -298,17 +298,32 @@ impl Runner {
         let mut failed: BTreeSet<String> = BTreeSet::new();
         let mut started: BTreeSet<String> = BTreeSet::new();
         let mut workers = tokio::task::JoinSet::new();
+        // Which task each worker runs, kept outside it: a worker that panicked returns nothing.
+        let mut worker_tasks: HashMap<tokio::task::Id, String> = HashMap::new();
+        // What went wrong in the agent itself, for the run's message.
+        let mut broken: Vec<String> = Vec::new();
         loop {
-            // Start every ready task whose dependencies all succeeded, up to the parallelism.
+            // Start every ready task whose condition holds, up to the parallelism.
             let ready: Vec<String> =
                 graph.ready_tasks(&done).into_iter().filter(|t| !started.contains(*t)).map(String::from).collect();
             for task in ready {
-                if graph.dependencies(&task).iter().any(|d| failed.contains(*d)) {
-                    // Stays NotExecuted, and so do the tasks after it.
-                    started.insert(task.clone());
-                    done.insert(task.clone());
-                    failed.insert(task);
-                    continue;
+                let dependency_failed = graph.dependencies(&task).iter().any(|d| failed.contains(*d));
+                let when = pipeline.tasks.get(&task).and_then(|t| t.when.as_ref());
+                match decide(when, dependency_failed) {
+                    Decision::Run => {}
+                    Decision::SkipAfterFailure => {
+                        // Stays NotExecuted, and so do the tasks after it that need success.
+                        started.insert(task.clone());
+                        done.insert(task.clone());
+                        failed.insert(task);
+                        continue;
+                    }
+                    Decision::SkipUnmet => {
+                        // Stays NotExecuted; nothing went wrong, so the tasks after it run.
+                        started.insert(task.clone());
+                        done.insert(task);
+                        continue;
+                    }
                 }
                 if workers.len() >= self.parallelism || cancel.is_cancelled() || timed_out.is_cancelled() {
                     break;
@@ -329,10 +344,8 @@ impl Runner {
                     log_cap: self.log_cap,
                     step_records: Arc::clone(&self.step_records),
                 };
-                workers.spawn(async move {
-                    let ok = context.run_task().await;
-                    (context.task, ok)
-                });
+                let worker = workers.spawn(async move { context.run_task().await });
+                worker_tasks.insert(worker.id(), task);
             }
             if workers.is_empty() {
                 break;
@@ -344,11 +357,19 @@ impl Runner {
                 }
             };
             tokio::select! {
-                joined = workers.join_next() => {
-                    if let Some(Ok((task, ok))) = joined {
+                Some(joined) = workers.join_next_with_id() => {
+                    if let Some((task, ended)) = task_ended(&shared, &mut worker_tasks, joined) {
                         done.insert(task.clone());
-                        if !ok {
-                            failed.insert(task);
+                        match ended {
+                            TaskEnd::Succeeded => {}
+                            TaskEnd::Failed => {
+                                failed.insert(task);
+                            }
+                            TaskEnd::Broken(message) => {
+                                reporter.changed.notify_one();
+                                broken.push(message);
+                                failed.insert(task);
+                            }
                         }
                     }
                 }
@@ -397,8 +418,13 @@ impl Runner {
                 .iter()
                 .filter(|t| run.status.tasks.get(*t).is_some_and(|s| s.status == StepStatus::Error))
                 .collect();
-            run.status.message =
-                Some(format!("failed tasks: {}", names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+            let mut message =
+                format!("failed tasks: {}", names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+            for why in &broken {
+                message.push_str("; ");
+                message.push_str(why);
+            }
+            run.status.message = Some(message);
         }
         tracing::info!(run = %id, phase = run.status.phase.as_str(), "run finished");
         report(&self.outbox, epoch, &run);
@@ -413,6 +439,86 @@ impl Runner {
         report(&self.outbox, epoch, &run);
         run
     }
+}
+
+/// How a task's worker ended.
+#[derive(Debug, PartialEq, Eq)]
+enum TaskEnd {
+    Succeeded,
+    Failed,
+    /// The worker itself died (it panicked): the task is failed with `InfrastructureError`,
+    /// and this says so for the run's message.
+    Broken(String),
+}
+
+/// Takes the outcome of a task's worker: the task it ran and how it ended. A worker that
+/// panicked leaves its task failed with `InfrastructureError` in `run` (and any step it was
+/// running too), so that the run does not end `Success` nor its dependents start. `None` only
+/// for a worker `names` does not know, which the runner never spawns.
+/// Whether a task whose dependencies have all ended runs, given its `when`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Run,
+    /// Its condition needs success and a dependency failed (or was skipped after a failure):
+    /// it counts as failed for the tasks after it.
+    SkipAfterFailure,
+    /// `on_failure` and nothing failed: skipped, as a success for the tasks after it.
+    SkipUnmet,
+}
+
+fn decide(when: Option<&When>, dependency_failed: bool) -> Decision {
+    match (when.unwrap_or(&When::OnSuccess), dependency_failed) {
+        (When::Always, _) | (When::OnFailure, true) => Decision::Run,
+        (When::OnFailure, false) => Decision::SkipUnmet,
+        // Validation refuses expressions (tasks have no outputs yet); read one as the default.
+        (When::OnSuccess | When::Expression(_), false) => Decision::Run,
+        (When::OnSuccess | When::Expression(_), true) => Decision::SkipAfterFailure,
+    }
+}
+
+fn task_ended(
+    run: &Mutex<RunObject>,
+    names: &mut HashMap<tokio::task::Id, String>,
+    joined: Result<(tokio::task::Id, bool), tokio::task::JoinError>,
+) -> Option<(String, TaskEnd)> {
+    let (id, outcome) = match joined {
+        Ok((id, ok)) => (id, Ok(ok)),
+        Err(e) => (e.id(), Err(e)),
+    };
+    let Some(task) = names.remove(&id) else {
+        tracing::error!(worker = %id, "a task worker the runner does not know ended; ignoring it");
+        return None;
+    };
+    let e = match outcome {
+        Ok(true) => return Some((task, TaskEnd::Succeeded)),
+        Ok(false) => return Some((task, TaskEnd::Failed)),
+        Err(e) => e,
+    };
+    let why = match e.try_into_panic() {
+        Ok(payload) => match payload.downcast_ref::<&str>() {
+            Some(text) => format!("panicked: {text}"),
+            None => match payload.downcast_ref::<String>() {
+                Some(text) => format!("panicked: {text}"),
+                None => "panicked".to_string(),
+            },
+        },
+        Err(e) => format!("was stopped ({e})"),
+    };
+    let message =
+        format!("the agent's worker for task {task:?} {why}; this is a bug in xene-agent: please report it with the agent's log");
+    tracing::error!(task = %task, reason = %why, "a task worker died; failing the task");
+    let finished = Utc::now();
+    let mut run = run.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(status) = run.status.tasks.get_mut(&task) {
+        status.status = StepStatus::Error;
+        status.reason = Some(ErrorReason::InfrastructureError);
+        for step in status.steps.iter_mut().filter(|s| s.status == StepStatus::Running) {
+            step.status = StepStatus::Error;
+            step.reason = Some(ErrorReason::InfrastructureError);
+            step.finished = Some(finished);
+        }
+    }
+    Some((task, TaskEnd::Broken(message)))
 }
 
 fn not_executed(name: &str) -> StepRunStatus {
@@ -573,7 +679,18 @@ impl TaskContext {
                     credentials: None,
                     event: self.event.as_ref().map(|(_, payload)| Arc::clone(payload)),
                 };
-                match docker.start_task(resources, &task_spec).await {
+                // A pull can take minutes, or stall: a cancellation, the run's timeout, a lost
+                // lease or the agent's shutdown stops waiting for it. Dropping `start_task` is
+                // safe: a container it had already created carries the run's labels, and
+                // `finish_run` (or the orphan sweep) removes it.
+                let started = tokio::select! {
+                    started = docker.start_task(resources, &task_spec) => started,
+                    _ = self.cancel.cancelled() => {
+                        let message = format!("the task was stopped while its container was starting (image {})", spec.image);
+                        return self.not_started(task, &run, &execution, ErrorReason::Cancelled, message);
+                    }
+                };
+                match started {
                     Ok(container) => {
                         tracing::info!(task = %self.task, attempt, container = container.name(), id = container.id(), "task container started");
                         Some((docker.clone(), container))
@@ -596,12 +713,26 @@ impl TaskContext {
         outcome
     }
 
-    /// Fails the attempt before its first step could run, saying why in the first step's log.
+    /// Fails the attempt with `InfrastructureError` before its first step could run, saying
+    /// why in the first step's log.
     fn infrastructure_error(
         &self,
         task: &xene_model::Task,
         run: &RunObject,
         execution: &str,
+        message: String,
+    ) -> Option<ErrorReason> {
+        self.not_started(task, run, execution, ErrorReason::InfrastructureError, message)
+    }
+
+    /// Ends the attempt for `reason` before its first step could run, saying why in the first
+    /// step's log.
+    fn not_started(
+        &self,
+        task: &xene_model::Task,
+        run: &RunObject,
+        execution: &str,
+        reason: ErrorReason,
         message: String,
     ) -> Option<ErrorReason> {
         let first = task.steps.first().map_or("", |s| s.name.as_str());
@@ -611,13 +742,13 @@ impl TaskContext {
         shipper.finish();
         self.update(|s| {
             s.status = StepStatus::Error;
-            s.reason = Some(ErrorReason::InfrastructureError);
+            s.reason = Some(reason);
             if let Some(step) = s.steps.first_mut() {
                 step.status = StepStatus::Error;
-                step.reason = Some(ErrorReason::InfrastructureError);
+                step.reason = Some(reason);
             }
         });
-        Some(ErrorReason::InfrastructureError)
+        Some(reason)
     }
 
     /// The steps of one attempt, in order, in a container or as processes.
@@ -940,6 +1071,27 @@ mod tests {
     use xene_model::{LogChunk, LogLine};
 
     #[test]
+    fn when_decides_after_the_dependencies_ended() {
+        use Decision::*;
+        let expression = When::Expression("{{ tasks.a.outputs.x }} > 1".into());
+        let cases = [
+            (None, false, Run),
+            (None, true, SkipAfterFailure),
+            (Some(When::OnSuccess), false, Run),
+            (Some(When::OnSuccess), true, SkipAfterFailure),
+            (Some(When::OnFailure), false, SkipUnmet),
+            (Some(When::OnFailure), true, Run),
+            (Some(When::Always), false, Run),
+            (Some(When::Always), true, Run),
+            (Some(expression.clone()), false, Run),
+            (Some(expression), true, SkipAfterFailure),
+        ];
+        for (when, failed, want) in cases {
+            assert_eq!(decide(when.as_ref(), failed), want, "{when:?} after a failure: {failed}");
+        }
+    }
+
+    #[test]
     fn secret_values_are_masked_line_by_line() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let secrets: BTreeMap<String, String> = [
@@ -1100,6 +1252,41 @@ mod tests {
         let chunk: LogChunk = serde_json::from_str(&last.chunk_json).expect("chunk");
         assert_eq!(chunk.lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["third"]);
         assert_eq!(last.first_seq, 2);
+    }
+
+    /// A task whose worker panics is failed with `InfrastructureError` (so its run cannot end
+    /// `Success` and its dependents stay `NotExecuted`), its running step with it, and the
+    /// message says the agent's worker panicked.
+    #[tokio::test]
+    async fn a_task_whose_worker_panics_is_failed() {
+        let mut run = RunObject::pending("r", Default::default());
+        let mut steps = vec![not_executed("one"), not_executed("two")];
+        steps[0].status = StepStatus::Running;
+        let status =
+            TaskRunStatus { status: StepStatus::Running, reason: None, attempt: 0, execution: "e1".into(), steps };
+        run.status.tasks.insert("build".into(), status.clone());
+        run.status.tasks.insert("lint".into(), status);
+        let run = Mutex::new(run);
+        let mut workers = tokio::task::JoinSet::new();
+        let mut names = HashMap::new();
+        names.insert(workers.spawn(async { panic!("boom") }).id(), "build".to_string());
+        names.insert(workers.spawn(async { true }).id(), "lint".to_string());
+        let mut ended = BTreeMap::new();
+        while let Some(joined) = workers.join_next_with_id().await {
+            let (task, end) = task_ended(&run, &mut names, joined).expect("a known worker");
+            ended.insert(task, end);
+        }
+        assert!(names.is_empty());
+        assert_eq!(ended.get("lint"), Some(&TaskEnd::Succeeded));
+        let Some(TaskEnd::Broken(message)) = ended.get("build") else { panic!("build is broken: {ended:?}") };
+        assert!(message.contains("\"build\" panicked: boom"), "{message}");
+        let run = run.into_inner().expect("lock");
+        let build = &run.status.tasks["build"];
+        assert_eq!((build.status, build.reason), (StepStatus::Error, Some(ErrorReason::InfrastructureError)));
+        assert_eq!(build.steps[0].status, StepStatus::Error);
+        assert_eq!(build.steps[0].reason, Some(ErrorReason::InfrastructureError));
+        assert_eq!(build.steps[1].status, StepStatus::NotExecuted);
+        assert_eq!(run.status.tasks["lint"].status, StepStatus::Running, "a worker's own updates are its own");
     }
 
     #[test]

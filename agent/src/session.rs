@@ -15,9 +15,9 @@ use xene_proto::agent_service_client::AgentServiceClient;
 use xene_proto::{agent_message, server_message};
 
 use crate::config::AgentConfig;
-use crate::connect::channel;
+use crate::connect::{channel, endpoint};
 use crate::credential::Credential;
-use crate::leases::Leases;
+use crate::leases::{Granted, Leases};
 use crate::pace::Pacer;
 use crate::runner::Runner;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -238,9 +238,11 @@ async fn once(
     contact: &watch::Sender<Contact>,
 ) -> End {
     let Link { leases, runner, outbox, unacked, pacer } = link;
+    // The configured addresses were checked at start-up, so only a leader hint can be bad
+    // here: a server's word, not a refusal of this agent. Try the servers again.
     let channel = match channel(server) {
         Ok(channel) => channel,
-        Err(e) => return End::Fatal(e.to_string()),
+        Err(e) => return End::Retry(format!("cannot connect to {server:?}: {e}")),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let hello = pb::Hello {
@@ -265,8 +267,11 @@ async fn once(
         Err(status) => {
             let leader =
                 status.metadata().get(xene_proto::LEADER_HINT_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
-            return match (status.code(), leader) {
-                (tonic::Code::Unavailable, Some(leader)) if leader != server => End::Redirect(leader),
+            return match (status.code(), leader.map(|l| l.trim().to_string())) {
+                (tonic::Code::Unavailable, Some(leader)) if leader != server => match endpoint(&leader) {
+                    Ok(_) => End::Redirect(leader),
+                    Err(e) => End::Retry(format!("{}; the leader hint it gave is unusable: {e}", status.message())),
+                },
                 (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied, _) => {
                     End::Fatal(status.message().to_string())
                 }
@@ -340,10 +345,20 @@ async fn once(
                             let lease = crate::leases::HeldLease {
                                 epoch: grant.epoch,
                                 workflow_json: grant.workflow_json,
+                                workflow_revision: grant.workflow_revision,
                                 cron_since_ms: grant.cron_since_ms.into_iter().collect(),
                             };
-                            if leases.grant(&grant.pipeline, lease) {
-                                tracing::info!(pipeline = %grant.pipeline, epoch = grant.epoch, "holding pipeline");
+                            match leases.grant(&grant.pipeline, lease) {
+                                Granted::New | Granted::Again => {
+                                    tracing::info!(pipeline = %grant.pipeline, epoch = grant.epoch, "holding pipeline")
+                                }
+                                Granted::WorkflowChanged => tracing::info!(
+                                    pipeline = %grant.pipeline,
+                                    epoch = grant.epoch,
+                                    revision = grant.workflow_revision,
+                                    "the workflow was applied again; new runs use it"
+                                ),
+                                Granted::Stale => {}
                             }
                         }
                         server_message::Body::Revoke(revoke) => {

@@ -225,6 +225,27 @@ async fn a_step_reports_its_lines_and_exit_code() {
     assert_eq!(count(&sweep.agent, None).await, (0, 0), "nothing is left behind");
 }
 
+/// A step ends when its shell exits, even while something it left in the background holds
+/// its output open; what it left runs on for the task's later steps.
+#[tokio::test]
+async fn a_step_ends_with_its_shell_while_a_background_process_holds_its_output() {
+    let (executor, sweep) = executor("background").await;
+    let run = executor.prepare_run("wf.build.background", "wf", "build").await.expect("prepare_run");
+    let container = executor.start_task(&run, &spec("serve", 0)).await.expect("start_task");
+    let cancel = CancellationToken::new();
+    let script = "(while echo tick; do sleep 0.1; done) & echo $! > /tmp/ticker; echo started";
+    let (end, output, took) = run_step(&executor, &container, script, None, &cancel).await;
+    assert_eq!(end, StepEnd::Exited(0), "{output:?}");
+    assert!(output.stdout.iter().any(|line| line == "started"), "{output:?}");
+    assert!(took < Duration::from_secs(5), "the step took {took:?}: it waited for its background process");
+    let (end, output, _) =
+        run_step(&executor, &container, "kill -0 $(cat /tmp/ticker) && echo alive", None, &cancel).await;
+    assert_eq!(end, StepEnd::Exited(0), "{output:?}");
+    assert_eq!(output.stdout, ["alive"], "the background process runs on for later steps");
+    finish(&executor, run, Some(container)).await;
+    assert_eq!(count(&sweep.agent, None).await, (0, 0), "nothing is left behind");
+}
+
 #[tokio::test]
 async fn steps_share_their_container_and_tasks_share_the_run_volume() {
     let (executor, sweep) = executor("share").await;

@@ -55,6 +55,21 @@ spec:
         independent:
           steps:
             - {name: fine, run: 'sleep 0.5; echo independent ran'}
+        report:
+          dependencies: [first]
+          when: on_failure
+          steps:
+            - {name: notify, run: 'echo first failed'}
+        cleanup:
+          dependencies: [after]
+          when: always
+          steps:
+            - {name: tidy, run: 'true'}
+        celebrate:
+          dependencies: [independent]
+          when: on_failure
+          steps:
+            - {name: cheer, run: 'true'}
     flaky:
       executor: {type: container, image: "xene/busybox:latest"}
       tasks:
@@ -242,6 +257,102 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
     assert!(body.contains("no pipeline \\\"nope\\\""), "{body}");
 }
 
+/// A workflow applied again reaches the agent holding its pipelines without moving their
+/// leases: a run started after the apply runs the new spec (a review found the agent kept the
+/// spec of the grant until the lease moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_applied_again_reaches_its_agent_under_the_same_lease() {
+    let (cluster, agent) = setup().await;
+    let before = start(&cluster, "dag", &[("WHO", "first")]).await;
+    let first = wait_run(&cluster, &agent, &before, |r| r.status.phase.is_terminal()).await;
+    assert_eq!(first.status.phase, RunPhase::Success, "{first:#?}");
+    let changed = WORKFLOW.replace("env: {GREETING: hello}", "env: {GREETING: bonjour}");
+    assert_ne!(changed, WORKFLOW);
+    let applied = ObjectServiceClient::new(cluster.channel(0))
+        .apply(cluster.request(pb::ApplyRequest { manifest: changed }))
+        .await
+        .expect("apply again")
+        .into_inner();
+    assert_eq!(applied.result, "configured");
+    let after = start(&cluster, "dag", &[("WHO", "second")]).await;
+    let second = wait_run(&cluster, &agent, &after, |r| r.status.phase.is_terminal()).await;
+    assert_eq!(second.status.phase, RunPhase::Success, "{second:#?}");
+    assert_eq!(second.status.lease_epoch, first.status.lease_epoch, "the lease did not move");
+    assert!(second.spec.workflow_revision > first.spec.workflow_revision, "{second:#?}");
+    let text: Vec<String> =
+        logs(&cluster, &after).await.into_iter().map(|l| format!("{}/{} {}", l.task, l.step, l.text)).collect();
+    assert!(
+        text.contains(&format!("prepare/write bonjour from prepare/write of {after}")),
+        "{text:#?}\n{}",
+        agent.log_tail(20)
+    );
+}
+
+/// A run cancelled while still `Pending` may already be on its way to the agent: when the
+/// agent reports it running, it is told to stop (a review found it ran on, unseen, beside
+/// the runs after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_before_its_agent_reported_stops_on_the_agent() {
+    let (cluster, agent) = setup().await;
+    let pid = nix::unistd::Pid::from_raw(agent.pid().expect("agent pid") as i32);
+    // Hold the agent still (well within its TTL) while the run is handed over and cancelled.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let id = start(&cluster, "long", &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled = RunServiceClient::new(cluster.channel(0))
+        .cancel(cluster.request(pb::CancelRunRequest { id: id.clone() }))
+        .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    cancelled.expect("cancel");
+    let run = wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
+    assert_eq!(run.status.phase, RunPhase::Cancelled, "{run:#?}");
+    // The agent got the start before the cancel, reported the run running and was told to
+    // stop it; the step must not run on.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let told = agent.log_tail(400).lines().any(|l| l.contains("a write was fenced off") && l.contains(&id));
+        let left = leftovers(&id);
+        if told && left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "told to stop: {told}; still running: {left:?}\n{}", agent.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = wait_run(&cluster, &agent, &id, |_| true).await;
+    assert_eq!(after.status.phase, RunPhase::Cancelled, "the agent's reports changed nothing: {after:#?}");
+}
+
+/// Deleting a workflow cancels its unfinished runs (DESIGN §6.3): a running one stops on its
+/// agent (a review found it ended as `AgentLost`, and a `Pending` one stayed so for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_workflow_cancels_its_runs() {
+    let (cluster, agent) = setup().await;
+    let running = start(&cluster, "long", &[]).await;
+    wait_run(&cluster, &agent, &running, |r| r.status.phase == RunPhase::Running).await;
+    let deleted = ObjectServiceClient::new(cluster.channel(1))
+        .delete(cluster.request(pb::DeleteObjectRequest {
+            kind: "workflow".into(),
+            name: "demo".into(),
+            resource_version: 0,
+        }))
+        .await;
+    assert!(deleted.is_ok(), "delete: {deleted:?}");
+    let run = wait_run(&cluster, &agent, &running, |r| r.status.phase.is_terminal()).await;
+    assert_eq!(run.status.phase, RunPhase::Cancelled, "{run:#?}");
+    assert_eq!(run.status.message.as_deref(), Some("workflow \"demo\" was deleted"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = leftovers(&running);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted workflow's step still runs: {left}\n{}", agent.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = wait_run(&cluster, &agent, &running, |_| true).await;
+    assert_eq!(after.status.phase, RunPhase::Cancelled, "the agent's last reports changed nothing: {after:#?}");
+}
+
 async fn logs_missing(cluster: &TestCluster, id: &str) -> bool {
     stored_chunks(cluster, id).await.is_empty()
 }
@@ -335,6 +446,11 @@ async fn executor_behaviour(executor: &str) {
     assert_eq!(first.steps[1].reason, Some(ErrorReason::Failed));
     assert_eq!(run.status.tasks["after"].status, StepStatus::NotExecuted, "a task after a failed one never runs");
     assert_eq!(run.status.tasks["independent"].status, StepStatus::Success, "an independent branch still runs");
+    // `when`: on_failure runs after a failure and only then; always runs whatever came before.
+    assert_eq!(run.status.tasks["report"].status, StepStatus::Success, "on_failure after a failure: {run:#?}");
+    assert_eq!(run.status.tasks["cleanup"].status, StepStatus::Success, "always, after a skipped task: {run:#?}");
+    assert_eq!(run.status.tasks["celebrate"].status, StepStatus::NotExecuted, "on_failure after a success: {run:#?}");
+    assert_eq!(run.status.message.as_deref(), Some("failed tasks: first"), "a failure handled stays a failure");
 
     // Fails twice, passes on the third attempt.
     let flaky = start(&cluster, "flaky", &[]).await;

@@ -33,7 +33,7 @@ pub async fn token_create(
     };
     let message = pb::CreateTokenRequest { kind: kind.into(), ttl_seconds, uses, description: description.into() };
     let reply = cluster
-        .call(|ch| {
+        .call_once("the token may have been created all the same: see xenectl token list", |ch| {
             let message = message.clone();
             async move { TokenServiceClient::new(ch).create(cluster.request(message)).await }
         })

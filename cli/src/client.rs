@@ -56,7 +56,33 @@ impl Cluster {
     }
 
     /// Runs `call` against each server until one answers with anything but "unavailable".
-    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    /// For calls that may be repeated: reads, and writes that come out the same however often
+    /// they are made (apply, cancel, set).
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_retrying(call, |code| matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown))
+            .await
+    }
+
+    /// Like [`Cluster::call`], for a call that creates something anew each time (a run, a
+    /// token): it goes to the next server only when the last one said it could not take it,
+    /// never after an answer that did not come in time, which may have come after the work
+    /// was done. `unsure` is said then: what may have happened and how to find out.
+    pub async fn call_once<T, F, Fut>(&self, unsure: &str, call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_retrying(call, |code| code == Code::Unavailable).await.map_err(|e| match e.downcast::<Unsure>() {
+            Ok(Unsure(server, status)) => anyhow!("{server}: {:?}: {}; {unsure}", status.code(), status.message()),
+            Err(e) => e,
+        })
+    }
+
+    async fn call_retrying<T, F, Fut>(&self, mut call: F, retry: impl Fn(Code) -> bool) -> Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -66,19 +92,35 @@ impl Cluster {
             for server in &self.servers {
                 match call(Self::channel(server)?).await {
                     Ok(value) => return Ok(value),
-                    Err(status)
-                        if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown) =>
-                    {
+                    Err(status) if retry(status.code()) => {
                         last = Some(format!("{server}: {}", status.message()));
+                    }
+                    Err(status) if matches!(status.code(), Code::DeadlineExceeded | Code::Unknown) => {
+                        return Err(Unsure(server.clone(), status).into())
                     }
                     Err(status) => return Err(describe(server, status)),
                 }
             }
             tokio::time::sleep(Duration::from_millis(200 * (round + 1))).await;
         }
-        Err(anyhow!("no server could answer: {}", last.unwrap_or_default()))
+        Err(anyhow!(
+            "no server could answer (check --servers or XENE_SERVERS, and that the servers run): {}",
+            last.unwrap_or_default()
+        ))
     }
 }
+
+/// A call whose answer did not come in time or was garbled: its outcome is unknown.
+#[derive(Debug)]
+struct Unsure(String, Status);
+
+impl std::fmt::Display for Unsure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {:?}: {}", self.0, self.1.code(), self.1.message())
+    }
+}
+
+impl std::error::Error for Unsure {}
 
 fn describe(server: &str, status: Status) -> anyhow::Error {
     let hint = match status.code() {

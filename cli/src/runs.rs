@@ -39,7 +39,7 @@ pub async fn run(cluster: &Cluster, target: &str, params: &[String], watch: bool
     }
     let message = pb::CreateRunRequest { workflow: workflow.into(), pipeline: pipeline.into(), parameters };
     let created = cluster
-        .call(|ch| {
+        .call_once("the run may have been created all the same: see xenectl runs before starting it again", |ch| {
             let message = message.clone();
             async move { RunServiceClient::new(ch).create(cluster.request(message)).await }
         })

@@ -28,7 +28,7 @@ pub enum ProblemKind {
     Empty,
     /// Over one of the [`crate::limits`].
     TooLarge,
-    /// `apiVersion` or `kind` is not one this crate reads.
+    /// `apiVersion` or `kind` is not one this crate reads, or a feature not built yet.
     Unsupported,
     /// A dependency on a task the pipeline does not have.
     UnknownDependency,

@@ -37,6 +37,14 @@ pub struct RunSpec {
     /// Set when someone asked to cancel the run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
+    /// The revision the workflow was applied at when the run was made: the run starts only
+    /// on an agent holding that workflow or one applied later (0: any).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub workflow_revision: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where the run is in its life.

@@ -230,6 +230,15 @@ impl Validator {
             };
             self.push(path.clone(), ProblemKind::InvalidValue, message);
         }
+        if let When::Expression(_) = when {
+            // Accepting it would run the task as if it said on_success.
+            self.push(
+                path,
+                ProblemKind::Unsupported,
+                "conditions over task outputs are not supported yet (tasks have no outputs); \
+                 use on_success, on_failure or always",
+            );
+        }
     }
 
     fn step(&mut self, path: &FieldPath, step: &Step) {

@@ -82,7 +82,7 @@ spec:
               timeout: 10m
         publish:
           dependencies: [test]
-          when: "{{ tasks.test.outputs.coverage }} > 80"
+          when: on_failure
           steps:
             - {name: push, run: make publish}
 "#;
@@ -171,7 +171,7 @@ fn the_kitchen_sink_reads_every_field() {
     let test = &build.tasks["test"];
     assert_eq!(test.when, Some(When::Always));
     assert_eq!(build.executor_for(test), Some(&Executor::Process(Default::default())));
-    assert!(matches!(build.tasks["publish"].when, Some(When::Expression(_))));
+    assert_eq!(build.tasks["publish"].when, Some(When::OnFailure));
 }
 
 /// The manifests every round-trip test runs on.

@@ -497,9 +497,22 @@ fn when_conditions() {
         expect![[r#"
             spec.pipelines.build.tasks.a.when: unknown condition "on_sucess"; did you mean "on_success"?
             spec.pipelines.build.tasks.b.when: unknown task "tset" in "{{ tasks.tset.outputs.coverage }}"; did you mean "test"?
+            spec.pipelines.build.tasks.b.when: conditions over task outputs are not supported yet (tasks have no outputs); use on_success, on_failure or always
             spec.pipelines.build.tasks.c.when: task "c" reads the outputs of "lint", which is not among its dependencies; add it to dependencies
-            spec.pipelines.build.tasks.d.when: cannot read "{{ coverage }}"; write {{ tasks.TASK.outputs.KEY }}"#]],
+            spec.pipelines.build.tasks.c.when: conditions over task outputs are not supported yet (tasks have no outputs); use on_success, on_failure or always
+            spec.pipelines.build.tasks.d.when: cannot read "{{ coverage }}"; write {{ tasks.TASK.outputs.KEY }}
+            spec.pipelines.build.tasks.d.when: conditions over task outputs are not supported yet (tasks have no outputs); use on_success, on_failure or always"#]],
     );
+    // The keywords validate.
+    let keywords = with_tasks(
+        "{test: {steps: [{name: s, run: x}]}, \
+          a: {dependencies: [test], when: on_failure, steps: [{name: s, run: x}]}, \
+          b: {dependencies: [test], when: always, steps: [{name: s, run: x}]}, \
+          c: {dependencies: [test], when: on_success, steps: [{name: s, run: x}]}}",
+    );
+    if let Err(errors) = parse_manifest(&keywords) {
+        panic!("rejected on_failure, always or on_success:\n{errors}");
+    }
 }
 
 #[test]

@@ -62,8 +62,8 @@ struct Session {
     capacity: u32,
     last_heartbeat: Instant,
     last_heartbeat_ms: u64,
-    /// Leases this session was told about: pipeline → epoch.
-    told: BTreeMap<String, u64>,
+    /// Leases this session was told about, by pipeline.
+    told: BTreeMap<String, Told>,
     /// Runs this session was told to start, and to cancel.
     runs_told: std::collections::BTreeSet<String>,
     cancels_told: std::collections::BTreeSet<String>,
@@ -80,7 +80,16 @@ pub struct SessionView {
     pub labels: BTreeMap<String, String>,
     pub capacity: u32,
     pub last_heartbeat_ms: u64,
-    pub told: BTreeMap<String, u64>,
+    pub told: BTreeMap<String, Told>,
+}
+
+/// What a session was told it holds on one pipeline: a grant is sent again when either moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Told {
+    /// The lease's epoch.
+    pub epoch: u64,
+    /// The revision the pipeline's workflow was applied at.
+    pub workflow: u64,
 }
 
 /// The leader's live sessions.
@@ -188,11 +197,12 @@ impl AgentHub {
     }
 
     /// Sends the start of `run` once per session, and only to a session that was told it holds
-    /// `pipeline` at `epoch`: a start never overtakes its grant. Returns whether it was sent now.
-    pub fn tell_start(&self, name: &str, pipeline: &str, epoch: u64, run: &str, message: ServerMessage) -> bool {
+    /// `pipeline` at `needs.epoch` with the workflow of `needs.workflow` or a later one: a start
+    /// never overtakes its grant. Returns whether it was sent now.
+    pub fn tell_start(&self, name: &str, pipeline: &str, needs: Told, run: &str, message: ServerMessage) -> bool {
         let mut sessions = self.lock();
         let Some(session) = sessions.get_mut(name) else { return false };
-        if session.told.get(pipeline) != Some(&epoch)
+        if !session.told.get(pipeline).is_some_and(|told| told.epoch == needs.epoch && told.workflow >= needs.workflow)
             || session.runs_told.contains(run)
             || session.tx.try_send(Ok(message)).is_err()
         {
@@ -213,15 +223,15 @@ impl AgentHub {
     }
 
     /// Sends `message` to `name` and records what it was told about `pipeline`
-    /// (`Some(epoch)` for a grant, `None` for a revoke). Returns whether it was queued.
-    pub fn tell(&self, name: &str, pipeline: &str, epoch: Option<u64>, message: ServerMessage) -> bool {
+    /// (`Some` for a grant, `None` for a revoke). Returns whether it was queued.
+    pub fn tell(&self, name: &str, pipeline: &str, told: Option<Told>, message: ServerMessage) -> bool {
         let mut sessions = self.lock();
         let Some(session) = sessions.get_mut(name) else { return false };
         if session.tx.try_send(Ok(message)).is_err() {
             return false;
         }
-        match epoch {
-            Some(epoch) => session.told.insert(pipeline.to_string(), epoch),
+        match told {
+            Some(told) => session.told.insert(pipeline.to_string(), told),
             None => session.told.remove(pipeline),
         };
         true

@@ -266,8 +266,14 @@ pub async fn list(node: &ClusterNode, kind: Kind, selector: &str, workflow: &str
     Ok((objects, result.revision))
 }
 
+/// Unfinished runs cancelled by one transaction of a workflow's delete (two operations each,
+/// under the store's 1,024).
+const CANCEL_CHUNK: usize = 400;
+
 /// Deletes a workflow and its pipeline status objects in one transaction, or refuses when
-/// `resource_version` is set and stale.
+/// `resource_version` is set and stale. Its unfinished runs end as `Cancelled` in the same
+/// transaction (DESIGN §6.3); the scheduler then revokes the leases, and the agents stop what
+/// they ran.
 pub async fn delete(node: &ClusterNode, kind: Kind, name: &str, resource_version: u64) -> Result<Vec<StoredObject>> {
     if kind != Kind::Workflow {
         return Err(ServerError::InvalidArgument(format!(
@@ -284,22 +290,37 @@ pub async fn delete(node: &ClusterNode, kind: Kind, name: &str, resource_version
     }
     let (pipelines, _) = list(node, Kind::Pipeline, "", name).await?;
     let key = keys::workflow(name);
-    let response = node
-        .txn(Txn {
-            compare: vec![Compare::mod_revision(key.clone(), current.resource_version)],
-            success: vec![
-                Op::DeletePrefix { prefix: keys::pipelines_of(name).into_bytes() },
-                Op::DeletePrefix { prefix: format!("{}{name}/", keys::CRON).into_bytes() },
-                Op::DeletePrefix { prefix: format!("{}{name}/", keys::DELIVERIES).into_bytes() },
-                Op::Delete { key: key.into_bytes() },
-            ],
-            failure: vec![],
-        })
-        .await?;
-    if !response.succeeded {
-        return Err(ServerError::Conflict(format!("workflow {name:?} changed during the delete; retry")));
+    // A run that changes meanwhile (an agent's report) fails the compares: read them again.
+    // Runs beyond what one transaction holds are cancelled ahead, a chunk at a time.
+    let mut conflicts = 0;
+    while conflicts < 5 {
+        let (mut compare, mut success) = crate::runs::cancel_all(node, name).await?;
+        if compare.len() > CANCEL_CHUNK {
+            compare.truncate(CANCEL_CHUNK);
+            success.truncate(CANCEL_CHUNK);
+            if !node.txn(Txn { compare, success, failure: vec![] }).await?.succeeded {
+                conflicts += 1;
+            }
+            continue;
+        }
+        compare.push(Compare::mod_revision(key.clone(), current.resource_version));
+        success.extend([
+            Op::DeletePrefix { prefix: keys::pipelines_of(name).into_bytes() },
+            Op::DeletePrefix { prefix: format!("{}{name}/", keys::CRON).into_bytes() },
+            Op::DeletePrefix { prefix: format!("{}{name}/", keys::DELIVERIES).into_bytes() },
+            Op::Delete { key: key.clone().into_bytes() },
+        ]);
+        let response = node.txn(Txn { compare, success, failure: vec![] }).await?;
+        if response.succeeded {
+            let mut deleted = vec![current];
+            deleted.extend(pipelines);
+            return Ok(deleted);
+        }
+        let now = get(node, kind, name).await?;
+        if now.resource_version != current.resource_version {
+            return Err(ServerError::Conflict(format!("workflow {name:?} changed during the delete; retry")));
+        }
+        conflicts += 1;
     }
-    let mut deleted = vec![current];
-    deleted.extend(pipelines);
-    Ok(deleted)
+    Err(ServerError::unavailable("the workflow's runs kept changing during the delete; retry"))
 }

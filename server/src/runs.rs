@@ -25,7 +25,9 @@ pub struct StoredRun {
 }
 
 fn decode(kv: &KeyValue) -> Result<StoredRun> {
-    let mut run: RunObject = serde_json::from_slice(&kv.value).map_err(internal)?;
+    let mut run: RunObject = serde_json::from_slice(&kv.value).map_err(|e| {
+        ServerError::Internal(format!("the run stored at {:?} is unreadable: {e}", String::from_utf8_lossy(&kv.key)))
+    })?;
     run.metadata.resource_version = Some(kv.mod_revision);
     Ok(StoredRun { run, revision: kv.mod_revision })
 }
@@ -63,9 +65,11 @@ impl NewRun {
     }
 }
 
-/// Builds a pending run of `pipeline` of `spec`, checking the pipeline and parameter names.
+/// Builds a pending run of `pipeline` of `spec` (applied at `spec_revision`), checking the
+/// pipeline and parameter names.
 pub fn pending(
     spec: &Workflow,
+    spec_revision: u64,
     pipeline: &str,
     trigger: &str,
     parameters: std::collections::BTreeMap<String, String>,
@@ -94,6 +98,7 @@ pub fn pending(
             trigger: trigger.into(),
             parameters,
             cancel_requested: false,
+            workflow_revision: spec_revision,
         },
     );
     run.metadata.creation_timestamp = Some(Utc::now());
@@ -110,8 +115,8 @@ pub async fn create(
     parameters: std::collections::BTreeMap<String, String>,
 ) -> Result<StoredRun> {
     node.read_barrier().await?;
-    let (spec, _) = self::workflow(node, workflow).await?;
-    let new = pending(&spec, pipeline, trigger, parameters)?;
+    let (spec, spec_revision) = self::workflow(node, workflow).await?;
+    let new = pending(&spec, spec_revision, pipeline, trigger, parameters)?;
     let revision = node.create(new.key.clone(), new.value.clone(), "run").await?;
     Ok(new.created(revision))
 }
@@ -148,7 +153,14 @@ pub async fn list_local(node: &ClusterNode, workflow: &str, pipeline: &str, phas
     let found = node.reader.range(prefix.into_bytes(), true, 0).await?;
     let mut runs = Vec::new();
     for kv in &found.kvs {
-        let run = decode(kv)?;
+        // One unreadable record must not stop every list and every scheduling pass.
+        let run = match decode(kv) {
+            Ok(run) => run,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable run skipped");
+                continue;
+            }
+        };
         if phase.is_empty() || run.run.status.phase.as_str().eq_ignore_ascii_case(phase) {
             runs.push(run);
         }
@@ -177,6 +189,28 @@ pub async fn cancel(node: &ClusterNode, id: &str) -> Result<StoredRun> {
     Err(ServerError::unavailable("the run kept changing; retry"))
 }
 
+/// For deleting `workflow`: the compares and writes that end each of its unfinished runs as
+/// `Cancelled`, each compared with the revision read (linearizably) here.
+pub async fn cancel_all(node: &ClusterNode, workflow: &str) -> Result<(Vec<Compare>, Vec<Op>)> {
+    let mut compare = Vec::new();
+    let mut ops = Vec::new();
+    for mut stored in list(node, workflow, "", "").await? {
+        if stored.run.status.phase.is_terminal() {
+            continue;
+        }
+        let key = keys::run(&stored.run.metadata.name);
+        stored.run.spec.cancel_requested = true;
+        stored.run.status.phase = RunPhase::Cancelled;
+        stored.run.status.reason = Some(ErrorReason::Cancelled);
+        stored.run.status.message = Some(format!("workflow {workflow:?} was deleted"));
+        stored.run.status.finished = Some(Utc::now());
+        stored.run.metadata.resource_version = None;
+        compare.push(Compare::mod_revision(key.clone(), stored.revision));
+        ops.push(Op::Put { key: key.into_bytes(), value: serde_json::to_vec(&stored.run).map_err(internal)? });
+    }
+    Ok((compare, ops))
+}
+
 /// Writes `run` if it is still at `revision` and `extra` compares hold; `None` otherwise.
 async fn put_if(node: &ClusterNode, run: &RunObject, revision: u64, extra: Vec<Compare>) -> Result<Option<StoredRun>> {
     let key = keys::run(&run.metadata.name);
@@ -197,7 +231,8 @@ async fn put_if(node: &ClusterNode, run: &RunObject, revision: u64, extra: Vec<C
 /// Why an agent's write was refused.
 #[derive(Debug)]
 pub enum Refused {
-    /// The agent's lease epoch is not the pipeline's current one: it must stop the run.
+    /// The agent must stop the run: its lease epoch is not the pipeline's current one, or the
+    /// run ended without it (cancelled before the agent's first report).
     StaleEpoch(String),
     Other(ServerError),
 }
@@ -206,6 +241,15 @@ impl From<ServerError> for Refused {
     fn from(e: ServerError) -> Self {
         Refused::Other(e)
     }
+}
+
+/// Whether the lease record `lease` (as read) is `agent`'s at `epoch`. Grants of one
+/// scheduling pass share an epoch, so the epoch alone does not say whose lease it is.
+pub fn holds(lease: Option<&KeyValue>, agent: &str, epoch: u64) -> bool {
+    lease.is_some_and(|kv| {
+        kv.mod_revision == epoch
+            && serde_json::from_slice::<crate::agents::LeaseRecord>(&kv.value).is_ok_and(|record| record.agent == agent)
+    })
 }
 
 /// The compares that fence an agent's write to `workflow/pipeline` at `epoch`.
@@ -225,11 +269,20 @@ pub async fn agent_update(node: &ClusterNode, agent: &str, epoch: u64, reported:
         let pipeline = format!("{}/{}", current.run.spec.workflow, current.run.spec.pipeline);
         let lease =
             node.reader.range(keys::lease(&pipeline).into_bytes(), false, 0).await.map_err(ServerError::from)?;
-        if lease.kvs.first().map(|kv| kv.mod_revision) != Some(epoch) {
-            return Err(Refused::StaleEpoch(format!("the lease of {pipeline} is no longer at epoch {epoch}")));
+        if !holds(lease.kvs.first(), agent, epoch) {
+            return Err(Refused::StaleEpoch(format!("agent {agent} does not hold {pipeline} at epoch {epoch}")));
         }
         if current.run.status.phase.is_terminal() {
-            return Ok(());
+            if reported.status.phase.is_terminal() {
+                return Ok(());
+            }
+            // A run cancelled while still `Pending` may have been handed over already: the
+            // agent that says it runs it is told to stop.
+            return Err(Refused::StaleEpoch(format!(
+                "run {} ended as {} while the agent ran it",
+                reported.metadata.name,
+                current.run.status.phase.as_str()
+            )));
         }
         let mut next = current.run.clone();
         next.status = reported.status.clone();
@@ -321,6 +374,43 @@ pub async fn agent_lost(node: &ClusterNode, current: &StoredRun) -> Result<()> {
         current.run.status.agent.as_deref().unwrap_or("?")
     ));
     next.status.finished = Some(Utc::now());
-    put_if(node, &next, current.revision, vec![]).await?;
+    next.metadata.resource_version = None;
+    // The scheduler's write: never forwarded, so a deposed leader's pass stops here.
+    let key = keys::run(&next.metadata.name);
+    let value = serde_json::to_vec(&next).map_err(internal)?;
+    node.leader_txn(Txn {
+        compare: vec![Compare::mod_revision(key.clone(), current.revision)],
+        success: vec![Op::Put { key: key.into_bytes(), value }],
+        failure: vec![],
+    })
+    .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::LeaseRecord;
+
+    fn lease(agent: &str, epoch: u64) -> KeyValue {
+        let record = LeaseRecord { workflow: "w".into(), pipeline: "p".into(), agent: agent.into(), ttl_ms: 10_000 };
+        KeyValue {
+            key: keys::lease("w/p").into_bytes(),
+            value: serde_json::to_vec(&record).expect("json"),
+            create_revision: epoch,
+            mod_revision: epoch,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_held_by_its_agent_at_its_epoch_only() {
+        let kv = lease("a", 7);
+        assert!(holds(Some(&kv), "a", 7));
+        assert!(!holds(Some(&kv), "b", 7), "another agent granted in the same pass shares the epoch");
+        assert!(!holds(Some(&kv), "a", 6));
+        assert!(!holds(None, "a", 7));
+        let garbled = KeyValue { value: b"not json".to_vec(), ..kv };
+        assert!(!holds(Some(&garbled), "a", 7));
+    }
 }

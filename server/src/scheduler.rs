@@ -18,7 +18,7 @@ use xene_model::{PipelineObject, Workflow, REASON_NO_AGENTS};
 use xene_proto::{server_message, LeaseGrant, LeaseRevoke, ServerMessage};
 use xene_raft_store::{Compare, NodeId, NodeInfo, Op, Txn, Watcher};
 
-use crate::agents::{AgentHub, AgentRecord, AgentState, LeaseRecord, SessionView};
+use crate::agents::{AgentHub, AgentRecord, AgentState, LeaseRecord, SessionView, Told};
 use crate::batch::{self, GuardedWrite};
 use crate::error::Result;
 use crate::keys;
@@ -317,8 +317,9 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
     }
     batch::leader_writes(node, writes).await?;
 
-    // 4. Tell every connected agent what it holds: grants for new epochs, revokes for the rest.
-    //    A workflow is encoded once per pass, however many of its pipelines are granted.
+    // 4. Tell every connected agent what it holds: grants for new epochs and for workflows
+    //    applied again (at the same epoch), revokes for the rest. A workflow is encoded once
+    //    per pass, however many of its pipelines are granted.
     let mut encoded: BTreeMap<&String, String> = BTreeMap::new();
     let mut held_by: BTreeMap<&String, BTreeMap<&String, &Versioned<LeaseRecord>>> = BTreeMap::new();
     for (pipeline, lease) in &leases {
@@ -327,8 +328,10 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
     for (agent, session) in &sessions {
         let wanted = held_by.remove(agent).unwrap_or_default();
         for (pipeline, lease) in &wanted {
-            if session.told.get(pipeline.as_str()) != Some(&lease.revision) {
-                let spec = workflows.get(&lease.value.workflow).map(|w| &w.value);
+            let workflow = workflows.get(&lease.value.workflow);
+            let told = Told { epoch: lease.revision, workflow: workflow.map_or(0, |w| w.revision) };
+            if session.told.get(pipeline.as_str()) != Some(&told) {
+                let spec = workflow.map(|w| &w.value);
                 let workflow_json = match spec {
                     Some(spec) => encoded
                         .entry(&lease.value.workflow)
@@ -345,13 +348,9 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
                     epoch: lease.revision,
                     workflow_json,
                     cron_since_ms: cron_since_ms.into_iter().collect(),
+                    workflow_revision: told.workflow,
                 };
-                hub.tell(
-                    agent,
-                    pipeline,
-                    Some(lease.revision),
-                    ServerMessage { body: Some(server_message::Body::Grant(grant)) },
-                );
+                hub.tell(agent, pipeline, Some(told), ServerMessage { body: Some(server_message::Body::Grant(grant)) });
             }
         }
         let told: BTreeSet<&String> = session.told.keys().collect();
@@ -359,7 +358,7 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
             if !wanted.contains_key(pipeline) {
                 let revoke = LeaseRevoke {
                     pipeline: pipeline.clone(),
-                    epoch: session.told[pipeline],
+                    epoch: session.told[pipeline].epoch,
                     reason: "the lease moved or the pipeline is gone".into(),
                 };
                 hub.tell(agent, pipeline, None, ServerMessage { body: Some(server_message::Body::Revoke(revoke)) });
@@ -520,8 +519,14 @@ async fn hand_over(
     agent: &str,
     epoch: u64,
 ) -> Result<()> {
+    let workflow = workflows.get(&run.spec.workflow);
+    if workflow.map_or(0, |w| w.revision) < run.spec.workflow_revision {
+        // The run was made from a workflow applied after this pass read them: the next pass
+        // grants that workflow first.
+        return Ok(());
+    }
     let run_json = serde_json::to_string(run).unwrap_or_default();
-    let secrets = match workflows.get(&run.spec.workflow).and_then(|w| w.value.spec.pipelines.get(&run.spec.pipeline)) {
+    let secrets = match workflow.and_then(|w| w.value.spec.pipelines.get(&run.spec.pipeline)) {
         Some(spec) => crate::secrets::resolve_for(node, spec).await?.into_iter().collect(),
         None => Default::default(),
     };
@@ -530,7 +535,8 @@ async fn hand_over(
     let start = xene_proto::StartRun { run_json, epoch, secrets, payload };
     let message = ServerMessage { body: Some(server_message::Body::Start(start)) };
     let pipeline = format!("{}/{}", run.spec.workflow, run.spec.pipeline);
-    if hub.tell_start(agent, &pipeline, epoch, &run.metadata.name, message) {
+    let told = Told { epoch, workflow: run.spec.workflow_revision };
+    if hub.tell_start(agent, &pipeline, told, &run.metadata.name, message) {
         tracing::info!(run = %run.metadata.name, agent, "run handed to its agent");
     }
     Ok(())

@@ -54,10 +54,10 @@ pub async fn fire(
     let cursor_key = keys::cron_cursor(workflow, pipeline_name, trigger);
     for _ in 0..5 {
         let lease = node.reader.range(lease_key.clone().into_bytes(), false, 0).await.map_err(ServerError::from)?;
-        if lease.kvs.first().map(|kv| kv.mod_revision) != Some(epoch) {
-            return Err(Refused::StaleEpoch(format!("the lease of {pipeline} is no longer at epoch {epoch}")));
+        if !runs::holds(lease.kvs.first(), agent, epoch) {
+            return Err(Refused::StaleEpoch(format!("agent {agent} does not hold {pipeline} at epoch {epoch}")));
         }
-        let (spec, _) = runs::workflow(node, workflow).await?;
+        let (spec, spec_revision) = runs::workflow(node, workflow).await?;
         let schedule = schedule_of(&spec, pipeline_name, trigger).map_err(invalid)?;
         if !schedule.fires_at(scheduled) {
             return Err(invalid(format!("cron trigger {trigger:?} of {pipeline} does not fire at {scheduled}")));
@@ -69,7 +69,7 @@ pub async fn fire(
             return Ok(None);
         }
         let parameters = BTreeMap::from([("XENE_SCHEDULED_TIME".to_string(), scheduled.to_rfc3339())]);
-        let new = runs::pending(&spec, pipeline_name, trigger, parameters)?;
+        let new = runs::pending(&spec, spec_revision, pipeline_name, trigger, parameters)?;
         let cursor =
             CronCursor { last_fire: scheduled, run: new.run.metadata.name.clone(), agent: agent.into(), epoch };
         let cursor_value = serde_json::to_vec(&cursor).map_err(|e| ServerError::Internal(e.to_string()))?;

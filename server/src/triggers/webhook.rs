@@ -142,7 +142,7 @@ pub async fn receive(
     let mut made = Vec::new();
     let mut ops = Vec::new();
     for pipeline in pipelines {
-        let new = runs::pending(&spec, pipeline, trigger, parameters.clone())?;
+        let new = runs::pending(&spec, spec_revision, pipeline, trigger, parameters.clone())?;
         ops.push(Op::Put { key: keys::payload(&new.run.metadata.name).into_bytes(), value: body.to_vec() });
         ops.push(Op::Put { key: new.key.clone().into_bytes(), value: new.value.clone() });
         made.push(new);
