@@ -47,8 +47,45 @@ pub struct Runner {
     running: Mutex<HashMap<String, (String, u64, CancellationToken)>>,
     /// Starts under a newer epoch of runs still stopping under an older one, by run.
     deferred: Mutex<HashMap<String, Deferred>>,
-    /// Final statuses of finished runs, to report again if the leader asks once more.
-    finished: Mutex<HashMap<String, (u64, RunObject)>>,
+    /// Final statuses of the latest finished runs, to report again if the leader asks once more.
+    finished: Mutex<Finished>,
+    /// Runs being stopped because this agent no longer holds their pipeline: they end as
+    /// `AgentLost`, not as cancelled by a user.
+    lost: Mutex<BTreeSet<String>>,
+}
+
+/// The final statuses of the last [`Finished::KEPT`] runs this agent finished, by run.
+#[derive(Default)]
+struct Finished {
+    by_run: HashMap<String, (u64, RunObject)>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Finished {
+    /// Enough for a leader to ask again about any run of the last few minutes; bounded, so an
+    /// agent that runs a cron job every minute for a year does not hold half a million runs.
+    const KEPT: usize = 1024;
+
+    fn get(&self, run: &str) -> Option<&(u64, RunObject)> {
+        self.by_run.get(run)
+    }
+
+    fn remove(&mut self, run: &str) {
+        if self.by_run.remove(run).is_some() {
+            self.order.retain(|r| r != run);
+        }
+    }
+
+    fn insert(&mut self, run: String, epoch: u64, done: RunObject) {
+        if self.by_run.insert(run.clone(), (epoch, done)).is_none() {
+            self.order.push_back(run);
+        }
+        while self.order.len() > Self::KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_run.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// A start that waits for the run's older execution to stop.
@@ -93,6 +130,7 @@ impl Runner {
             running: Mutex::default(),
             deferred: Mutex::default(),
             finished: Mutex::default(),
+            lost: Mutex::default(),
         })
     }
 
@@ -140,7 +178,9 @@ impl Runner {
             let done = this.execute(run, epoch, &workflow_json, Arc::new(secrets), event, cancel).await;
             let id = done.metadata.name.clone();
             this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            this.finished.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (epoch, done));
+            // A stop that came after the run decided how it ended must not colour its next start.
+            this.lost.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            this.finished.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), epoch, done);
             let deferred = this.deferred.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             if let Some(next) = deferred {
                 this.start(&next.run_json, next.epoch, next.secrets, next.payload);
@@ -169,6 +209,7 @@ impl Runner {
         for (run, (of, _, cancel)) in self.running.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             if of == pipeline {
                 tracing::info!(run = %run, pipeline, "stopping a run whose lease is gone");
+                self.lost.lock().unwrap_or_else(|p| p.into_inner()).insert(run.clone());
                 cancel.cancel();
             }
         }
@@ -402,7 +443,14 @@ impl Runner {
             }
         }
         run.status.finished = Some(Utc::now());
-        if cancel.is_cancelled() {
+        let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if lost {
+            // Not a user's cancel: if the lease is still at this epoch when this arrives, the
+            // run did not finish, and says why.
+            run.status.phase = RunPhase::Error;
+            run.status.reason = Some(ErrorReason::AgentLost);
+            run.status.message = Some("the agent lost the pipeline's lease while the run was in flight".into());
+        } else if cancel.is_cancelled() {
             run.status.phase = RunPhase::Cancelled;
             run.status.reason = Some(ErrorReason::Cancelled);
         } else if timed_out.is_cancelled() {
@@ -1071,6 +1119,25 @@ mod tests {
     use xene_model::{LogChunk, LogLine};
 
     #[test]
+    fn only_the_latest_finished_runs_are_kept() {
+        let mut finished = Finished::default();
+        let run = |name: &str| RunObject::pending(name, xene_model::RunSpec::default());
+        for i in 0..Finished::KEPT + 10 {
+            finished.insert(format!("r{i}"), 1, run(&format!("r{i}")));
+        }
+        assert_eq!(finished.by_run.len(), Finished::KEPT);
+        assert_eq!(finished.order.len(), Finished::KEPT);
+        assert!(finished.get("r9").is_none(), "the oldest went first");
+        assert!(finished.get("r10").is_some());
+        finished.insert("r10".into(), 2, run("r10"));
+        assert_eq!(finished.get("r10").map(|(epoch, _)| *epoch), Some(2), "a run finished again is replaced");
+        assert_eq!(finished.order.len(), Finished::KEPT, "not counted twice");
+        finished.remove("r10");
+        assert!(finished.get("r10").is_none());
+        assert_eq!(finished.order.len(), Finished::KEPT - 1);
+    }
+
+    #[test]
     fn when_decides_after_the_dependencies_ended() {
         use Decision::*;
         let expression = When::Expression("{{ tasks.a.outputs.x }} > 1".into());
@@ -1287,6 +1354,75 @@ mod tests {
         assert_eq!(build.steps[0].reason, Some(ErrorReason::InfrastructureError));
         assert_eq!(build.steps[1].status, StepStatus::NotExecuted);
         assert_eq!(run.status.tasks["lint"].status, StepStatus::Running, "a worker's own updates are its own");
+    }
+
+    /// The run's reports through `outbox` until one is final.
+    async fn final_report(outbox: &mut tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage>) -> RunObject {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), outbox.recv())
+                .await
+                .expect("a report within 20 s")
+                .expect("the outbox is open");
+            if let Some(agent_message::Body::RunUpdate(update)) = message.body {
+                let run: RunObject = serde_json::from_str(&update.run_json).expect("run json");
+                if run.status.phase.is_terminal() {
+                    return run;
+                }
+            }
+        }
+    }
+
+    /// A run stopped because the agent lost its pipeline ends as `AgentLost`, not as cancelled
+    /// by a user; one a user cancels ends `Cancelled` (a review found both reported as the
+    /// latter, which the server stores when the lease has not moved yet).
+    #[tokio::test]
+    async fn a_run_stopped_by_a_lost_lease_is_agent_lost_and_a_cancelled_one_cancelled() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let manifest = "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {name: w}\nspec:\n  pipelines:\n    p:\n      tasks:\n        t: {steps: [{name: s, run: 'echo started; sleep 30'}]}\n";
+        let workflow = xene_model::parse_manifest(manifest).expect("manifest");
+        let leases = Arc::new(Leases::default());
+        let (tx, mut outbox) = tokio::sync::mpsc::unbounded_channel();
+        let options = RunnerOptions {
+            parallelism: 4,
+            executor: "process".into(),
+            log_cap: LogCap::DEFAULT,
+            step_records: Arc::new(StepRecords::new(dir.path().join("steps"))),
+        };
+        let runner = Runner::new("a".into(), dir.path().join("work"), Arc::clone(&leases), tx, None, options);
+        for (run, stop) in [("lost", true), ("cancelled", false)] {
+            let lease = crate::leases::HeldLease {
+                epoch: 7,
+                workflow_json: serde_json::to_string(&workflow).expect("json"),
+                workflow_revision: 3,
+                cron_since_ms: BTreeMap::new(),
+            };
+            leases.grant("w/p", lease);
+            let spec = xene_model::RunSpec { workflow: "w".into(), pipeline: "p".into(), ..Default::default() };
+            let json = serde_json::to_string(&RunObject::pending(run, spec)).expect("json");
+            runner.start(&json, 7, BTreeMap::new(), Vec::new());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !runner.running_ids().contains(run) {
+                assert!(std::time::Instant::now() < deadline, "{run} never started");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if stop {
+                runner.stop_pipeline("w/p");
+            } else {
+                runner.stop(run);
+            }
+            let done = final_report(&mut outbox).await;
+            assert_eq!(done.metadata.name, run);
+            let want = if stop {
+                (RunPhase::Error, Some(ErrorReason::AgentLost))
+            } else {
+                (RunPhase::Cancelled, Some(ErrorReason::Cancelled))
+            };
+            assert_eq!((done.status.phase, done.status.reason), want, "{done:#?}");
+            while runner.running_ids().contains(run) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     #[test]

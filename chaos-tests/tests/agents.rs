@@ -152,6 +152,46 @@ async fn join_tokens_are_checked_and_used_once() {
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
 }
 
+/// A join whose answer was lost (a timeout during an election) is repeated by the agent: the
+/// same token may repeat it, though its only use is spent, and the first credential (which
+/// never arrived) stops working; another token cannot take the name (a review found the agent
+/// refused for ever as "already joined").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_answer_was_lost_can_be_repeated_with_its_token() {
+    let cluster = cluster().await;
+    let token = join_token(&cluster, &["--uses", "1"]);
+    let join = |token: &str| pb::JoinAgentRequest {
+        join_token: token.into(),
+        name: "again".into(),
+        labels: Default::default(),
+        capacity: 0,
+    };
+    let mut client = pb::agent_service_client::AgentServiceClient::new(cluster.channel(0));
+    let first = client.join(join(&token)).await.expect("the first join").into_inner();
+    let second = client.join(join(&token)).await.expect("the join repeated").into_inner();
+    assert_ne!(first.credential, second.credential);
+    let kv_with = |credential: &str| {
+        let mut request =
+            tonic::Request::new(pb::RangeRequest { key: b"/".to_vec(), prefix: true, limit: 0, serializable: true });
+        request.metadata_mut().insert("authorization", format!("Bearer {credential}").parse().expect("ascii"));
+        request
+    };
+    let denied = cluster.kv(1).range(kv_with(&second.credential)).await.expect_err("agent credential on the KV API");
+    assert_eq!(denied.code(), Code::PermissionDenied, "the new credential is an agent's: {denied}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let old = cluster.kv(1).range(kv_with(&first.credential)).await.expect_err("the old credential");
+        if old.code() == Code::Unauthenticated {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first credential still works: {old}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let other = join_token(&cluster, &[]);
+    let taken = client.join(join(&other)).await.expect_err("another token, the same name");
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken}");
+}
+
 async fn wait_refused(agent: &mut xene_chaos_tests::agent_proc::AgentProc, reason: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -24,6 +24,10 @@ pub struct AgentRecord {
     pub joined_ms: u64,
     /// The ID of its session credential.
     pub credential: String,
+    /// The ID of the join token it joined with: the same token may repeat the join for a
+    /// while (a join whose answer was lost), see `services::agent::REJOIN_WITHIN`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub joined_with: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,6 +40,72 @@ fn internal(e: impl std::fmt::Display) -> ServerError {
     ServerError::Internal(e.to_string())
 }
 
+/// How long after a join the same join token may repeat it: a join whose answer was lost (a
+/// timeout during an election) is retried by the agent, which would otherwise be refused for
+/// ever as "already joined", its token spent.
+pub const REJOIN_WITHIN: Duration = Duration::from_secs(600);
+
+/// Whether `record`'s join may be repeated with token `token_id` at `now_ms`: the same token,
+/// recently, by an agent that has never been up since (its credential never reached it).
+fn may_rejoin(record: &AgentRecord, token_id: &str, now_ms: u64) -> bool {
+    !record.joined_with.is_empty()
+        && record.joined_with == token_id
+        && record.state == AgentState::Down
+        && now_ms.saturating_sub(record.joined_ms) < REJOIN_WITHIN.as_millis() as u64
+}
+
+impl AgentApi {
+    /// Repeats `name`'s join (its record read at `revision`): a new credential replaces the old
+    /// one, the token's uses are left as they are. `None` when something changed meanwhile.
+    async fn rejoin(
+        &self,
+        name: &str,
+        mut record: AgentRecord,
+        revision: u64,
+        token_id: &str,
+    ) -> Result<Option<String>, ServerError> {
+        if self.hub.views().iter().any(|s| s.name == name && s.alive) {
+            return Err(ServerError::AlreadyExists(format!(
+                "an agent named {name:?} is connected; pick another --name for this one"
+            )));
+        }
+        let token_key = keys::token(token_id);
+        let stored = self.node.reader.range(token_key.clone().into_bytes(), false, 0).await?;
+        let Some(kv) = stored.kvs.into_iter().next() else {
+            return Err(ServerError::Unauthenticated("invalid token: check --token".into()));
+        };
+        let token: TokenRecord = serde_json::from_slice(&kv.value).map_err(internal)?;
+        // Used up is expected: this join used it. Revoked or expired is not.
+        let unspent = TokenRecord { uses_left: None, ..token };
+        if let Some(reason) = unspent.unusable(now_ms()) {
+            return Err(ServerError::Unauthenticated(reason));
+        }
+        let mut credential = auth::mint(Role::Agent, &format!("session credential of agent {name}"), now_ms());
+        credential.record.agent = Some(name.to_string());
+        let old = std::mem::replace(&mut record.credential, credential.record.id.clone());
+        let agent_key = keys::agent(name);
+        let response = self
+            .node
+            .txn(Txn {
+                compare: vec![
+                    Compare::mod_revision(agent_key.clone(), revision),
+                    Compare::mod_revision(token_key, kv.mod_revision),
+                ],
+                success: vec![
+                    Op::Delete { key: keys::token(&old).into_bytes() },
+                    Op::Put {
+                        key: keys::token(&credential.record.id).into_bytes(),
+                        value: serde_json::to_vec(&credential.record).map_err(internal)?,
+                    },
+                    Op::Put { key: agent_key.into_bytes(), value: serde_json::to_vec(&record).map_err(internal)? },
+                ],
+                failure: vec![],
+            })
+            .await?;
+        Ok(response.succeeded.then_some(credential.text))
+    }
+}
+
 /// Checks the labels an agent brings (to a join or in a session's hello) against the rules
 /// of manifest labels: at most [`MAX_LABELS`](xene_model::limits::MAX_LABELS), keys and
 /// values as Kubernetes allows them (a name or value of at most 63 characters, a key's DNS
@@ -263,6 +329,25 @@ impl AgentService for AgentApi {
         let agent_key = keys::agent(&join.name);
         for _ in 0..5 {
             self.node.read_barrier().await?;
+            let existing =
+                self.node.reader.range(agent_key.clone().into_bytes(), false, 0).await.map_err(ServerError::from)?;
+            if let Some(kv) = existing.kvs.into_iter().next() {
+                let record: AgentRecord = serde_json::from_slice(&kv.value).map_err(internal)?;
+                if !may_rejoin(&record, &presented.id, now_ms()) {
+                    return Err(ServerError::AlreadyExists(format!(
+                        "an agent named {:?} already joined; restart it with its --data-dir (which holds its credential), or pick another --name",
+                        join.name
+                    ))
+                    .into());
+                }
+                match self.rejoin(&join.name, record, kv.mod_revision, &presented.id).await? {
+                    Some(credential) => {
+                        tracing::info!(agent = %join.name, "agent joined again with the same token; its old credential is revoked");
+                        return Ok(Response::new(pb::JoinAgentResponse { agent: join.name, credential }));
+                    }
+                    None => continue,
+                }
+            }
             let stored =
                 self.node.reader.range(token_key.clone().into_bytes(), false, 0).await.map_err(ServerError::from)?;
             let Some(kv) = stored.kvs.into_iter().next() else {
@@ -288,6 +373,7 @@ impl AgentService for AgentApi {
                 state: AgentState::Down,
                 joined_ms: now_ms(),
                 credential: credential.record.id.clone(),
+                joined_with: presented.id.clone(),
             };
             let mut success = Vec::new();
             if limited {
@@ -319,15 +405,7 @@ impl AgentService for AgentApi {
                 tracing::info!(agent = %join.name, "agent joined");
                 return Ok(Response::new(pb::JoinAgentResponse { agent: join.name, credential: credential.text }));
             }
-            let exists =
-                matches!(response.results.first(), Some(xene_raft_store::OpResult::Get { kvs, .. }) if !kvs.is_empty());
-            if exists {
-                return Err(ServerError::AlreadyExists(format!(
-                    "an agent named {:?} already joined; restart it with its --data-dir (which holds its credential), or pick another --name",
-                    join.name
-                ))
-                .into());
-            }
+            // Another join of this name came first, or the token changed: look again.
         }
         Err(ServerError::unavailable("the join token kept changing; retry").into())
     }
