@@ -242,6 +242,14 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
     // xenectl logs prints the same lines.
     let printed = String::from_utf8_lossy(&cluster.xenectl(&["logs", &id]).stdout).into_owned();
     assert!(printed.contains("[join/total] total 15 lines 5 param tester"), "{printed}");
+    // A misspelt task or step is an error, not an empty (or, with -f, endless) listing.
+    let wrong = cluster.xenectl(&["logs", &id, "--task", "prepar", "-f"]);
+    let said = String::from_utf8_lossy(&wrong.stderr).into_owned();
+    assert!(!wrong.status.success(), "{said}");
+    assert!(said.contains("has no task \"prepar\"; its tasks: join, left, prepare, right"), "{said}");
+    let wrong = cluster.xenectl(&["logs", &id, "--task", "join", "--step", "sum"]);
+    let said = String::from_utf8_lossy(&wrong.stderr).into_owned();
+    assert!(said.contains("has no step \"sum\" in task \"join\"; its steps: total"), "{said}");
 
     // The REST trigger: a bearer token is required.
     let rest = &cluster.servers[2].http;

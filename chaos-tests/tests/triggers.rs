@@ -452,6 +452,69 @@ async fn start_many(cluster: &TestCluster, pipeline: &str, count: usize) -> Vec<
     ids
 }
 
+const FAN_OUT_HOOK: &str = r#"
+apiVersion: xene.dev/v1
+kind: Workflow
+metadata: {name: fan}
+spec:
+  triggers:
+    hook: {type: webhook, webhook: {provider: generic, secretRef: fan-secret}}
+  pipelines:
+    one: {triggers: [hook], tasks: {show: {steps: [{name: size, run: 'echo "bytes $(wc -c < "$XENE_EVENT_PATH")"'}]}}}
+    two: {triggers: [hook], tasks: {show: {steps: [{name: size, run: 'echo "bytes $(wc -c < "$XENE_EVENT_PATH")"'}]}}}
+    three: {triggers: [hook], tasks: {show: {steps: [{name: size, run: 'echo "bytes $(wc -c < "$XENE_EVENT_PATH")"'}]}}}
+"#;
+
+/// A delivery of a large payload to a trigger three pipelines list reaches every run (each
+/// copy of the body in a Raft entry of its own, not three in one), a redelivery makes none;
+/// and a trigger whose signing key is empty, which anyone could sign with, takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_delivery_reaches_every_pipeline_and_an_empty_key_signs_nothing() {
+    let (cluster, _agents) = setup(FAN_OUT_HOOK, &["fan"]).await;
+    let set = cluster.xenectl(&["secret", "set", "fan-secret", "--from-literal", "secret="]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    wait_placed(&cluster, 3).await;
+    let path = "/api/v1/webhooks/fan/hook";
+    let small = br#"{"event":"deploy"}"#;
+    let headers = |key: &str, body: &[u8], delivery: &str| {
+        vec![
+            ("X-Xene-Signature-256", format!("sha256={}", hmac_hex(key, body))),
+            ("X-Xene-Delivery", delivery.to_string()),
+        ]
+    };
+    let (status, answer) = rest::post(&cluster.servers[0].http, path, &headers("", small, "e-1"), small).await;
+    assert_eq!(status, 500, "signed with the empty key: {answer}");
+    assert!(answer.contains("empty signing key"), "{answer}");
+    let runs = String::from_utf8_lossy(&cluster.xenectl(&["runs", "fan"]).stdout).into_owned();
+    assert_eq!(runs.lines().count(), 1, "no run was made: {runs}");
+
+    let set = cluster.xenectl(&["secret", "set", "fan-secret", "--from-literal", "secret=fan-key"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let mut body = br#"{"event":"deploy","pad":""#.to_vec();
+    body.resize(900_000, b'x');
+    body.extend_from_slice(br#""}"#);
+    let (status, answer) = rest::post(&cluster.servers[1].http, path, &headers("fan-key", &body, "d-1"), &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let value: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    let ids: Vec<String> =
+        value["runs"].as_array().expect("runs").iter().map(|id| id.as_str().expect("id").to_string()).collect();
+    assert_eq!(ids.len(), 3, "{answer}");
+    for id in &ids {
+        let run = wait_run(&cluster, id, |r| r.status.phase.is_terminal()).await;
+        assert_eq!(run.status.phase, RunPhase::Success, "{run:#?}");
+        let text = logs_text(&cluster, id);
+        assert!(text.contains(&format!("bytes {}", body.len())), "{id}: {text}");
+    }
+    let (status, again) = rest::post(&cluster.servers[2].http, path, &headers("fan-key", &body, "d-1"), &body).await;
+    assert_eq!(status, 202, "{again}");
+    let again: serde_json::Value = serde_json::from_str(&again).expect("json");
+    assert_eq!(again["duplicate"], true, "{again}");
+    let named: Vec<&str> = again["runs"].as_array().expect("runs").iter().filter_map(|id| id.as_str()).collect();
+    assert_eq!(named, ids, "a redelivery names the first delivery's runs");
+    let runs = String::from_utf8_lossy(&cluster.xenectl(&["runs", "fan"]).stdout).into_owned();
+    assert_eq!(runs.lines().count(), 4, "three runs and a header: {runs}");
+}
+
 const CONTAINER_HOOK: &str = r#"
 apiVersion: xene.dev/v1
 kind: Workflow

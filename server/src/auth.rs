@@ -137,7 +137,12 @@ fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str> {
         .ok_or_else(|| ServerError::Unauthenticated("missing bearer token: pass --token or set XENE_TOKEN".into()))?;
     let header =
         header.to_str().map_err(|_| ServerError::Unauthenticated("authorization metadata is not valid text".into()))?;
-    Ok(header.strip_prefix("Bearer ").unwrap_or(header).trim())
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let token = match header.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
+        _ => header,
+    };
+    Ok(token.trim())
 }
 
 /// Splits `xene_<id>_<secret>`.
@@ -298,6 +303,15 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for header in ["Bearer xene_1_a", "bearer xene_1_a", "BEARER  xene_1_a ", "xene_1_a"] {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("authorization", header.parse().expect("ascii"));
+            assert_eq!(bearer(&metadata).expect("a token"), "xene_1_a", "{header:?}");
+        }
+    }
 
     #[test]
     fn minted_tokens_check_and_wrong_ones_do_not() {

@@ -185,6 +185,7 @@ pub async fn apply(node: &ClusterNode, manifest: &str) -> Result<(ApplyResult, S
                 workflow.metadata.uid = stored.metadata.uid.clone();
                 workflow.metadata.creation_timestamp = stored.metadata.creation_timestamp;
                 let mut ops = vec![put_json(key.clone(), &workflow)?];
+                ops.extend(crate::triggers::cron::restart_cursors(&stored, &workflow, Utc::now())?);
                 for pipeline in workflow.spec.pipelines.keys().filter(|p| !stored.spec.pipelines.contains_key(*p)) {
                     let object = PipelineObject::not_scheduled(&workflow.metadata, pipeline, REASON_NO_AGENTS);
                     ops.push(put_json(keys::pipeline(&name, pipeline), &object)?);

@@ -137,6 +137,9 @@ impl ClusterService for ClusterApi {
 
     async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
+        // What the snapshot must cover, read before it is asked for: entries applied after the
+        // trigger need not be in it.
+        let wanted = self.node.raft.metrics().borrow().last_applied.map_or(0, |id| id.index);
         self.node
             .raft
             .trigger()
@@ -144,7 +147,6 @@ impl ClusterService for ClusterApi {
             .await
             .map_err(|e| ServerError::unavailable(format!("raft stopped: {e}")))?;
         // Wait (briefly) for the snapshot to be built so the answer names it.
-        let wanted = self.node.raft.metrics().borrow().last_applied.map_or(0, |id| id.index);
         let mut metrics = self.node.raft.metrics();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -152,8 +154,12 @@ impl ClusterService for ClusterApi {
             if snapshot_index >= wanted {
                 return Ok(Response::new(pb::SnapshotResponse { node_id: self.node.id, snapshot_index }));
             }
-            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                return Err(ServerError::unavailable("the snapshot is still being built; check again later").into());
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ServerError::unavailable("raft stopped while the snapshot was built").into()),
+                Err(_) => {
+                    return Err(ServerError::unavailable("the snapshot is still being built; check again later").into())
+                }
             }
         }
     }

@@ -75,8 +75,13 @@ impl RunService for RunApi {
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Viewer).await?;
         let logs = request.into_inner();
-        // Fails early, with NotFound, for an unknown run.
-        runs::get(&self.node, &logs.run).await?;
+        // Fails early, with NotFound, for an unknown run, task or step.
+        let run = runs::get(&self.node, &logs.run).await?;
+        let pipeline = match runs::workflow(&self.node, &run.run.spec.workflow).await {
+            Ok((workflow, _)) => workflow.spec.pipelines.get(&run.run.spec.pipeline).cloned(),
+            Err(_) => None,
+        };
+        check_names(&run.run, pipeline.as_ref(), &logs.task, &logs.step)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let node = self.node.clone();
         let stop = self.stop.clone();
@@ -128,7 +133,15 @@ impl RunService for RunApi {
                 let Ok(mut watcher) = node.reader.watch(revision + 1, prefix.clone()) else { continue 'list };
                 loop {
                     let events = tokio::select! {
-                        _ = stop.cancelled() => return,
+                        _ = stop.cancelled() => {
+                            // Said, so that a follower does not take the end for the run's.
+                            let _ = tx
+                                .send(Err(Status::unavailable(
+                                    "the server is shutting down; follow the logs again through another server",
+                                )))
+                                .await;
+                            return;
+                        }
                         _ = tx.closed() => return,
                         events = watcher.next() => events,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {
@@ -160,6 +173,46 @@ impl RunService for RunApi {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Refuses a `task` or `step` filter that names nothing the run has (by its status, or by its
+/// pipeline's spec before it starts): it would match nothing, and a follower would wait
+/// silently for the run's end.
+fn check_names(
+    run: &xene_model::RunObject,
+    pipeline: Option<&xene_model::Pipeline>,
+    task: &str,
+    step: &str,
+) -> Result<(), Status> {
+    use std::collections::BTreeSet;
+    let mut known: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (name, status) in &run.status.tasks {
+        known.entry(name).or_default().extend(status.steps.iter().map(|s| s.name.as_str()));
+    }
+    for (name, spec) in pipeline.map(|p| &p.tasks).into_iter().flatten() {
+        known.entry(name).or_default().extend(spec.steps.iter().map(|s| s.name.as_str()));
+    }
+    let id = &run.metadata.name;
+    if !task.is_empty() && !known.contains_key(task) {
+        let names: Vec<&str> = known.keys().copied().collect();
+        return Err(Status::not_found(format!("run {id} has no task {task:?}; its tasks: {}", names.join(", "))));
+    }
+    if !step.is_empty() {
+        let steps: BTreeSet<&str> = known
+            .iter()
+            .filter(|(name, _)| task.is_empty() || **name == task)
+            .flat_map(|(_, steps)| steps.iter().copied())
+            .collect();
+        if !steps.contains(step) {
+            let of = if task.is_empty() { String::new() } else { format!(" in task {task:?}") };
+            let names: Vec<&str> = steps.into_iter().collect();
+            return Err(Status::not_found(format!(
+                "run {id} has no step {step:?}{of}; its steps: {}",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Each task's current execution, as the run's state names it (empty: none named).

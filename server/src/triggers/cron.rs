@@ -29,6 +29,31 @@ pub struct CronCursor {
     pub epoch: u64,
 }
 
+/// For applying `new` over `stored`: a cursor at `now` for every cron trigger a pipeline lists
+/// anew or whose schedule changed, so that its catch-up starts at this apply and not at the
+/// workflow's creation (a nightly trigger added to a month-old workflow does not fire at once,
+/// or 100 times with `catchUp: All`). A fire of the old schedule still in flight is refused.
+pub fn restart_cursors(stored: &Workflow, new: &Workflow, now: DateTime<Utc>) -> Result<Vec<Op>, ServerError> {
+    let cron_of = |spec: &Workflow, trigger: &str| match spec.spec.triggers.get(trigger) {
+        Some(Trigger::Cron(cron)) => Some((cron.cron.clone(), cron.timezone.clone())),
+        _ => None,
+    };
+    let mut ops = Vec::new();
+    for (pipeline, declared) in &new.spec.pipelines {
+        for trigger in &declared.triggers {
+            let Some(schedule) = cron_of(new, trigger) else { continue };
+            let listed_before = stored.spec.pipelines.get(pipeline).is_some_and(|p| p.triggers.contains(trigger));
+            if listed_before && cron_of(stored, trigger) == Some(schedule) {
+                continue;
+            }
+            let cursor = CronCursor { last_fire: now, run: String::new(), agent: String::new(), epoch: 0 };
+            let value = serde_json::to_vec(&cursor).map_err(|e| ServerError::Internal(e.to_string()))?;
+            ops.push(Op::Put { key: keys::cron_cursor(&new.metadata.name, pipeline, trigger).into_bytes(), value });
+        }
+    }
+    Ok(ops)
+}
+
 /// Creates the run of a cron fire of `trigger` of `pipeline` (`WORKFLOW/PIPELINE`) scheduled at
 /// `scheduled`, asked for by `agent` holding the lease at `epoch`. `Ok(None)`: that fire (or a
 /// later one) already made its run.
@@ -146,4 +171,45 @@ pub async fn since_ms(
         .into_iter()
         .map(|t| (t.clone(), cursors.get(t).map_or(created, |c| c.last_fire).timestamp_millis()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workflow(triggers: &str, listed: &str) -> Workflow {
+        let manifest = format!(
+            "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {{name: w}}\nspec:\n  triggers: {triggers}\n  pipelines:\n    p: {{triggers: {listed}, tasks: {{t: {{steps: [{{name: s, run: x}}]}}}}}}\n"
+        );
+        xene_model::parse_manifest(&manifest).expect("manifest")
+    }
+
+    fn restarted(stored: &Workflow, new: &Workflow) -> Vec<String> {
+        restart_cursors(stored, new, Utc::now())
+            .expect("ops")
+            .into_iter()
+            .map(|op| match op {
+                Op::Put { key, .. } => String::from_utf8_lossy(&key).into_owned(),
+                other => panic!("not a put: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_schedule_starts_at_the_apply_that_adds_or_changes_it() {
+        let nightly = "{nightly: {type: cron, cron: '0 3 * * *'}, hourly: {type: cron, cron: '0 * * * *'}}";
+        let before = workflow(nightly, "[nightly]");
+        assert!(restarted(&before, &before).is_empty(), "nothing changed");
+        let retimed =
+            "{nightly: {type: cron, cron: '0 3 * * *', catchUp: All}, hourly: {type: cron, cron: '0 * * * *'}}";
+        assert!(restarted(&before, &workflow(retimed, "[nightly]")).is_empty(), "only the catch-up policy changed");
+        assert_eq!(
+            restarted(&before, &workflow(nightly, "[nightly, hourly]")),
+            [keys::cron_cursor("w", "p", "hourly")]
+        );
+        let moved = "{nightly: {type: cron, cron: '0 4 * * *'}, hourly: {type: cron, cron: '0 * * * *'}}";
+        assert_eq!(restarted(&before, &workflow(moved, "[nightly]")), [keys::cron_cursor("w", "p", "nightly")]);
+        let zoned = "{nightly: {type: cron, cron: '0 3 * * *', timezone: Europe/Berlin}, hourly: {type: cron, cron: '0 * * * *'}}";
+        assert_eq!(restarted(&before, &workflow(zoned, "[nightly]")), [keys::cron_cursor("w", "p", "nightly")]);
+    }
 }

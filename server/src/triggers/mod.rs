@@ -27,7 +27,8 @@ pub async fn describe(node: &ClusterNode, spec: &Workflow, object: &mut Pipeline
         .map(|(name, trigger)| match trigger {
             Trigger::Cron(cron) => {
                 let timezone = cron.timezone.as_deref().unwrap_or("UTC");
-                let cursor = cursors.get(name);
+                // A cursor without a run marks where a schedule started (its apply), not a fire.
+                let cursor = cursors.get(name).filter(|c| !c.run.is_empty());
                 TriggerStatus {
                     name: name.clone(),
                     kind: "cron".into(),

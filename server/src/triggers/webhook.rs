@@ -141,9 +141,20 @@ pub async fn receive(
     }
     let mut made = Vec::new();
     let mut ops = Vec::new();
+    // One copy of the body per Raft entry: a body of up to 1 MB for each of many pipelines must
+    // not make one entry of many megabytes (a follower must take an entry within a heartbeat
+    // interval). The first run's payload travels with the runs; the others' are written ahead,
+    // and removed again if the runs are not made.
+    let mut ahead = Vec::new();
     for pipeline in pipelines {
         let new = runs::pending(&spec, spec_revision, pipeline, trigger, parameters.clone())?;
-        ops.push(Op::Put { key: keys::payload(&new.run.metadata.name).into_bytes(), value: body.to_vec() });
+        let payload = Op::Put { key: keys::payload(&new.run.metadata.name).into_bytes(), value: body.to_vec() };
+        if made.is_empty() {
+            ops.push(payload);
+        } else {
+            node.txn(Txn { compare: vec![], success: vec![payload], failure: vec![] }).await?;
+            ahead.push(Op::Delete { key: keys::payload(&new.run.metadata.name).into_bytes() });
+        }
         ops.push(Op::Put { key: new.key.clone().into_bytes(), value: new.value.clone() });
         made.push(new);
     }
@@ -157,6 +168,11 @@ pub async fn receive(
     }
     let response = node.txn(Txn { compare, success: ops, failure: vec![] }).await?;
     if !response.succeeded {
+        if !ahead.is_empty() {
+            if let Err(e) = node.txn(Txn { compare: vec![], success: ahead, failure: vec![] }).await {
+                tracing::warn!(error = %e, "removing the payloads of runs that were not made failed");
+            }
+        }
         // The same delivery reached another server first, or the workflow changed under us.
         if let Some(key) = &delivery_key {
             node.read_barrier().await?;
@@ -200,6 +216,20 @@ pub async fn forget_old_deliveries(node: &ClusterNode) -> Result<usize, ServerEr
 /// The signing key or token a trigger's `secretRef` names: the secret's only value, or its
 /// value under the key `secret` or `token`.
 async fn signing_secret(node: &ClusterNode, name: &str) -> Result<String, WebhookError> {
+    let key = named_signing_key(node, name).await?;
+    if key.trim().is_empty() {
+        // HMAC takes an empty key, and anyone can sign with it.
+        tracing::warn!(secret = name, "a webhook trigger's signing key is empty; deliveries are refused");
+        return Err(WebhookError::Misconfigured(format!(
+            "the trigger's secret {name:?} holds an empty signing key, which anyone could sign with; \
+             set it again: xenectl secret set {name} --from-literal secret=VALUE"
+        )));
+    }
+    Ok(key)
+}
+
+/// The value of secret `name` that signs a trigger's deliveries, as stored.
+async fn named_signing_key(node: &ClusterNode, name: &str) -> Result<String, WebhookError> {
     let found = node.reader.range(keys::secret(name).into_bytes(), false, 0).await.map_err(ServerError::from)?;
     let Some(record) = found.kvs.first().and_then(|kv| serde_json::from_slice::<SecretRecord>(&kv.value).ok()) else {
         tracing::warn!(secret = name, "a webhook trigger's secret does not exist");
