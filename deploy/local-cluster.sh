@@ -9,7 +9,6 @@
 # Data and logs live in $XENE_LOCAL_DIR (default /tmp/xene-local).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
 
 dir="${XENE_LOCAL_DIR:-/tmp/xene-local}"
 secret="local-cluster-secret"
@@ -34,6 +33,31 @@ if [ "${1:-start}" = "stop" ]; then
   exit 0
 fi
 
+source scripts/env.sh
+
+# On any failure: say where it stopped, show the logs' last lines, and stop what was started.
+started=0
+on_exit() {
+  local status=$?
+  if [ "$status" -ne 0 ] && [ "$started" = 1 ]; then
+    echo "== failed (exit $status); the last lines of the logs in $dir:" >&2
+    for log in "$dir"/node-*.log "$dir"/agent.log; do
+      [ -f "$log" ] || continue
+      echo "--- $log" >&2
+      tail -n 15 "$log" >&2
+    done
+    stop_cluster
+    echo "== stopped the cluster; its data and logs stay in $dir" >&2
+  fi
+}
+trap on_exit EXIT
+
+# fail MESSAGE: stops with MESSAGE (the trap above shows the logs).
+fail() {
+  echo "local-cluster: $*" >&2
+  exit 1
+}
+
 echo "== building xene-server and xenectl (the first build takes about 20 minutes: RocksDB)"
 cargo build --workspace --bins --locked
 bin="$CARGO_TARGET_DIR/debug"
@@ -41,6 +65,7 @@ bin="$CARGO_TARGET_DIR/debug"
 stop_cluster
 rm -rf "$dir"
 mkdir -p "$dir"
+started=1
 
 start_node() {
   local id=$1; shift
@@ -54,42 +79,54 @@ start_node() {
 echo "== starting three servers (data and logs in $dir)"
 start_node 1 --bootstrap
 for _ in $(seq 300); do [ -s "$dir/node-1/admin.token" ] && break; sleep 0.1; done
-[ -s "$dir/node-1/admin.token" ] || { echo "server 1 did not start; see $dir/node-1.log" >&2; tail -20 "$dir/node-1.log" >&2; exit 1; }
+[ -s "$dir/node-1/admin.token" ] || fail "server 1 did not write its admin token within 30 s"
 start_node 2 --join "127.0.0.1:$base_port"
 start_node 3 --join "127.0.0.1:$base_port"
 
 servers="127.0.0.1:$base_port,127.0.0.1:$((base_port + 10)),127.0.0.1:$((base_port + 20))"
 export XENE_SERVERS="$servers"
 export XENE_TOKEN="$(cat "$dir/node-1/admin.token")"
+voters=0
 for _ in $(seq 300); do
   voters=$("$bin/xenectl" cluster members 2>/dev/null | grep -cE 'voter|leader' || true)
   [ "$voters" = 3 ] && break
   sleep 0.2
 done
 "$bin/xenectl" cluster members
+[ "$voters" = 3 ] || fail "the cluster has $voters voters of 3 after 60 s"
 
 # Containers when Docker answers and the local image can be built (nothing is pulled);
 # otherwise every step runs as a process on this machine.
 executor=process
-if docker info >/dev/null 2>&1 && bash scripts/busybox-image.sh >/dev/null 2>&1; then
+if ! docker info >/dev/null 2>&1; then
+  echo "Docker does not answer (docker info failed): steps run as processes on this machine"
+elif ! image_log=$(bash scripts/busybox-image.sh 2>&1); then
+  echo "building the local image failed, so steps run as processes on this machine:"
+  echo "$image_log" | tail -n 5
+else
   executor=docker
 fi
 echo "== starting an agent (executor: $executor)"
-join_token=$("$bin/xenectl" token create --kind agent --ttl 1h --uses 1 --description "local agent" 2>/dev/null)
+join_token=$("$bin/xenectl" token create --kind agent --ttl 1h --uses 1 --description "local agent")
 "$bin/xene-agent" --servers "$servers" --token "$join_token" --name local --labels os=linux \
   --data-dir "$dir/agent" --executor "$executor" >"$dir/agent.log" 2>&1 &
 echo $! >"$dir/agent.pid"
 
-echo "== applying examples/ and running hello/main"
-"$bin/xenectl" apply -f examples/
-for _ in $(seq 100); do
-  "$bin/xenectl" get pipelines hello/main | grep -q ' Scheduled' && break
+# hello and fan-out-fan-in only: ping-ci's nightly cron would clone and build on this machine
+# for as long as the cluster is left running.
+echo "== applying examples/hello.yaml and examples/fan-out-fan-in.yaml, and running hello/main"
+"$bin/xenectl" apply -f examples/hello.yaml
+"$bin/xenectl" apply -f examples/fan-out-fan-in.yaml
+placed=0
+for _ in $(seq 150); do
+  if "$bin/xenectl" get pipelines hello/main | grep -q ' Scheduled'; then placed=1; break; fi
   sleep 0.2
 done
 "$bin/xenectl" agents
+[ "$placed" = 1 ] || fail "hello/main was not placed on the agent within 30 s"
 run=$("$bin/xenectl" run hello/main)
 echo "run $run started; its logs:"
-"$bin/xenectl" logs "$run" --follow
+timeout 300 "$bin/xenectl" logs "$run" --follow || fail "following run $run's logs failed or took over 5 minutes"
 "$bin/xenectl" runs hello/main
 phase=$("$bin/xenectl" runs hello/main | awk -v r="$run" '$1 == r {print $2}')
 if [ "$phase" != "Success" ]; then

@@ -14,6 +14,11 @@ xene_need_packages() {
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   # etcd-client (the benchmarks' etcd peer) compiles etcd's protos with the system protoc.
   command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+  # The compose test runs a cluster of containers with Docker's Compose tool.
+  if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
+    && ! command -v docker-compose >/dev/null 2>&1; then
+    missing+=(docker-compose)
+  fi
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "xene: installing ${missing[*]} with apt-get" >&2
     local sudo=""

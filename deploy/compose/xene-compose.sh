@@ -13,9 +13,10 @@ log() { echo "xene-compose: $*" >&2; }
 
 case "${1:-}" in
 server)
-  # Two servers asking to join at the same moment collide: the cluster refuses a membership
-  # change while another is in progress, and the refused server does not ask again. So on
-  # its first start (no store yet) a joining server waits for the one before it.
+  # Two servers asking to join at the same moment meet: the cluster refuses a membership
+  # change while another is in progress, and the refused server retries with backoff. So
+  # that the start is orderly and quick, on its first start (no store yet) a joining server
+  # waits for the one before it.
   if [ -n "${XENE_WAIT_FOR:-}" ] && [ ! -d "$XENE_DATA_DIR/raft" ]; then
     log "waiting for $XENE_WAIT_FOR to be ready before joining"
     until busybox wget -q -O /dev/null "http://$XENE_WAIT_FOR/readyz" 2>/dev/null; do
