@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use xene_proto as pb;
 use xene_proto::agent_service_server::AgentService;
 use xene_proto::{agent_message, server_message};
-use xene_raft_store::{Compare, Op, Txn};
+use xene_raft_store::{Compare, Op, Rejection, Txn};
 
 use crate::agents::{AgentHub, AgentRecord, AgentState, LeaseRecord};
 use crate::auth::{self, Role, TokenCache, TokenRecord};
@@ -214,7 +214,12 @@ async fn apply_with_retry(
     loop {
         let (run, epoch, result) = apply_write(node, name, body, pipelines).await;
         match result {
-            Err(Refused::Other(e)) if e.is_retryable() => {
+            // A proposal of this server's that waited past the deduplication window may or may
+            // not have been applied: every agent write is compared or idempotent, so it is made
+            // again (under a new request ID), never acknowledged unapplied.
+            Err(Refused::Other(e))
+                if e.is_retryable() || matches!(e, ServerError::Rejected(Rejection::RequestTooOld { .. })) =>
+            {
                 if !node.is_leader() || tokio::time::Instant::now() >= deadline {
                     return Err(e);
                 }
