@@ -129,6 +129,19 @@ impl ServerProc {
         self.spawn();
     }
 
+    /// Like [`ServerProc::restart`], with `--bootstrap` given again (as a unit file that keeps
+    /// it would).
+    pub fn restart_bootstrapping(&mut self) {
+        self.kill();
+        if !self.args.iter().any(|a| a == "--bootstrap") {
+            self.args.push("--bootstrap".into());
+        }
+        if let Some(pos) = self.args.iter().position(|a| a == "--join") {
+            self.args.drain(pos..pos + 2);
+        }
+        self.spawn();
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();

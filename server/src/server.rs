@@ -157,6 +157,21 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     tracing::info!(node = config.node_id, grpc = %config.grpc_addr, http = %config.http_addr, "listening");
 
     let initialized = raft.is_initialized().await.context("reading raft state")?;
+    if initialized && config.bootstrap {
+        // Restarted with --bootstrap: a server that died between initializing Raft and storing
+        // the first admin token finishes its bootstrap; one that finished it does nothing.
+        let node = node.clone();
+        let data_dir = config.data_dir.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                result = bootstrap_cluster(&node, &data_dir, true) => if let Err(e) = result {
+                    tracing::error!(error = %e, "finishing the bootstrap failed");
+                }
+            }
+        });
+    }
     if !initialized {
         if config.bootstrap {
             tracing::info!(node = config.node_id, "bootstrapping a new cluster");
@@ -167,7 +182,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             tasks.spawn(async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    result = bootstrap_cluster(&node, &data_dir) => if let Err(e) = result {
+                    result = bootstrap_cluster(&node, &data_dir, false) => if let Err(e) = result {
                         tracing::error!(error = %e, "creating the first admin token failed");
                     }
                 }
@@ -220,12 +235,24 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 
 /// On the first server: once it leads, records its node ID and creates the first admin
 /// token, written to `DATA_DIR/admin.token` (mode 0600) and printed once.
-async fn bootstrap_cluster(node: &ClusterNode, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    node.raft
-        .wait(Some(Duration::from_secs(60)))
-        .state(openraft::ServerState::Leader, "bootstrap leader")
-        .await
-        .context("waiting to become leader")?;
+/// Stores the first admin token (and this server's record) unless the cluster has them, and
+/// writes the token to `DATA_DIR/admin.token`. `resumed`: on a restart, where this server may
+/// no longer lead (the write is forwarded to the leader).
+async fn bootstrap_cluster(node: &ClusterNode, data_dir: &std::path::Path, resumed: bool) -> anyhow::Result<()> {
+    let wait = node.raft.wait(Some(Duration::from_secs(60)));
+    if resumed {
+        wait.metrics(|m| m.current_leader.is_some(), "a leader").await.context("waiting for a leader")?;
+    } else {
+        wait.state(openraft::ServerState::Leader, "bootstrap leader").await.context("waiting to become leader")?;
+    }
+    node.read_barrier().await.context("reading the cluster's state")?;
+    let done = node.reader.range(keys::BOOTSTRAPPED.as_bytes().to_vec(), false, 0).await?;
+    if !done.kvs.is_empty() {
+        return Ok(());
+    }
+    if resumed {
+        tracing::warn!("the bootstrap was interrupted before the first admin token was stored; finishing it");
+    }
     let path = data_dir.join("admin.token");
     let token = auth::mint(Role::Admin, "created at bootstrap", now_ms());
     let record = serde_json::to_vec(&token.record)?;
