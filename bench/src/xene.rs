@@ -227,7 +227,8 @@ pub async fn create_run(cluster: &TestCluster, workflow: &str, pipeline: &str) -
 /// The lines and bytes of text stored for run `id`.
 pub async fn stored_logs(cluster: &TestCluster, id: &str) -> anyhow::Result<(u64, u64)> {
     use tokio_stream::StreamExt;
-    let request = pb::LogsRequest { run: id.into(), task: String::new(), step: String::new(), follow: false };
+    let request =
+        pb::LogsRequest { run: id.into(), task: String::new(), step: String::new(), follow: false, resume: vec![] };
     let mut request = cluster.request(request);
     request.set_timeout(Duration::from_secs(300));
     let mut stream = RunServiceClient::new(cluster.channel(0))

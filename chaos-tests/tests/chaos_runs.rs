@@ -458,7 +458,8 @@ async fn wait_settled(cluster: &TestCluster, channels: &[Channel], timeout: Dura
 async fn step_logs(cluster: &TestCluster, channels: &[Channel], run: &str) -> Vec<pb::LogEntry> {
     let token = cluster.token.clone();
     any_server(channels, "read a run's logs", cluster, |channel| {
-        let request = pb::LogsRequest { run: run.into(), task: TASK.into(), step: STEP.into(), follow: false };
+        let request =
+            pb::LogsRequest { run: run.into(), task: TASK.into(), step: STEP.into(), follow: false, resume: vec![] };
         let request = authorized(request, &token, Duration::from_secs(15));
         async move {
             let mut stream =

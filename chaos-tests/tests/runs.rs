@@ -210,6 +210,7 @@ async fn logs(cluster: &TestCluster, id: &str) -> Vec<pb::LogEntry> {
             task: String::new(),
             step: String::new(),
             follow: false,
+            resume: vec![],
         }))
         .await
         .expect("logs")
@@ -359,6 +360,57 @@ async fn deleting_a_workflow_cancels_its_runs() {
     }
     let after = wait_run(&cluster, &agent, &running, |_| true).await;
     assert_eq!(after.status.phase, RunPhase::Cancelled, "the agent's last reports changed nothing: {after:#?}");
+}
+
+/// `xenectl logs -f` goes on through another server when the one it follows dies: every line
+/// once, in order, and it ends with the run (a review found it ended quietly, as if the run
+/// had, when its server stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_logs_survives_the_death_of_the_server_followed() {
+    let (mut cluster, agent) = setup().await;
+    let ticker = "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {name: ticker}\nspec:\n  pipelines:\n    tick:\n      tasks:\n        count: {steps: [{name: out, run: 'for i in $(seq 1 40); do echo \"tick $i\"; sleep 0.1; done'}]}\n";
+    ObjectServiceClient::new(cluster.channel(0))
+        .apply(cluster.request(pb::ApplyRequest { manifest: ticker.into() }))
+        .await
+        .expect("apply");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&cluster.xenectl(&["get", "pipelines", "ticker/tick"]).stdout).contains(" Scheduled")
+    {
+        assert!(Instant::now() < deadline, "ticker/tick not placed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = RunServiceClient::new(cluster.channel(1))
+        .create(cluster.request(pb::CreateRunRequest {
+            workflow: "ticker".into(),
+            pipeline: "tick".into(),
+            parameters: Default::default(),
+        }))
+        .await
+        .expect("create run")
+        .into_inner()
+        .id;
+    // Follow through a follower first in the list, and kill it mid-run.
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let followed = (leader + 1) % cluster.servers.len();
+    let mut order = vec![cluster.servers[followed].grpc.clone()];
+    order.extend(cluster.servers.iter().enumerate().filter(|(i, _)| *i != followed).map(|(_, s)| s.grpc.clone()));
+    let follower = Command::new(bin_dir().join("xenectl"))
+        .args(["--servers", &order.join(","), "logs", &id, "-f"])
+        .env("XENE_TOKEN", &cluster.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xenectl logs -f");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.servers[followed].kill();
+    let output = tokio::task::spawn_blocking(move || follower.wait_with_output()).await.expect("join").expect("wait");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "xenectl logs -f failed: {stderr}\n{stdout}");
+    assert!(stderr.contains("going on through another server"), "the stream did not break: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let want: Vec<String> = (1..=40).map(|i| format!("[count/out] tick {i}")).collect();
+    assert_eq!(lines, want, "every line once, in order; stderr: {stderr}\n{}", agent.log_tail(20));
 }
 
 async fn logs_missing(cluster: &TestCluster, id: &str) -> bool {

@@ -1,9 +1,11 @@
 //! `xenectl run`, `runs`, `logs` and `cancel` (DESIGN §9, §12).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_stream::StreamExt;
+use tonic::Code;
 use xene_model::status::{RunPhase, StepStatus};
 use xene_model::RunObject;
 use xene_proto as pb;
@@ -130,26 +132,57 @@ pub async fn list(cluster: &Cluster, target: Option<&str>, phase: &str) -> Resul
 
 /// `xenectl logs RUN [--task T] [--step S] [-f]`.
 pub async fn logs(cluster: &Cluster, id: &str, task: &str, step: &str, follow: bool) -> Result<()> {
-    let message = pb::LogsRequest { run: id.into(), task: task.into(), step: step.into(), follow };
-    let mut stream = cluster
-        .call(|ch| {
-            let message = message.clone();
-            async move { RunServiceClient::new(ch).logs(cluster.stream_request(message)).await }
-        })
-        .await?
-        .into_inner();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|s| anyhow!("log stream ended: {}", s.message()))?;
-        for line in batch.lines {
-            if task.is_empty() || step.is_empty() {
-                println!("[{}/{}] {}", line.task, line.step, line.text);
-            } else {
-                println!("{}", line.text);
+    // Where each (task, step, execution) is: a stream that breaks (its server stopped) goes on
+    // through another server from there, without a line twice or a line lost.
+    let mut resume: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut breaks = 0;
+    loop {
+        let cursors = resume
+            .iter()
+            .map(|((task, step, execution), next)| pb::LogCursor {
+                task: task.clone(),
+                step: step.clone(),
+                execution: execution.clone(),
+                next_seq: *next,
+            })
+            .collect();
+        let message = pb::LogsRequest { run: id.into(), task: task.into(), step: step.into(), follow, resume: cursors };
+        let mut stream = cluster
+            .call(|ch| {
+                let message = message.clone();
+                async move { RunServiceClient::new(ch).logs(cluster.stream_request(message)).await }
+            })
+            .await?
+            .into_inner();
+        let broke = loop {
+            match stream.next().await {
+                None => return Ok(()),
+                Some(Ok(batch)) => {
+                    breaks = 0;
+                    for line in batch.lines {
+                        if task.is_empty() || step.is_empty() {
+                            println!("[{}/{}] {}", line.task, line.step, line.text);
+                        } else {
+                            println!("{}", line.text);
+                        }
+                        let next = resume.entry((line.task, line.step, line.execution)).or_insert(0);
+                        *next = (*next).max(line.seq + 1);
+                    }
+                }
+                Some(Err(status)) => break status,
             }
+        };
+        let passing = matches!(broke.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+        if !passing || breaks >= MAX_STREAM_BREAKS {
+            bail!("log stream ended: {}", broke.message());
         }
+        breaks += 1;
+        eprintln!("xenectl: the log stream broke ({}); going on through another server", broke.message());
     }
-    Ok(())
 }
+
+/// Breaks of a log stream in a row (with no line between) after which `logs` gives up.
+const MAX_STREAM_BREAKS: u32 = 5;
 
 /// `xenectl cancel RUN`.
 pub async fn cancel(cluster: &Cluster, id: &str) -> Result<()> {

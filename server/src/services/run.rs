@@ -88,7 +88,12 @@ impl RunService for RunApi {
         tokio::spawn(async move {
             // The next sequence number to send, per (task, step, execution): lines are sent once,
             // in order. A follower sees a retried task's new attempt after the old one.
-            let mut next: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+            // A reader resuming a broken stream says where it left off.
+            let mut next: BTreeMap<(String, String, String), u64> = logs
+                .resume
+                .iter()
+                .map(|c| ((c.task.clone(), c.step.clone(), c.execution.clone()), c.next_seq))
+                .collect();
             let prefix = crate::keys::logs_of(&logs.run).into_bytes();
             'list: loop {
                 // Read the run's state before its logs: once it is terminal, the agent has
@@ -238,7 +243,7 @@ async fn send_lines(
         if executions.get(&chunk.task).map_or("", String::as_str) != chunk.execution {
             continue;
         }
-        let cursor = next.entry((chunk.task.clone(), chunk.step.clone(), chunk.execution)).or_insert(0);
+        let cursor = next.entry((chunk.task.clone(), chunk.step.clone(), chunk.execution.clone())).or_insert(0);
         for line in chunk.lines {
             if line.seq == *cursor {
                 *cursor += 1;
@@ -249,6 +254,7 @@ async fn send_lines(
                     ts_ms: line.ts_ms,
                     stream: line.stream,
                     text: line.text,
+                    execution: chunk.execution.clone(),
                 });
             }
         }
