@@ -157,37 +157,27 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     tracing::info!(node = config.node_id, grpc = %config.grpc_addr, http = %config.http_addr, "listening");
 
     let initialized = raft.is_initialized().await.context("reading raft state")?;
-    if initialized && config.bootstrap {
-        // Restarted with --bootstrap: a server that died between initializing Raft and storing
-        // the first admin token finishes its bootstrap; one that finished it does nothing.
+    if config.bootstrap {
+        // A new cluster: Raft first, then the first admin token. Restarted with --bootstrap:
+        // a server that died between the two finishes its bootstrap; one that finished it
+        // does nothing.
+        if !initialized {
+            tracing::info!(node = config.node_id, "bootstrapping a new cluster");
+            raft.initialize(BTreeMap::from([(config.node_id, info.clone())])).await.context("bootstrapping")?;
+        }
         let node = node.clone();
         let data_dir = config.data_dir.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                result = bootstrap_cluster(&node, &data_dir, true) => if let Err(e) = result {
-                    tracing::error!(error = %e, "finishing the bootstrap failed");
+                result = bootstrap_cluster(&node, &data_dir, initialized) => if let Err(e) = result {
+                    tracing::error!(error = %e, "creating the first admin token failed");
                 }
             }
         });
-    }
-    if !initialized {
-        if config.bootstrap {
-            tracing::info!(node = config.node_id, "bootstrapping a new cluster");
-            raft.initialize(BTreeMap::from([(config.node_id, info.clone())])).await.context("bootstrapping")?;
-            let node = node.clone();
-            let data_dir = config.data_dir.clone();
-            let stop = stop.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    result = bootstrap_cluster(&node, &data_dir, false) => if let Err(e) = result {
-                        tracing::error!(error = %e, "creating the first admin token failed");
-                    }
-                }
-            });
-        } else if !config.join.is_empty() {
+    } else if !initialized {
+        if !config.join.is_empty() {
             let node = node.clone();
             let join = config.join.clone();
             let stop = stop.clone();
