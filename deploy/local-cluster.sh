@@ -78,7 +78,11 @@ start_node() {
 
 echo "== starting three servers (data and logs in $dir)"
 start_node 1 --bootstrap
-for _ in $(seq 300); do [ -s "$dir/node-1/admin.token" ] && break; sleep 0.1; done
+for _ in $(seq 300); do
+  [ -s "$dir/node-1/admin.token" ] && break
+  kill -0 "$(cat "$dir/node-1.pid")" 2>/dev/null || fail "server 1 exited"
+  sleep 0.1
+done
 [ -s "$dir/node-1/admin.token" ] || fail "server 1 did not write its admin token within 30 s"
 start_node 2 --join "127.0.0.1:$base_port"
 start_node 3 --join "127.0.0.1:$base_port"
