@@ -40,7 +40,7 @@ pub use log_store::LogStore;
 pub use reader::{KvReader, RangeResult};
 pub use state_machine::StateMachineStore;
 pub use types::{NodeId, NodeInfo, Raft, Revision, TypeConfig};
-pub use watch::Watcher;
+pub use watch::{WatchKeys, Watcher};
 
 /// Tunables of the store.
 #[derive(Debug, Clone)]

@@ -69,10 +69,10 @@ impl KvReader {
         self.watch.watch(from, WatchKeys::Prefix(prefix))
     }
 
-    /// Watches the one key `key` from revision `from` (0 = from now on): unlike
-    /// [`KvReader::watch`], keys that only start with `key` are not delivered.
-    pub fn watch_key(&self, from: Revision, key: Vec<u8>) -> Result<Watcher> {
-        self.watch.watch(from, WatchKeys::Exact(key))
+    /// Watches the keys `keys` selects from revision `from` (0 = from now on): a prefix, or
+    /// one key alone, whose watch says nothing of keys that only start with it.
+    pub fn watch_keys(&self, from: Revision, keys: WatchKeys) -> Result<Watcher> {
+        self.watch.watch(from, keys)
     }
 
     /// Waits until this server has applied `revision` or later.

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{open, open_with, put, txn};
-use xene_raft_store::{EventKind, Op, StoreConfig, StoreError};
+use xene_raft_store::{EventKind, Op, StoreConfig, StoreError, WatchKeys};
 
 #[tokio::test]
 async fn a_watch_from_a_revision_sees_every_later_change_in_order() {
@@ -125,7 +125,7 @@ async fn large_values_leave_the_window_by_their_bytes() {
 async fn a_key_watch_sees_that_key_only_and_a_prefix_watch_every_key_under_it() {
     let mut store = open();
     let reader = store.sm.reader();
-    let mut exact = reader.watch_key(1, b"foo".to_vec()).expect("key watch");
+    let mut exact = reader.watch_keys(1, WatchKeys::Exact(b"foo".to_vec())).expect("key watch");
     let mut prefix = reader.watch(1, b"foo".to_vec()).expect("prefix watch");
     store.txn(txn(vec![put("foobar", "1"), put("foo/x", "1"), put("fo", "1")])).await; // 1
     store.txn(txn(vec![put("foo", "1")])).await; // 2

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use xene_proto as pb;
 use xene_proto::kv_service_server::KvService;
-use xene_raft_store::{ClientRequest, ClientResponse, Command, Op, OpResult, StoreError, Txn};
+use xene_raft_store::{ClientRequest, ClientResponse, Command, Op, OpResult, StoreError, Txn, WatchKeys};
 
 use crate::auth::{Role, TokenCache};
 use crate::convert::{event_to_pb, kv_to_pb, result_to_pb, txn_from_pb};
@@ -161,7 +161,7 @@ impl KvService for KvApi {
         let watcher = if watch.prefix {
             self.node.reader.watch(watch.start_revision, watch.key)
         } else {
-            self.node.reader.watch_key(watch.start_revision, watch.key)
+            self.node.reader.watch_keys(watch.start_revision, WatchKeys::Exact(watch.key))
         };
         match watcher {
             Err(StoreError::Compacted { compacted, .. }) => {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use xene_proto as pb;
 use xene_proto::object_service_server::ObjectService;
-use xene_raft_store::{EventKind, StoreError};
+use xene_raft_store::{EventKind, StoreError, WatchKeys};
 
 use crate::auth::{Role, TokenCache};
 use crate::error::ServerError;
@@ -42,24 +42,17 @@ fn to_pb(object: StoredObject) -> pb::Object {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ObjectEvent, Status>> + Send>>;
 
-/// The keys an object watch reads.
-#[derive(Debug, PartialEq, Eq)]
-enum WatchedKeys {
-    Prefix(String),
-    Exact(String),
-}
-
 /// What a watch of `kind` objects named `name` reads: every object of the kind when `name` is
 /// empty; a pipeline's every status object when `name` is a workflow's name alone; otherwise
 /// the one object, so watching workflow `ci` says nothing of `ci-nightly`.
-fn watched_keys(kind: Kind, name: &str) -> WatchedKeys {
+fn watched_keys(kind: Kind, name: &str) -> WatchKeys {
     match kind {
-        Kind::Workflow if name.is_empty() => WatchedKeys::Prefix(keys::WORKFLOWS.into()),
-        Kind::Workflow => WatchedKeys::Exact(keys::workflow(name)),
-        Kind::Pipeline if name.is_empty() => WatchedKeys::Prefix(keys::PIPELINES.into()),
+        Kind::Workflow if name.is_empty() => WatchKeys::Prefix(keys::WORKFLOWS.into()),
+        Kind::Workflow => WatchKeys::Exact(keys::workflow(name).into_bytes()),
+        Kind::Pipeline if name.is_empty() => WatchKeys::Prefix(keys::PIPELINES.into()),
         Kind::Pipeline => match name.split_once('/') {
-            Some((workflow, pipeline)) => WatchedKeys::Exact(keys::pipeline(workflow, pipeline)),
-            None => WatchedKeys::Prefix(keys::pipelines_of(name)),
+            Some((workflow, pipeline)) => WatchKeys::Exact(keys::pipeline(workflow, pipeline).into_bytes()),
+            None => WatchKeys::Prefix(keys::pipelines_of(name).into_bytes()),
         },
     }
 }
@@ -123,11 +116,7 @@ impl ObjectService for ObjectApi {
             Kind::Pipeline => keys::PIPELINES,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let watched = match watched_keys(kind, &watch.name) {
-            WatchedKeys::Prefix(prefix) => self.node.reader.watch(watch.start_revision, prefix.into_bytes()),
-            WatchedKeys::Exact(key) => self.node.reader.watch_key(watch.start_revision, key.into_bytes()),
-        };
-        let mut watcher = match watched {
+        let mut watcher = match self.node.reader.watch_keys(watch.start_revision, watched_keys(kind, &watch.name)) {
             Ok(watcher) => watcher,
             Err(StoreError::Compacted { compacted, .. }) => {
                 let _ = tx.try_send(Ok(pb::ObjectEvent { r#type: 0, object: None, compact_revision: compacted }));
@@ -194,13 +183,13 @@ mod tests {
 
     #[test]
     fn a_named_watch_reads_that_object_only() {
-        use WatchedKeys::{Exact, Prefix};
+        use WatchKeys::{Exact, Prefix};
         for (kind, name, expected) in [
-            (Kind::Workflow, "", Prefix("/xene/objects/workflows/".into())),
-            (Kind::Workflow, "ci", Exact("/xene/objects/workflows/ci".into())),
-            (Kind::Pipeline, "", Prefix("/xene/objects/pipelines/".into())),
-            (Kind::Pipeline, "ci", Prefix("/xene/objects/pipelines/ci/".into())),
-            (Kind::Pipeline, "ci/build", Exact("/xene/objects/pipelines/ci/build".into())),
+            (Kind::Workflow, "", Prefix(b"/xene/objects/workflows/".to_vec())),
+            (Kind::Workflow, "ci", Exact(b"/xene/objects/workflows/ci".to_vec())),
+            (Kind::Pipeline, "", Prefix(b"/xene/objects/pipelines/".to_vec())),
+            (Kind::Pipeline, "ci", Prefix(b"/xene/objects/pipelines/ci/".to_vec())),
+            (Kind::Pipeline, "ci/build", Exact(b"/xene/objects/pipelines/ci/build".to_vec())),
         ] {
             assert_eq!(watched_keys(kind, name), expected, "{kind:?} {name:?}");
         }
