@@ -94,7 +94,7 @@ pub type Result<T, E = ExecError> = std::result::Result<T, E>;
 pub struct RegistryCredentials {
     pub username: String,
     pub password: String,
-    /// The registry, e.g. `registry.example.com`; Docker Hub when absent.
+    /// The registry, e.g. `registry.example.com` ([`registry_of`]); Docker Hub when absent.
     pub server: Option<String>,
 }
 
@@ -739,9 +739,26 @@ fn split_reference(image: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The registry an image reference names, as `docker login` would be given it: the part
+/// before the first `/` when it looks like a host (`registry.example.com`,
+/// `localhost:5000`); `None` for Docker Hub (`busybox`, `library/busybox`, `xene/busybox`).
+pub fn registry_of(image: &str) -> Option<String> {
+    let (first, _) = image.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then(|| first.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registries_are_named_by_a_host_before_the_first_slash() {
+        assert_eq!(registry_of("busybox"), None);
+        assert_eq!(registry_of("xene/busybox:1"), None);
+        assert_eq!(registry_of("registry.example.com/ci/rust:1"), Some("registry.example.com".into()));
+        assert_eq!(registry_of("localhost:5000/a@sha256:00"), Some("localhost:5000".into()));
+        assert_eq!(registry_of("localhost/a"), Some("localhost".into()));
+    }
 
     #[test]
     fn references_get_a_tag() {

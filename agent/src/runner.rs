@@ -15,12 +15,14 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
-use xene_model::{EnvValue, Executor, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, When, Workflow};
+use xene_model::{
+    EnvValue, Executor, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, When, Workflow, PULL_SECRET_KEYS,
+};
 use xene_proto as pb;
 use xene_proto::agent_message;
 
 use crate::chunk::ChunkJson;
-use crate::docker::{DockerExecutor, RunResources, StepCommand, TaskContainer, TaskSpec};
+use crate::docker::{DockerExecutor, RegistryCredentials, RunResources, StepCommand, TaskContainer, TaskSpec};
 use crate::leases::Leases;
 use crate::lines::{now_ms, StepOutput};
 use crate::process::{run_step, StepEnd, StepRecords};
@@ -718,13 +720,17 @@ impl TaskContext {
         // One container per task attempt, from the task's image (the pipeline's by default).
         let container = match (&self.containers, self.pipeline.executor_for(task)) {
             (Some((docker, resources)), Some(Executor::Container(spec))) => {
+                let credentials = match self.pull_credentials(spec) {
+                    Ok(credentials) => credentials,
+                    Err(message) => return self.infrastructure_error(task, &run, &execution, message),
+                };
                 let task_spec = TaskSpec {
                     task: self.task.clone(),
                     attempt,
                     image: spec.image.clone(),
                     cpu: spec.cpu,
                     memory: spec.memory,
-                    credentials: None,
+                    credentials,
                     event: self.event.as_ref().map(|(_, payload)| Arc::clone(payload)),
                 };
                 // A pull can take minutes, or stall: a cancellation, the run's timeout, a lost
@@ -759,6 +765,24 @@ impl TaskContext {
             }
         }
         outcome
+    }
+
+    /// The registry credentials of the executor's pull secret, from the secrets handed over
+    /// with the run; a named secret without both keys is an error that says how to make it.
+    fn pull_credentials(&self, spec: &xene_model::ContainerExecutor) -> Result<Option<RegistryCredentials>, String> {
+        let Some(name) = &spec.pull_secret else { return Ok(None) };
+        let [username, password] = PULL_SECRET_KEYS.map(|key| self.secrets.get(&format!("{name}/{key}")));
+        match (username, password) {
+            (Some(username), Some(password)) => Ok(Some(RegistryCredentials {
+                username: username.clone(),
+                password: password.clone(),
+                server: crate::docker::registry_of(&spec.image),
+            })),
+            _ => Err(format!(
+                "pull secret {name:?} does not exist or lacks a key of {PULL_SECRET_KEYS:?}; create it with \
+                 xenectl secret set {name} --from-literal username=USER --from-literal password=PASSWORD"
+            )),
+        }
     }
 
     /// Fails the attempt with `InfrastructureError` before its first step could run, saying

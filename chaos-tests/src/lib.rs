@@ -9,6 +9,7 @@
 //!   followers.
 //! - [`settings`]: the seed and the short or long variant every chaos scenario reads.
 //! - [`report`]: the report each chaos scenario prints at its end.
+//! - [`registry`]: a container registry that records the credentials the engine sends.
 //! - [`lincheck`]: the linearizability checker for recorded key-value histories.
 
 pub mod agent_proc;
@@ -19,6 +20,7 @@ pub mod lincheck;
 pub mod nemesis;
 pub mod network;
 pub mod proxy;
+pub mod registry;
 pub mod report;
 pub mod rest;
 pub mod settings;

@@ -9,6 +9,7 @@ use tokio_stream::StreamExt;
 use xene_chaos_tests::agent_proc::{unique_agent_name, AgentProc};
 use xene_chaos_tests::harness::{bin_dir, ClusterOptions, TestCluster};
 use xene_chaos_tests::images::busybox_image;
+use xene_chaos_tests::registry::FakeRegistry;
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
 use xene_model::{LogChunk, LogLine, RunObject};
 use xene_proto as pb;
@@ -159,8 +160,12 @@ async fn setup_with(executor: &str) -> (TestCluster, AgentProc) {
 }
 
 async fn start(cluster: &TestCluster, pipeline: &str, params: &[(&str, &str)]) -> String {
+    start_in(cluster, "demo", pipeline, params).await
+}
+
+async fn start_in(cluster: &TestCluster, workflow: &str, pipeline: &str, params: &[(&str, &str)]) -> String {
     let request = pb::CreateRunRequest {
-        workflow: "demo".into(),
+        workflow: workflow.into(),
         pipeline: pipeline.into(),
         parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     };
@@ -901,4 +906,75 @@ async fn a_dag_runs_in_containers_sharing_the_run_workspace() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A pull secret's credentials reach the registry, through the server's hand-over and the
+/// agent's pull; a pipeline without one sends none; a missing one fails the task at once,
+/// saying how to create it (DESIGN §9.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_secret_reaches_the_registry() {
+    let registry = FakeRegistry::start().await.expect("start the fake registry");
+    let (cluster, agent) = setup_with("docker").await;
+    let image = registry.image("team/private:1");
+    let manifest = format!(
+        "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {{name: pulling}}\nspec:\n  pipelines:\n\
+         \x20   anonymous:\n      executor: {{type: container, image: \"{image}\"}}\n      tasks: {{t: {{steps: [{{name: s, run: 'true'}}]}}}}\n\
+         \x20   private:\n      executor: {{type: container, image: \"{image}\", pullSecret: registry-login}}\n      tasks: {{t: {{steps: [{{name: s, run: 'true'}}]}}}}\n\
+         \x20   unset:\n      executor: {{type: container, image: \"{image}\", pullSecret: nobody}}\n      tasks: {{t: {{steps: [{{name: s, run: 'true'}}]}}}}\n"
+    );
+    let set = cluster.xenectl(&[
+        "secret",
+        "set",
+        "registry-login",
+        "--from-literal",
+        "username=xene-user",
+        "--from-literal",
+        "password=s3cret",
+    ]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    ObjectServiceClient::new(cluster.channel(0))
+        .apply(cluster.request(pb::ApplyRequest { manifest }))
+        .await
+        .expect("apply");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let table = String::from_utf8_lossy(&cluster.xenectl(&["get", "pipelines"]).stdout).into_owned();
+        if table.lines().filter(|l| l.starts_with("pulling/") && l.contains(" Scheduled")).count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pipelines not placed: {table}\n{}", agent.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pulled = |pipeline: &'static str| {
+        let (cluster, agent) = (&cluster, &agent);
+        async move {
+            let id = start_in(cluster, "pulling", pipeline, &[]).await;
+            let run = wait_run(cluster, agent, &id, |r| r.status.phase.is_terminal()).await;
+            assert_eq!(run.status.phase, RunPhase::Error, "the registry holds no image: {run:#?}");
+            assert_eq!(run.status.tasks["t"].steps[0].reason, Some(ErrorReason::InfrastructureError), "{run:#?}");
+            logs(cluster, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>()
+        }
+    };
+
+    let anonymous = pulled("anonymous").await;
+    assert!(!registry.authorizations().is_empty(), "the engine never asked the registry: {anonymous:?}");
+    assert!(registry.authorizations().iter().all(Option::is_none), "{:?}", registry.authorizations());
+
+    let private = pulled("private").await;
+    let basic = FakeRegistry::basic("xene-user", "s3cret");
+    assert!(
+        registry.authorizations().contains(&Some(basic.clone())),
+        "no request carried {basic:?}: {:?}; logs: {private:?}",
+        registry.authorizations()
+    );
+    assert!(private.iter().any(|t| t.contains(&format!("image {image} not present and pull failed"))), "{private:?}");
+    assert!(!private.iter().any(|t| t.contains("s3cret")), "{private:?}");
+
+    let asked = registry.authorizations().len();
+    let unset = pulled("unset").await;
+    assert!(
+        unset.iter().any(|t| t.contains("pull secret \"nobody\"") && t.contains("xenectl secret set nobody")),
+        "{unset:?}"
+    );
+    assert_eq!(registry.authorizations().len(), asked, "no pull without the named secret");
 }

@@ -12,6 +12,7 @@ use crate::{Cpu, Memory};
 ///
 /// ```yaml
 /// executor: {type: container, image: golang:1.22, cpu: "2", memory: 1Gi}
+/// executor: {type: container, image: registry.example.com/ci/rust:1, pullSecret: registry}
 /// executor: {type: process}
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +41,15 @@ pub struct ContainerExecutor {
     /// A memory limit for the task's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
+    /// The secret holding the registry's `username` and `password`, used when the image must be
+    /// pulled ([`PULL_SECRET_KEYS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret: Option<String>,
 }
+
+/// The keys a pull secret must have: the registry account's name and its password (or an
+/// access token used as one, as `docker login` takes it).
+pub const PULL_SECRET_KEYS: [&str; 2] = ["username", "password"];
 
 /// The process executor's settings: none yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

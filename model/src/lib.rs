@@ -93,7 +93,7 @@ pub use dag::{DagError, TaskGraph};
 pub use duration::{Duration, DurationError};
 pub use env::{Env, EnvValue, SecretKeyRef};
 pub use error::{ProblemKind, ValidationError, ValidationErrors};
-pub use executor::{ContainerExecutor, Executor, ProcessExecutor};
+pub use executor::{ContainerExecutor, Executor, ProcessExecutor, PULL_SECRET_KEYS};
 pub use manifest::{parse_manifest, to_json, to_yaml, EncodeError};
 pub use memory::{Memory, MemoryError};
 pub use metadata::Metadata;

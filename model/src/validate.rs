@@ -269,6 +269,9 @@ impl Validator {
                 format!("invalid image {:?}: an image reference has no whitespace", container.image),
             );
         }
+        if let Some(secret) = &container.pull_secret {
+            self.name(path.key("pullSecret"), "secret", secret);
+        }
         if container.cpu.is_some_and(|cpu| cpu.millicores() == 0) {
             self.push(path.key("cpu"), ProblemKind::InvalidValue, "must be greater than zero");
         }

@@ -127,6 +127,7 @@ fn the_design_example_is_accepted_as_written() {
             image: "golang:1.22".into(),
             cpu: None,
             memory: None,
+            pull_secret: None,
         }))
     );
     assert_eq!(build.env["CGO_ENABLED"], EnvValue::from("0"));

@@ -450,7 +450,10 @@ fn executors() {
               a: {executor: {type: container}, steps: [{name: s, run: x}]}, \
               b: {executor: {type: container, image: 'golang 1.22', cpu: 0, memory: 1Mi}, steps: [{name: s, run: x}]}, \
               c: {executor: {type: process, image: alpine}, steps: [{name: s, run: x}]}, \
-              d: {executor: {type: container, image: alpine, cpu: lots, memory: 1.5Gi}, steps: [{name: s, run: x}]}}}}",
+              d: {executor: {type: container, image: alpine, cpu: lots, memory: 1.5Gi}, steps: [{name: s, run: x}]}, \
+              e: {executor: {type: container, image: alpine, pullSecret: 'My Registry'}, steps: [{name: s, run: x}]}, \
+              f: {executor: {type: container, image: alpine, pullSecret: [a]}, steps: [{name: s, run: x}]}, \
+              g: {executor: {type: container, image: r.example/alpine, pullSecret: registry}, steps: [{name: s, run: x}]}}}}",
         ),
         expect![[r#"
             spec.pipelines.build.executor.type: unknown executor type "docker"; use one of container, process
@@ -460,7 +463,9 @@ fn executors() {
             spec.pipelines.build.tasks.b.executor.memory: 1Mi is under the minimum of 6Mi
             spec.pipelines.build.tasks.c.executor: unknown field "image"; the fields here are type
             spec.pipelines.build.tasks.d.executor.cpu: invalid cpu "lots": write cores as in "2" or "0.5", or millicores as in "500m"
-            spec.pipelines.build.tasks.d.executor.memory: invalid memory "1.5Gi": write a whole number with a unit, as in "512Mi" or "2Gi""#]],
+            spec.pipelines.build.tasks.d.executor.memory: invalid memory "1.5Gi": write a whole number with a unit, as in "512Mi" or "2Gi"
+            spec.pipelines.build.tasks.e.executor.pullSecret: invalid secret name "My Registry" (uppercase "M" is not allowed): a name is 1 to 63 lowercase letters, digits or "-", starting with a letter and ending with a letter or digit; try "my-registry"
+            spec.pipelines.build.tasks.f.executor.pullSecret: expected a string, found a list"#]],
     );
 }
 

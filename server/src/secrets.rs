@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use xene_model::{EnvValue, Pipeline};
+use xene_model::{ContainerExecutor, EnvValue, Executor, Pipeline, SecretKeyRef, PULL_SECRET_KEYS};
 use xene_raft_store::{Op, Txn};
 
 use crate::error::{Result, ServerError};
@@ -74,8 +74,9 @@ pub async fn delete(node: &ClusterNode, name: &str) -> Result<SecretRecord> {
     }
 }
 
-/// The values of every secret `pipeline` refers to, as `NAME/KEY` → value. A reference without
-/// a key resolves to the secret's only value, keyed `NAME/`.
+/// The values of every secret `pipeline` refers to, as `NAME/KEY` → value: in its environment
+/// (a reference without a key resolves to the secret's only value, keyed `NAME/`) and as the
+/// pull secret of a container executor (its `username` and `password`).
 pub async fn resolve_for(node: &ClusterNode, pipeline: &Pipeline) -> Result<BTreeMap<String, String>> {
     let mut wanted = Vec::new();
     let envs = std::iter::once(&pipeline.env)
@@ -85,6 +86,15 @@ pub async fn resolve_for(node: &ClusterNode, pipeline: &Pipeline) -> Result<BTre
         for value in env.values() {
             if let EnvValue::Secret(reference) = value {
                 wanted.push(reference.clone());
+            }
+        }
+    }
+    // Registry credentials for the images the agent may have to pull (DESIGN §9.3).
+    let executors = pipeline.executor.iter().chain(pipeline.tasks.values().filter_map(|t| t.executor.as_ref()));
+    for executor in executors {
+        if let Executor::Container(ContainerExecutor { pull_secret: Some(name), .. }) = executor {
+            for key in PULL_SECRET_KEYS {
+                wanted.push(SecretKeyRef { secret_ref: name.clone(), key: Some(key.to_string()) });
             }
         }
     }

@@ -466,7 +466,8 @@ impl Decoder {
             let memory = o.opt(self, "memory", |d, n, p| {
                 d.parsed(n, p, ProblemKind::InvalidValue, "a memory limit such as \"512Mi\"", true)
             });
-            image.map(|image| Executor::Container(ContainerExecutor { image, cpu, memory }))
+            let pull_secret = o.opt(self, "pullSecret", Self::string);
+            image.map(|image| Executor::Container(ContainerExecutor { image, cpu, memory, pull_secret }))
         } else {
             Some(Executor::Process(ProcessExecutor {}))
         };
