@@ -26,8 +26,8 @@ struct LogPace {
 }
 
 impl LogPace {
-    /// The smallest burst: one full chunk (48 KiB of text, about 64 KiB encoded) always fits.
-    const MIN_BURST: f64 = 64.0 * 1024.0;
+    /// The smallest burst: one full chunk (256 KiB of JSON) fits.
+    const MIN_BURST: f64 = 256.0 * 1024.0;
 
     /// Ships at `kib_per_s` KiB per second (0: unlimited), after a burst of a quarter second's
     /// worth (at least one chunk).
@@ -205,9 +205,9 @@ mod tests {
     #[test]
     fn held_chunks_keep_their_runs_statuses_behind_them_and_nothing_else() {
         let start = Instant::now();
-        // 256 KiB/s: a burst of 64 KiB, one chunk.
-        let mut pacer = Pacer::new(256, start);
-        let big = 64 * 1024;
+        // 1 MiB/s: a burst of 256 KiB, one chunk.
+        let mut pacer = Pacer::new(1024, start);
+        let big = 256 * 1024;
         let mut sent: Vec<String> = Vec::new();
         let arrivals = [
             chunk("a", big + 10),
@@ -241,8 +241,8 @@ mod tests {
             sent[3..],
             [format!("logs a {}", big + 1), "status a".into(), format!("logs b {}", big + 2), "status b".into()]
         );
-        // The debt of the first chunk and the second (a status leaves at once): 65,547 bytes
-        // at 256 KiB/s, a quarter second.
+        // The debt of the first chunk and the second (a status leaves at once): 262,155 bytes
+        // at 1 MiB/s, a quarter second.
         let took = now.duration_since(start).as_secs_f64();
         assert!((0.24..0.26).contains(&took), "{took} s");
         assert_eq!(pacer.wait(now), None, "nothing is held");

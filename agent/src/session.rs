@@ -196,6 +196,11 @@ struct Link<'a> {
 /// holds as many, so its reading side never blocks behind writes.
 const WINDOW: usize = 1024;
 
+/// How many bytes of log chunks may wait for the leader's acknowledgement (a chunk is up to
+/// about 650 KiB: a thousand of them would be far more than a session should hold, here or
+/// in the leader's queue).
+const WINDOW_BYTES: usize = 32 << 20;
+
 /// The writes sent (run statuses, log chunks, cron fires) that the leader has not yet
 /// acknowledged, numbered in sending order. A session that breaks may lose what was in flight,
 /// so a new session sends these again first; the leader applies them idempotently (a status is
@@ -204,9 +209,24 @@ const WINDOW: usize = 1024;
 struct Unacked {
     next_seq: u64,
     writes: std::collections::VecDeque<(u64, pb::AgentMessage)>,
+    /// Bytes of the log chunks among `writes`.
+    chunk_bytes: usize,
+}
+
+fn chunk_bytes(message: &pb::AgentMessage) -> usize {
+    match &message.body {
+        Some(agent_message::Body::Logs(batch)) => batch.chunk_json.len(),
+        _ => 0,
+    }
 }
 
 impl Unacked {
+    /// Whether another write may be sent before acknowledgements come: fewer than [`WINDOW`]
+    /// writes and [`WINDOW_BYTES`] of chunks wait (one chunk may go beyond the bytes).
+    fn has_room(&self) -> bool {
+        self.writes.len() < WINDOW && self.chunk_bytes < WINDOW_BYTES
+    }
+
     /// Numbers `message` and keeps it until acknowledged.
     fn add(&mut self, mut message: pb::AgentMessage) -> pb::AgentMessage {
         self.next_seq += 1;
@@ -217,6 +237,7 @@ impl Unacked {
             Some(agent_message::Body::CronFire(fire)) => fire.seq = seq,
             _ => {}
         }
+        self.chunk_bytes += chunk_bytes(&message);
         self.writes.push_back((seq, message.clone()));
         message
     }
@@ -224,7 +245,9 @@ impl Unacked {
     /// Forgets every write up to `seq`.
     fn acked(&mut self, seq: u64) {
         while self.writes.front().is_some_and(|(s, _)| *s <= seq) {
-            self.writes.pop_front();
+            if let Some((_, gone)) = self.writes.pop_front() {
+                self.chunk_bytes -= chunk_bytes(&gone);
+            }
         }
     }
 }
@@ -302,7 +325,7 @@ async fn once(
     let mut beats = Beats::default();
     loop {
         // Held writes leave first, as the log pace lets them.
-        if unacked.writes.len() < WINDOW {
+        if unacked.has_room() {
             if let Some(message) = pacer.release(std::time::Instant::now()) {
                 if tx.send(unacked.add(message)).await.is_err() {
                     return End::Retry("the session's send side closed".into());
@@ -314,7 +337,7 @@ async fn once(
         tokio::select! {
             _ = stop.cancelled() => return End::Retry("stopping".into()),
             _ = tokio::time::sleep(held.unwrap_or_default()), if held.is_some_and(|wait| !wait.is_zero()) => {}
-            Some(message) = outbox.recv(), if unacked.writes.len() < WINDOW => {
+            Some(message) = outbox.recv(), if unacked.has_room() => {
                 let Some(message) = pacer.admit(message, std::time::Instant::now()) else { continue };
                 let message = unacked.add(message);
                 if tx.send(message).await.is_err() {
@@ -402,6 +425,33 @@ async fn once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunk(bytes: usize) -> pb::AgentMessage {
+        let batch = pb::LogBatch { run: "r".into(), epoch: 1, chunk_json: "x".repeat(bytes), first_seq: 0, seq: 0 };
+        pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }
+    }
+
+    #[test]
+    fn the_window_holds_a_bounded_number_of_writes_and_bytes_of_chunks() {
+        let mut unacked = Unacked::default();
+        let big = 600 << 10;
+        let mut sent = 0;
+        while unacked.has_room() {
+            unacked.add(chunk(big));
+            sent += 1;
+        }
+        assert_eq!(sent, WINDOW_BYTES.div_ceil(big), "chunks up to the bytes, and the one that crossed them");
+        unacked.acked(1);
+        assert!(unacked.has_room(), "an acknowledgement makes room");
+        unacked.acked(unacked.next_seq);
+        assert_eq!((unacked.writes.len(), unacked.chunk_bytes), (0, 0));
+        let status = pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(pb::RunUpdate::default())) };
+        for _ in 0..WINDOW {
+            assert!(unacked.has_room());
+            unacked.add(status.clone());
+        }
+        assert!(!unacked.has_room(), "at most {WINDOW} writes of any size");
+    }
 
     #[test]
     fn an_ack_moves_the_contact_to_when_its_heartbeat_left() {

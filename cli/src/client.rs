@@ -63,8 +63,12 @@ impl Cluster {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        self.call_retrying(call, |code| matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown))
-            .await
+        // `Cancelled` here is the transport's, never the user's: a connection that a dying
+        // server accepted and then dropped ("operation was canceled").
+        self.call_retrying(call, |code| {
+            matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
+        })
+        .await
     }
 
     /// Like [`Cluster::call`], for a call that creates something anew each time (a run, a
@@ -95,7 +99,9 @@ impl Cluster {
                     Err(status) if retry(status.code()) => {
                         last = Some(format!("{server}: {}", status.message()));
                     }
-                    Err(status) if matches!(status.code(), Code::DeadlineExceeded | Code::Unknown) => {
+                    Err(status)
+                        if matches!(status.code(), Code::DeadlineExceeded | Code::Unknown | Code::Cancelled) =>
+                    {
                         return Err(Unsure(server.clone(), status).into())
                     }
                     Err(status) => return Err(describe(server, status)),

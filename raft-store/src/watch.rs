@@ -70,7 +70,7 @@ impl WatchHub {
             window.events.extend(events);
             window.latest = window.latest.max(applied);
             // Evict whole revisions, so a revision is either complete in the window or compacted.
-            // The byte bound keeps large values (log chunks of 64 KiB) from holding hundreds of
+            // The byte bound keeps large values (log chunks of up to 256 KiB and more) from holding hundreds of
             // megabytes where small ones hold a few.
             while window.events.len() > window.capacity || window.bytes > window.max_bytes {
                 let Some(oldest) = window.events.front().map(|e| e.kv.mod_revision) else { break };

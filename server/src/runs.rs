@@ -339,9 +339,10 @@ pub async fn agent_logs(
     }
 }
 
-/// Stored log chunks of a run read in one page: about 1 MiB of 64 KiB chunks, so that
-/// reading a run's logs holds a page at a time, not all of them.
-const LOG_PAGE: u64 = 16;
+/// Stored log chunks of a run read in one page: about 1 MiB of the agent's chunks of 256 KiB
+/// (at most about 2.6 MiB of the largest), so that reading a run's logs holds a page at a
+/// time, not all of them.
+const LOG_PAGE: u64 = 4;
 
 /// One page of a run's stored log chunks, in order (task, step, sequence), starting at the
 /// key `from` (the run's first chunk when empty); the key the next page starts at, if there

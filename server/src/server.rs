@@ -64,8 +64,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         // the log instead of needing the whole snapshot (DESIGN §4.7).
         max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
         // Entries per AppendEntries. openraft 0.9 gives each one heartbeat interval to
-        // complete; `network::PeerNetwork` also cuts a message at 128 KiB (log chunks are tens
-        // of kilobytes each), so the count only bounds messages of small writes.
+        // complete; `network::PeerNetwork` also cuts a message at 128 KiB beyond its first
+        // entry (a log chunk is about 256 KiB and travels alone), so the count only bounds
+        // messages of small writes.
         max_payload_entries: 256,
         ..Default::default()
     }
