@@ -740,11 +740,13 @@ fn split_reference(image: &str) -> (&str, Option<&str>) {
 }
 
 /// The registry an image reference names, as `docker login` would be given it: the part
-/// before the first `/` when it looks like a host (`registry.example.com`,
-/// `localhost:5000`); `None` for Docker Hub (`busybox`, `library/busybox`, `xene/busybox`).
+/// before the first `/` when Docker reads it as a host (it has a `.` or a `:`, is `localhost`,
+/// or has an uppercase letter, which a repository name cannot); `None` for Docker Hub
+/// (`busybox`, `library/busybox`, `xene/busybox`).
 pub fn registry_of(image: &str) -> Option<String> {
     let (first, _) = image.split_once('/')?;
-    (first.contains('.') || first.contains(':') || first == "localhost").then(|| first.to_string())
+    let host = first.contains(['.', ':']) || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase());
+    host.then(|| first.to_string())
 }
 
 #[cfg(test)]
@@ -758,6 +760,8 @@ mod tests {
         assert_eq!(registry_of("registry.example.com/ci/rust:1"), Some("registry.example.com".into()));
         assert_eq!(registry_of("localhost:5000/a@sha256:00"), Some("localhost:5000".into()));
         assert_eq!(registry_of("localhost/a"), Some("localhost".into()));
+        assert_eq!(registry_of("[::1]:5000/a"), Some("[::1]:5000".into()));
+        assert_eq!(registry_of("Registry/a"), Some("Registry".into()));
     }
 
     #[test]
