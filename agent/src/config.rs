@@ -4,13 +4,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Parser;
+use xene_model::address::{ClientTlsPem, ServerAddress};
 
+use crate::connect::ClientTls;
 use crate::runner::LogCap;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "xene-agent", version, about = "A Xene agent: holds pipeline leases and runs their tasks.")]
 pub struct AgentConfig {
-    /// Servers to connect to, HOST:PORT separated by commas; any one will do.
+    /// Servers to connect to, HOST:PORT (or https://HOST:PORT for TLS) separated by commas;
+    /// any one will do.
     #[arg(long, env = "XENE_SERVERS", required = true, value_parser = parse_servers)]
     pub servers: Servers,
     /// A join token (xenectl token create --kind agent); needed only the first time.
@@ -45,24 +48,36 @@ pub struct AgentConfig {
     /// Log output: pretty or json.
     #[arg(long, env = "XENE_LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
     pub log_format: String,
+    /// CA certificates (PEM) that signed the servers' certificates, for https:// servers
+    /// [default: the system's roots].
+    #[arg(long, env = "XENE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's certificate (PEM), for servers that require client certificates.
+    #[arg(long, env = "XENE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "XENE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// What --tls-ca, --tls-cert and --tls-key hold, read by [`AgentConfig::load_tls`].
+    #[arg(skip)]
+    pub tls: ClientTls,
 }
 
-/// The servers' addresses the agent was given: at least one, each `HOST:PORT`
-/// ([`crate::connect::endpoint`] accepts every one).
+/// The servers' addresses the agent was given: at least one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Servers(Vec<String>);
+pub struct Servers(Vec<ServerAddress>);
 
 impl std::ops::Deref for Servers {
-    type Target = [String];
+    type Target = [ServerAddress];
 
-    fn deref(&self) -> &[String] {
+    fn deref(&self) -> &[ServerAddress] {
         &self.0
     }
 }
 
 impl<'a> IntoIterator for &'a Servers {
-    type Item = &'a String;
-    type IntoIter = std::slice::Iter<'a, String>;
+    type Item = &'a ServerAddress;
+    type IntoIter = std::slice::Iter<'a, ServerAddress>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
@@ -79,13 +94,15 @@ fn parse_servers(text: &str) -> Result<Servers, String> {
         if entry.is_empty() {
             continue;
         }
-        if let Err(e) = crate::connect::endpoint(entry) {
-            return Err(format!(
-                "entry {} of --servers (or XENE_SERVERS), {e}; list the servers' gRPC addresses as HOST:PORT separated by commas, e.g. xene-1:7400,xene-2:7400",
-                index + 1
-            ));
+        match ServerAddress::parse(entry) {
+            Ok(address) => servers.push(address),
+            Err(e) => {
+                return Err(format!(
+                    "entry {} of --servers (or XENE_SERVERS), {e}; list the servers' gRPC addresses as HOST:PORT separated by commas, e.g. xene-1:7400,xene-2:7400",
+                    index + 1
+                ));
+            }
         }
-        servers.push(entry.to_string());
     }
     if servers.is_empty() {
         return Err("--servers (or XENE_SERVERS) names no server; list the servers' gRPC addresses as HOST:PORT separated by commas, e.g. xene-1:7400,xene-2:7400".into());
@@ -102,6 +119,21 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 impl AgentConfig {
+    /// Reads the TLS files into [`AgentConfig::tls`], and refuses them beside a plain server
+    /// address.
+    pub fn load_tls(&mut self) -> anyhow::Result<()> {
+        let pem = ClientTlsPem::read(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            &self.servers,
+            "--servers (or XENE_SERVERS)",
+            &|path| std::fs::read(path),
+        )?;
+        self.tls = pem.map(ClientTls::from).unwrap_or_default();
+        Ok(())
+    }
+
     pub fn labels(&self) -> BTreeMap<String, String> {
         self.labels.iter().cloned().collect()
     }
@@ -123,20 +155,22 @@ mod tests {
             ("a:1,b:2,", vec!["a:1", "b:2"]),
             ("a:1, b:2 ,,c:3", vec!["a:1", "b:2", "c:3"]),
             (" [::1]:7400 ", vec!["[::1]:7400"]),
+            ("https://a:1,http://b:2", vec!["https://a:1", "b:2"]),
         ] {
             let config =
                 AgentConfig::try_parse_from(["xene-agent", "--servers", text, "--name", "a", "--data-dir", "/a"])
                     .unwrap_or_else(|e| panic!("{text:?}: {e}"));
-            assert_eq!(config.servers.to_vec(), want, "{text:?}");
+            let got: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
+            assert_eq!(got, want, "{text:?}");
         }
     }
 
     #[test]
     fn a_malformed_server_entry_is_refused_saying_which_and_how_to_write_it() {
         for (text, entry, why) in [
-            ("a:1,b", "entry 2", "\"b\" is not HOST:PORT: the port is missing"),
+            ("a:1,b", "entry 2", "\"b\" is not HOST:PORT or https://HOST:PORT: the port is missing"),
             ("a:1,b c:2", "entry 2", "space"),
-            ("http://a:1", "entry 1", "scheme"),
+            ("grpc://a:1", "entry 1", "scheme"),
             ("a:1,,x:99999", "entry 3", "port must be"),
         ] {
             let message =
@@ -151,6 +185,39 @@ mod tests {
             let message = parse_servers(empty).expect_err(empty);
             assert!(message.contains("names no server"), "{empty:?}: {message}");
         }
+    }
+
+    #[test]
+    fn tls_files_are_read_at_start_up_and_refused_beside_a_plain_server() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n").expect("write");
+        let ca = ca.to_str().expect("utf-8 path");
+
+        let mut plain = parse(&["--tls-ca", ca]).expect("flags");
+        let message = plain.load_tls().expect_err("TLS beside a plain address").to_string();
+        assert!(message.contains("127.0.0.1:7000, a plain address") && message.contains("https://127.0.0.1:7000"));
+
+        let mut config = AgentConfig::try_parse_from([
+            "xene-agent",
+            "--servers",
+            "https://127.0.0.1:7000",
+            "--name",
+            "a",
+            "--data-dir",
+            "/a",
+            "--tls-ca",
+            ca,
+        ])
+        .expect("flags");
+        config.load_tls().expect("a CA and https:// servers");
+
+        let mut missing = parse(&["--tls-ca", "/nonexistent/ca.pem"]).expect("flags");
+        let message = missing.load_tls().expect_err("missing file").to_string();
+        assert!(message.contains("--tls-ca /nonexistent/ca.pem") && message.contains("check the path"), "{message}");
+        let mut half = parse(&["--tls-cert", ca]).expect("flags");
+        let message = half.load_tls().expect_err("a certificate without its key").to_string();
+        assert!(message.contains("--tls-cert is given without --tls-key"), "{message}");
     }
 
     #[test]

@@ -1,80 +1,59 @@
-//! Channels to servers, and the one check of what a server address may be.
+//! Channels to servers: plain gRPC to `HOST:PORT`, TLS to `https://HOST:PORT` (DESIGN §11.2)
+//! with the CA and client certificate the agent was given. The address rules are the
+//! model's ([`ServerAddress`]), shared with `xenectl` and the servers.
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use xene_model::address::{ClientTlsPem, ServerAddress};
 
-/// A server address that is not `HOST:PORT`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{address:?} is not HOST:PORT: {why}")]
-pub struct BadAddress {
-    pub address: String,
-    pub why: String,
+/// How the agent speaks TLS to servers whose addresses say `https://`: the CA certificates
+/// that signed their certificates (the system's roots when none is given) and the agent's own
+/// certificate, for servers that require one.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    ca: Option<Certificate>,
+    identity: Option<Identity>,
 }
 
-/// The endpoint of `server` (`HOST:PORT`: a name, an IPv4 address or a bracketed IPv6
-/// address, and a port from 1 to 65535), or why it is not one.
-pub fn endpoint(server: &str) -> Result<Endpoint, BadAddress> {
-    let bad = |why: &str| BadAddress { address: server.to_string(), why: why.to_string() };
-    if server.is_empty() {
-        return Err(bad("it is empty"));
+impl From<ClientTlsPem> for ClientTls {
+    fn from(pem: ClientTlsPem) -> ClientTls {
+        ClientTls {
+            ca: pem.ca.map(Certificate::from_pem),
+            identity: pem.identity.map(|(cert, key)| Identity::from_pem(cert, key)),
+        }
     }
-    if server.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("it holds a space or a control character"));
-    }
-    if server.contains("://") {
-        return Err(bad("leave out the scheme (http://)"));
-    }
-    if server.contains(['/', '@', '?', '#']) {
-        return Err(bad("it holds a '/', '@', '?' or '#'"));
-    }
-    let Some((host, port)) = server.rsplit_once(':') else { return Err(bad("the port is missing")) };
-    if host.is_empty() {
-        return Err(bad("the host is missing"));
-    }
-    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(bad("write an IPv6 address in brackets, as [::1]:7400"));
-    }
-    match port.parse::<u16>() {
-        Ok(port) if port > 0 => {}
-        _ => return Err(bad("the port must be a number from 1 to 65535")),
-    }
-    Endpoint::from_shared(format!("http://{server}")).map_err(|e| bad(&e.to_string()))
 }
 
-/// A lazily connecting channel to `server` (HOST:PORT).
-pub fn channel(server: &str) -> Result<Channel, BadAddress> {
-    Ok(endpoint(server)?
+impl ClientTls {
+    fn config(&self) -> ClientTlsConfig {
+        let config = match &self.ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(ca.clone()),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        match &self.identity {
+            Some(identity) => config.identity(identity.clone()),
+            None => config,
+        }
+    }
+}
+
+/// The endpoint of `server`, over TLS when its address says so.
+pub fn endpoint(server: &ServerAddress, tls: &ClientTls) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(server.uri())?;
+    if server.is_tls() {
+        endpoint.tls_config(tls.config())
+    } else {
+        Ok(endpoint)
+    }
+}
+
+/// A lazily connecting channel to `server`.
+pub fn channel(server: &ServerAddress, tls: &ClientTls) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(server, tls)?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .connect_lazy())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_host_and_port_make_an_address() {
-        for good in ["127.0.0.1:7400", "xene-1.internal:7400", "[::1]:7400", "localhost:1"] {
-            assert!(endpoint(good).is_ok(), "{good}: {:?}", endpoint(good).err());
-        }
-        for (bad, why) in [
-            ("", "empty"),
-            (" 127.0.0.1:7400", "space"),
-            ("127.0.0.1", "port is missing"),
-            ("127.0.0.1:", "port must be"),
-            ("127.0.0.1:0", "port must be"),
-            ("127.0.0.1:70000", "port must be"),
-            (":7400", "host is missing"),
-            ("http://a:7400", "scheme"),
-            ("a:7400/x", "'/'"),
-            ("::1:7400", "brackets"),
-        ] {
-            let message = endpoint(bad).map(|_| ()).expect_err(bad).to_string();
-            assert!(message.contains(why), "{bad:?}: {message}");
-        }
-    }
 }

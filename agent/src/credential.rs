@@ -50,7 +50,7 @@ pub async fn load_or_join(config: &AgentConfig) -> Result<Credential> {
     let mut last = String::new();
     for round in 0..10 {
         for server in &config.servers {
-            let mut client = AgentServiceClient::new(channel(server)?);
+            let mut client = AgentServiceClient::new(channel(server, &config.tls)?);
             let mut call = tonic::Request::new(request.clone());
             call.set_timeout(Duration::from_secs(10));
             match client.join(call).await {

@@ -24,7 +24,11 @@ use tracing_subscriber::EnvFilter;
 use config::AgentConfig;
 
 fn main() -> std::process::ExitCode {
-    let config = AgentConfig::parse();
+    let mut config = AgentConfig::parse();
+    if let Err(e) = config.load_tls() {
+        eprintln!("xene-agent: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let filter = EnvFilter::try_from_env("XENE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log_format == "json" {

@@ -10,12 +10,13 @@ use rand::Rng;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use xene_model::address::ServerAddress;
 use xene_proto as pb;
 use xene_proto::agent_service_client::AgentServiceClient;
 use xene_proto::{agent_message, server_message};
 
 use crate::config::AgentConfig;
-use crate::connect::{channel, endpoint};
+use crate::connect::channel;
 use crate::credential::Credential;
 use crate::leases::{Granted, Leases};
 use crate::pace::Pacer;
@@ -29,7 +30,7 @@ enum End {
     /// The server was stopped or the stream broke: try again.
     Retry(String),
     /// A follower named the leader: go there at once.
-    Redirect(String),
+    Redirect(ServerAddress),
     /// The cluster refuses this agent (credential revoked, agent removed): give up.
     Fatal(String),
 }
@@ -101,7 +102,7 @@ async fn sessions(
     contact: &watch::Sender<Contact>,
 ) -> anyhow::Result<()> {
     let mut next = 0usize;
-    let mut hint: Option<String> = None;
+    let mut hint: Option<ServerAddress> = None;
     let mut pause = Duration::from_millis(100);
     let mut unacked = Unacked::default();
     // One pacer for the agent's life: what it holds outlives a session, and a reconnect does
@@ -253,7 +254,7 @@ impl Unacked {
 }
 
 async fn once(
-    server: &str,
+    server: &ServerAddress,
     config: &AgentConfig,
     credential: &Credential,
     link: Link<'_>,
@@ -263,7 +264,7 @@ async fn once(
     let Link { leases, runner, outbox, unacked, pacer } = link;
     // The configured addresses were checked at start-up, so only a leader hint can be bad
     // here: a server's word, not a refusal of this agent. Try the servers again.
-    let channel = match channel(server) {
+    let channel = match channel(server, &config.tls) {
         Ok(channel) => channel,
         Err(e) => return End::Retry(format!("cannot connect to {server:?}: {e}")),
     };
@@ -291,10 +292,13 @@ async fn once(
             let leader =
                 status.metadata().get(xene_proto::LEADER_HINT_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
             return match (status.code(), leader.map(|l| l.trim().to_string())) {
-                (tonic::Code::Unavailable, Some(leader)) if leader != server => match endpoint(&leader) {
-                    Ok(_) => End::Redirect(leader),
-                    Err(e) => End::Retry(format!("{}; the leader hint it gave is unusable: {e}", status.message())),
-                },
+                (tonic::Code::Unavailable, Some(leader)) if leader != server.authority() => {
+                    // A server names its peers by HOST:PORT; they speak what it speaks.
+                    match ServerAddress::parse(&leader).map(|hint| hint.with_tls(server.is_tls())) {
+                        Ok(leader) => End::Redirect(leader),
+                        Err(e) => End::Retry(format!("{}; the leader hint it gave is unusable: {e}", status.message())),
+                    }
+                }
                 (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied, _) => {
                     End::Fatal(status.message().to_string())
                 }

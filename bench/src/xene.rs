@@ -34,6 +34,7 @@ pub async fn start_cluster(servers: usize, timing: Timing) -> anyhow::Result<Tes
         heartbeat_ms: timing.heartbeat_ms,
         election_timeout_ms: timing.election_timeout_ms,
         snapshot_logs: timing.snapshot_logs,
+        tls: None,
     };
     tokio::spawn(TestCluster::start(options)).await.map_err(|e| anyhow!("starting the Xene cluster: {e}"))
 }

@@ -85,9 +85,9 @@ impl Drop for AgentProc {
 impl TestCluster {
     /// Runs `xenectl` against every server of the cluster with the admin token.
     pub fn xenectl(&self, args: &[&str]) -> std::process::Output {
-        let servers: Vec<String> = self.servers.iter().map(|s| s.grpc.clone()).collect();
         Command::new(bin_dir().join("xenectl"))
-            .args(["--servers", &servers.join(",")])
+            .args(["--servers", &self.client_addresses().join(",")])
+            .args(self.client_tls_args())
             .args(args)
             .env("XENE_TOKEN", &self.token)
             .output()
@@ -102,8 +102,7 @@ impl TestCluster {
 
     /// Like [`TestCluster::start_agent`] with the given executor (`process` or `docker`).
     pub fn start_agent_with(&self, name: &str, labels: &str, token: &str, executor: &str) -> AgentProc {
-        let servers: Vec<String> = self.servers.iter().map(|s| s.grpc.clone()).collect();
-        self.start_agent_via(name, labels, token, executor, &servers)
+        self.start_agent_via(name, labels, token, executor, &self.client_addresses())
     }
 
     /// Like [`TestCluster::start_agent_with`], reaching the servers at `servers` (the chaos
@@ -130,6 +129,7 @@ impl TestCluster {
             "--token".into(),
             token.into(),
         ];
+        args.extend(self.client_tls_args());
         if !labels.is_empty() {
             args.push("--labels".into());
             args.push(labels.into());

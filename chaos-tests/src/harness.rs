@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use xene_proto as pb;
 use xene_proto::cluster_service_client::ClusterServiceClient;
 use xene_proto::kv_service_client::KvServiceClient;
+
+use crate::pki::TestPki;
 
 /// The cluster secret every test server shares.
 pub const SECRET: &str = "test-cluster-secret";
@@ -183,11 +185,21 @@ pub struct ClusterOptions {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_logs: u64,
+    /// TLS on every server's listeners and between them, with certificates of this PKI.
+    pub tls: Option<ClusterTls>,
+}
+
+/// A cluster's TLS: every server presents `pki.server`; with `client_certificates`, the
+/// servers require a client certificate signed by `pki.ca` on their gRPC listeners.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    pub pki: TestPki,
+    pub client_certificates: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { servers: 3, heartbeat_ms: 50, election_timeout_ms: 300, snapshot_logs: 10_000 }
+        ClusterOptions { servers: 3, heartbeat_ms: 50, election_timeout_ms: 300, snapshot_logs: 10_000, tls: None }
     }
 }
 
@@ -264,6 +276,20 @@ impl TestCluster {
             "--snapshot-logs".into(),
             self.options.snapshot_logs.to_string(),
         ];
+        if let Some(tls) = &self.options.tls {
+            let path = |p: &Path| p.display().to_string();
+            args.extend([
+                "--tls-cert".into(),
+                path(&tls.pki.server.cert),
+                "--tls-key".into(),
+                path(&tls.pki.server.key),
+                "--tls-ca".into(),
+                path(&tls.pki.ca),
+            ]);
+            if tls.client_certificates {
+                args.extend(["--tls-client-ca".into(), path(&tls.pki.ca)]);
+            }
+        }
         match join {
             None => args.push("--bootstrap".into()),
             Some(via) => {
@@ -278,11 +304,48 @@ impl TestCluster {
         self.servers.len() - 1
     }
 
+    /// A channel to server `index`: over TLS with the PKI's CA and client certificate when
+    /// the cluster speaks TLS.
     pub fn channel(&self, index: usize) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.servers[index].grpc))
-            .expect("valid endpoint")
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy()
+        self.endpoint(&self.servers[index].grpc).connect_timeout(Duration::from_secs(1)).connect_lazy()
+    }
+
+    /// The endpoint of the gRPC address `addr`, as [`TestCluster::channel`] reaches it.
+    pub fn endpoint(&self, addr: &str) -> Endpoint {
+        match &self.options.tls {
+            None => Endpoint::from_shared(format!("http://{addr}")).expect("valid endpoint"),
+            Some(tls) => {
+                let read = |path: &Path| std::fs::read(path).expect("read a PEM file of the test PKI");
+                let config = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read(&tls.pki.ca)))
+                    .identity(Identity::from_pem(read(&tls.pki.client.cert), read(&tls.pki.client.key)));
+                Endpoint::from_shared(format!("https://{addr}"))
+                    .expect("valid endpoint")
+                    .tls_config(config)
+                    .expect("TLS settings of the test PKI")
+            }
+        }
+    }
+
+    /// The gRPC addresses of the servers as clients write them: `https://` when the cluster
+    /// speaks TLS.
+    pub fn client_addresses(&self) -> Vec<String> {
+        let scheme = if self.options.tls.is_some() { "https://" } else { "" };
+        self.servers.iter().map(|s| format!("{scheme}{}", s.grpc)).collect()
+    }
+
+    /// The TLS flags a client (xenectl, an agent) of this cluster needs: the CA and the
+    /// client certificate.
+    pub fn client_tls_args(&self) -> Vec<String> {
+        match &self.options.tls {
+            None => Vec::new(),
+            Some(tls) => {
+                [("--tls-ca", &tls.pki.ca), ("--tls-cert", &tls.pki.client.cert), ("--tls-key", &tls.pki.client.key)]
+                    .into_iter()
+                    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+                    .collect()
+            }
+        }
     }
 
     pub fn kv(&self, index: usize) -> KvServiceClient<Channel> {

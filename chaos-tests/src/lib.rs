@@ -9,6 +9,7 @@
 //!   followers.
 //! - [`settings`]: the seed and the short or long variant every chaos scenario reads.
 //! - [`report`]: the report each chaos scenario prints at its end.
+//! - [`pki`]: certificates for the TLS tests, made at run time.
 //! - [`registry`]: a container registry that records the credentials the engine sends.
 //! - [`lincheck`]: the linearizability checker for recorded key-value histories.
 
@@ -19,6 +20,7 @@ pub mod images;
 pub mod lincheck;
 pub mod nemesis;
 pub mod network;
+pub mod pki;
 pub mod proxy;
 pub mod registry;
 pub mod report;

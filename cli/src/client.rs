@@ -6,26 +6,44 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
+use xene_model::address::ServerAddress;
 
-/// The servers and the token to use.
+use crate::config::Settings;
+
+/// The servers, the token and the TLS settings to use.
 pub struct Cluster {
-    servers: Vec<String>,
+    servers: Vec<ServerAddress>,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// For `https://` servers: the CA given (the system's roots when `None`) and a client
+    /// certificate.
+    tls: ClientTlsConfig,
+    /// Whether a client certificate is given (for the hints of TLS failures).
+    has_identity: bool,
     timeout: Duration,
 }
 
 impl Cluster {
-    pub fn new(servers: Vec<String>, token: Option<String>, timeout: Duration) -> Result<Self> {
+    pub fn new(settings: Settings, timeout: Duration) -> Result<Self> {
+        let Settings { servers, token, tls } = settings;
         if servers.is_empty() {
             return Err(anyhow!("no server given: pass --servers HOST:PORT[,HOST:PORT…] or set XENE_SERVERS"));
         }
-        let token = token
-            .map(|t| format!("Bearer {}", t.trim()).parse())
-            .transpose()
-            .map_err(|_| anyhow!("the token contains characters that cannot be sent; check --token or XENE_TOKEN"))?;
-        Ok(Cluster { servers, token, timeout })
+        let token = token.map(|t| format!("Bearer {}", t.trim()).parse()).transpose().map_err(|_| {
+            anyhow!("the token contains characters that cannot be sent; check --token, XENE_TOKEN or the config file")
+        })?;
+        let tls = tls.unwrap_or_default();
+        let config = match tls.ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        let has_identity = tls.identity.is_some();
+        let tls = match tls.identity {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        };
+        Ok(Cluster { servers, token, tls, has_identity, timeout })
     }
 
     /// Wraps a message with the token and deadline.
@@ -47,12 +65,13 @@ impl Cluster {
         request
     }
 
-    fn channel(server: &str) -> Result<Channel> {
-        let endpoint = Endpoint::from_shared(format!("http://{server}"))
-            .with_context(|| format!("server address {server:?} is not HOST:PORT"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        Ok(endpoint.connect_lazy())
+    fn channel(&self, server: &ServerAddress) -> Result<Channel> {
+        let mut endpoint =
+            Endpoint::from_shared(server.uri()).with_context(|| format!("server address {server} is not usable"))?;
+        if server.is_tls() {
+            endpoint = endpoint.tls_config(self.tls.clone()).with_context(|| format!("TLS settings for {server}"))?;
+        }
+        Ok(endpoint.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy())
     }
 
     /// Runs `call` against each server until one answers with anything but "unavailable".
@@ -94,17 +113,21 @@ impl Cluster {
         let mut last = None;
         for round in 0..3 {
             for server in &self.servers {
-                match call(Self::channel(server)?).await {
+                match call(self.channel(server)?).await {
                     Ok(value) => return Ok(value),
                     Err(status) if retry(status.code()) => {
-                        last = Some(format!("{server}: {}", status.message()));
+                        // A TLS alert says more than the closed connection a later try may see.
+                        let message = format!("{server}: {}", self.explain(server, &status));
+                        if last.as_ref().is_none_or(|l: &String| !l.contains("alert:") || message.contains("alert:")) {
+                            last = Some(message);
+                        }
                     }
                     Err(status)
                         if matches!(status.code(), Code::DeadlineExceeded | Code::Unknown | Code::Cancelled) =>
                     {
-                        return Err(Unsure(server.clone(), status).into())
+                        return Err(Unsure(server.to_string(), status).into())
                     }
-                    Err(status) => return Err(describe(server, status)),
+                    Err(status) => return Err(self.describe(server, status)),
                 }
             }
             tokio::time::sleep(Duration::from_millis(200 * (round + 1))).await;
@@ -113,6 +136,57 @@ impl Cluster {
             "no server could answer (check --servers or XENE_SERVERS, and that the servers run): {}",
             last.unwrap_or_default()
         ))
+    }
+
+    fn describe(&self, server: &ServerAddress, status: Status) -> anyhow::Error {
+        let hint = match status.code() {
+            Code::Unauthenticated => " (pass a valid --token or set XENE_TOKEN)",
+            Code::PermissionDenied => " (this needs a token with more rights)",
+            _ => "",
+        };
+        anyhow!("{server}: {:?}: {}{hint}", status.code(), self.explain(server, &status))
+    }
+
+    /// The message of `status` with the errors behind it (a failed connection says only
+    /// "transport error"; the TLS alert that caused it is in its sources), and what to do when
+    /// TLS is the likely trouble.
+    fn explain(&self, server: &ServerAddress, status: &Status) -> String {
+        let mut text = status.message().to_string();
+        let mut source = std::error::Error::source(status);
+        while let Some(error) = source {
+            let message = error.to_string();
+            if !text.contains(&message) {
+                text.push_str(": ");
+                text.push_str(&message);
+            }
+            source = error.source();
+        }
+        let hint = if !server.is_tls() && text.contains("h2 protocol error") {
+            " (a server that serves TLS answers plain gRPC so: write it as https://HOST:PORT)"
+        } else if server.is_tls() && text.contains("CertificateRequired") {
+            " (the server requires a client certificate: pass --tls-cert and --tls-key)"
+        } else if server.is_tls() && (text.contains("UnknownCA") || text.contains("BadCertificate")) {
+            " (the server refused this client certificate: it must be signed by the servers' --tls-client-ca)"
+        } else if server.is_tls() && text.contains("UnknownIssuer") {
+            " (the server's certificate is not signed by a CA this client trusts: pass the servers' CA with --tls-ca)"
+        } else if server.is_tls() && text.contains("NotValidForName") {
+            " (the server's certificate does not name the host in this address)"
+        } else if server.is_tls()
+            && ["connection closed", "operation was canceled", "broken pipe", "connection reset"]
+                .iter()
+                .any(|closed| text.contains(closed))
+        {
+            // With TLS 1.3 the server's alert may come after the client sent its request; then
+            // only a closed connection is seen.
+            if self.has_identity {
+                " (closed at or after the TLS handshake: if the servers require client certificates, check that --tls-cert is signed by the servers' --tls-client-ca)"
+            } else {
+                " (closed at or after the TLS handshake: if the servers require client certificates, pass --tls-cert and --tls-key)"
+            }
+        } else {
+            ""
+        };
+        text + hint
     }
 }
 
@@ -127,12 +201,3 @@ impl std::fmt::Display for Unsure {
 }
 
 impl std::error::Error for Unsure {}
-
-fn describe(server: &str, status: Status) -> anyhow::Error {
-    let hint = match status.code() {
-        Code::Unauthenticated => " (pass a valid --token or set XENE_TOKEN)",
-        Code::PermissionDenied => " (this needs a token with more rights)",
-        _ => "",
-    };
-    anyhow!("{server}: {:?}: {}{hint}", status.code(), status.message())
-}

@@ -2,6 +2,7 @@
 
 mod agents;
 mod client;
+mod config;
 mod objects;
 mod runs;
 mod secrets;
@@ -20,12 +21,28 @@ use client::Cluster;
 #[derive(Parser)]
 #[command(name = "xenectl", version, about = "Control a Xene cluster.")]
 struct Cli {
-    /// Servers to talk to, HOST:PORT separated by commas; tried in turn.
-    #[arg(long, env = "XENE_SERVERS", value_delimiter = ',', global = true, default_value = "127.0.0.1:7400")]
-    servers: Vec<String>,
-    /// Bearer token (see DATA_DIR/admin.token on the first server).
+    /// Servers to talk to, HOST:PORT (https://HOST:PORT for TLS) separated by commas; tried
+    /// in turn [default: servers in the config file, else 127.0.0.1:7400].
+    #[arg(long, env = "XENE_SERVERS", value_delimiter = ',', global = true)]
+    servers: Option<Vec<String>>,
+    /// Bearer token (see DATA_DIR/admin.token on the first server) [default: token in the
+    /// config file].
     #[arg(long, env = "XENE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Config file with servers, token, tls_ca, tls_cert and tls_key [default:
+    /// ~/.config/xene/config.yaml, if it exists].
+    #[arg(long, env = "XENECTL_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) that signed the servers' certificates, for https:// servers
+    /// [default: the system's roots].
+    #[arg(long, env = "XENE_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM), for servers that require one.
+    #[arg(long, env = "XENE_TLS_CERT", global = true)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "XENE_TLS_KEY", global = true)]
+    tls_key: Option<std::path::PathBuf>,
     /// Per-call timeout in seconds.
     #[arg(long, global = true, default_value_t = 15)]
     timeout: u64,
@@ -211,7 +228,15 @@ async fn run(cli: Cli) -> Result<()> {
         clap_complete::generate(shell, &mut Cli::command(), "xenectl", &mut std::io::stdout());
         return Ok(());
     }
-    let cluster = Cluster::new(cli.servers, cli.token, Duration::from_secs(cli.timeout))?;
+    let settings = config::resolve(config::Given {
+        config: cli.config,
+        servers: cli.servers,
+        token: cli.token,
+        tls_ca: cli.tls_ca,
+        tls_cert: cli.tls_cert,
+        tls_key: cli.tls_key,
+    })?;
+    let cluster = Cluster::new(settings, Duration::from_secs(cli.timeout))?;
     match cli.command {
         Command::Apply { file } => objects::apply(&cluster, &file).await,
         Command::Get { kind, name, output, selector } => {

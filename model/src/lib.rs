@@ -41,6 +41,8 @@
 //! - [`CronSchedule`] (`cron.rs`): cron expressions and IANA time zones, as the
 //!   cron trigger evaluates them.
 //! - [`status`]: the phase and status names of §9.1.
+//! - [`address`]: server addresses (`HOST:PORT`, `https://HOST:PORT`) and the checks
+//!   of PEM text from `--tls-*` files (§11.2).
 //!
 //! Stored objects and queries:
 //!
@@ -56,6 +58,7 @@
 //! names are well formed, its dependencies form a DAG, its references resolve
 //! and its sizes are within [`limits`].
 
+pub mod address;
 pub mod limits;
 pub mod names;
 pub mod status;

@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::tls::{ServerTls, TlsPaths};
+use xene_model::address::TlsFileError;
+
 /// Raft heartbeat interval when none is configured.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
 /// Smallest election timeout when none is configured. openraft 0.9 has a follower that heard
@@ -75,6 +78,22 @@ pub struct Flags {
     /// Finished runs kept per pipeline, with their logs [default: 100].
     #[arg(long, env = "XENE_RUN_HISTORY")]
     pub run_history: Option<usize>,
+    /// This server's certificate chain (PEM): TLS on both listeners, and toward its peers.
+    /// It must name the host of --advertise-grpc-addr (a DNS or IP subject alt name).
+    #[arg(long, env = "XENE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "XENE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that signed the other servers' certificates [default: the
+    /// system's roots].
+    #[arg(long, env = "XENE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Require a client certificate signed by these CA certificates (PEM) on the gRPC
+    /// listener, from agents, xenectl and the other servers alike (which present their
+    /// --tls-cert).
+    #[arg(long, env = "XENE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The same settings as read from `--config`.
@@ -96,6 +115,10 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub agent_ttl_ms: Option<u64>,
     pub run_history: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -123,6 +146,8 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     pub agent_ttl: Duration,
     pub run_history: usize,
+    /// `None`: plain gRPC and HTTP.
+    pub tls: Option<ServerTls>,
 }
 
 /// A configuration problem, phrased for the operator.
@@ -134,6 +159,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Tls(#[from] TlsFileError),
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -200,8 +227,15 @@ impl ServerConfig {
                 heartbeat.as_millis()
             )));
         }
+        let tls = ServerTls::load(&TlsPaths {
+            cert: flags.tls_cert.or(file.tls_cert),
+            key: flags.tls_key.or(file.tls_key),
+            ca: flags.tls_ca.or(file.tls_ca),
+            client_ca: flags.tls_client_ca.or(file.tls_client_ca),
+        })?;
         Ok(ServerConfig {
             node_id,
+            tls,
             advertise_grpc_addr: flags
                 .advertise_grpc_addr
                 .or(file.advertise_grpc_addr)

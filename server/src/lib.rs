@@ -38,4 +38,5 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod services;
+pub mod tls;
 pub mod triggers;

@@ -1,5 +1,6 @@
 //! Connections to other servers, reused across calls (one lazily connected channel per
-//! address), with the cluster secret attached to every call.
+//! address), with the cluster secret attached to every call; over TLS when this server
+//! serves TLS itself (`crate::tls`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 use xene_proto::raft_service_client::RaftServiceClient;
 
 use crate::error::{Result, ServerError};
+use crate::tls::ServerTls;
 
 /// A pool of channels to peers, keyed by gRPC address.
 #[derive(Clone)]
@@ -17,6 +19,7 @@ pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     secret: Arc<MetadataValue<tonic::metadata::Ascii>>,
     routes: Arc<HashMap<String, String>>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 fn routes_from_env() -> HashMap<String, String> {
@@ -35,11 +38,21 @@ fn routes_from_env() -> HashMap<String, String> {
 pub const PEER_ROUTES_ENV: &str = "XENE_TEST_PEER_ROUTES";
 
 impl PeerPool {
-    pub fn new(cluster_secret: &str) -> Result<Self> {
+    pub fn new(cluster_secret: &str, tls: Option<ServerTls>) -> Result<Self> {
         let secret = cluster_secret.parse().map_err(|_| {
             ServerError::InvalidArgument("--cluster-secret must be printable ASCII without newlines".into())
         })?;
-        Ok(PeerPool { channels: Arc::default(), secret: Arc::new(secret), routes: Arc::new(routes_from_env()) })
+        Ok(PeerPool {
+            channels: Arc::default(),
+            secret: Arc::new(secret),
+            routes: Arc::new(routes_from_env()),
+            tls: tls.map(Arc::new),
+        })
+    }
+
+    /// Whether the cluster speaks TLS (this server serves it, and expects it of its peers).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// A client for the peer at `addr`; the channel connects on first use and reconnects by
@@ -55,12 +68,15 @@ impl PeerPool {
             Some(channel) => channel.clone(),
             None => {
                 let target = self.routes.get(addr).map_or(addr, String::as_str);
-                let endpoint = Endpoint::from_shared(format!("http://{target}"))
-                    .map_err(|e| ServerError::InvalidArgument(format!("peer address {addr:?}: {e}")))?
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(5));
+                let endpoint = match &self.tls {
+                    Some(tls) => tls.peer_endpoint(target),
+                    None => Endpoint::from_shared(format!("http://{target}")),
+                }
+                .map_err(|e| ServerError::InvalidArgument(format!("peer address {addr:?}: {e}")))?
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5));
                 let channel = endpoint.connect_lazy();
                 channels.insert(addr.to_string(), channel.clone());
                 channel

@@ -40,6 +40,10 @@ const MAX_CLIENT_MESSAGE: usize = 2 * 1024 * 1024;
 /// Largest message between servers (snapshot chunks, batches of log entries).
 const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// How long a REST server over TLS waits for requests in flight when stopping (axum::serve,
+/// without TLS, waits for them however long they take; a webhook answers in milliseconds).
+const REST_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs a server until `shutdown` is cancelled.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -47,7 +51,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     let (log_store, state_machine) =
         xene_raft_store::open(&config.data_dir.join("raft"), &StoreConfig::default()).context("opening the store")?;
     let reader = state_machine.reader();
-    let peers = PeerPool::new(&config.cluster_secret)?;
+    let peers = PeerPool::new(&config.cluster_secret, config.tls.clone())?;
     let timing = Timing {
         heartbeat: config.heartbeat,
         election_min: config.election_timeout,
@@ -105,7 +109,13 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     tasks.spawn(crate::leadership::follow(raft.clone(), node.leadership.clone(), timing.election_min, stop.clone()));
     tasks.spawn(crate::scheduler::run(node.clone(), hub.clone(), config.run_history, stop.clone()));
     {
-        let grpc = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder
+                .tls_config(tls.grpc())
+                .context("the TLS settings of the gRPC listener (--tls-cert, --tls-key, --tls-client-ca)")?;
+        }
+        let grpc = builder
             .layer(GrpcMetricsLayer { metrics: metrics.clone() })
             .add_service(
                 RaftServiceServer::new(RaftApi::new(node.clone(), &config.cluster_secret))
@@ -144,18 +154,54 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     {
         let router = crate::http::router(node.clone(), tokens.clone());
         let stop = stop.clone();
-        tasks.spawn(async move {
-            let listener = http_listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY on a REST connection");
-                }
-            });
-            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "the REST server failed");
+        match &config.tls {
+            None => {
+                tasks.spawn(async move {
+                    let listener = http_listener.tap_io(|tcp| {
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::debug!(error = %e, "could not set TCP_NODELAY on a REST connection");
+                        }
+                    });
+                    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
+                        tracing::error!(error = %e, "the REST server failed");
+                    }
+                });
             }
-        });
+            Some(tls) => {
+                // axum::serve speaks no TLS; axum-server does, with the same router.
+                let rustls =
+                    tls.rest().await.context("the TLS settings of the REST listener (--tls-cert, --tls-key)")?;
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
+                let server = axum_server::from_tcp(http_listener.into_std().context("the REST listener")?)
+                    .context("the REST listener")?
+                    .acceptor(acceptor);
+                tasks.spawn(async move {
+                    let handle = axum_server::Handle::new();
+                    let serve = server.handle(handle.clone()).serve(router.into_make_service());
+                    tokio::pin!(serve);
+                    let served = tokio::select! {
+                        served = &mut serve => served,
+                        _ = stop.cancelled() => {
+                            handle.graceful_shutdown(Some(REST_SHUTDOWN_GRACE));
+                            serve.await
+                        }
+                    };
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "the REST server failed");
+                    }
+                });
+            }
+        }
     }
-    tracing::info!(node = config.node_id, grpc = %config.grpc_addr, http = %config.http_addr, "listening");
+    tracing::info!(
+        node = config.node_id,
+        grpc = %config.grpc_addr,
+        http = %config.http_addr,
+        tls = config.tls.is_some(),
+        client_certificates = config.tls.as_ref().is_some_and(|t| t.requires_client_certificates()),
+        "listening"
+    );
 
     let initialized = raft.is_initialized().await.context("reading raft state")?;
     if config.bootstrap {

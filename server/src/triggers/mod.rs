@@ -56,7 +56,7 @@ pub async fn describe(node: &ClusterNode, spec: &Workflow, object: &mut Pipeline
                     next_fire: None,
                     last_fire: last.and_then(|r| r.run.metadata.creation_timestamp),
                     last_run: last.map(|r| r.run.metadata.name.clone()),
-                    webhook_url: Some(format!("http://{}/api/v1/webhooks/{workflow}/{name}", node.info.http_addr)),
+                    webhook_url: Some(node.rest_url(&format!("/api/v1/webhooks/{workflow}/{name}"))),
                 }
             }
         })
