@@ -131,6 +131,16 @@ impl AgentConfig {
             &|path| std::fs::read(path),
         )?;
         self.tls = pem.map(ClientTls::from).unwrap_or_default();
+        // Built now, so that a certificate that does not match its key, or a CA rustls
+        // cannot use, stops the agent here rather than failing every connection later.
+        for server in self.servers.iter().filter(|s| s.is_tls()) {
+            crate::connect::endpoint(server, &self.tls).map_err(|e| {
+                anyhow::anyhow!(
+                    "the TLS settings (--tls-ca, --tls-cert, --tls-key) for {server}: {}",
+                    crate::connect::describe(&e)
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -212,7 +222,18 @@ mod tests {
         .expect("flags");
         config.load_tls().expect("a CA and https:// servers");
 
-        let mut missing = parse(&["--tls-ca", "/nonexistent/ca.pem"]).expect("flags");
+        let mut missing = AgentConfig::try_parse_from([
+            "xene-agent",
+            "--servers",
+            "https://127.0.0.1:7000",
+            "--name",
+            "a",
+            "--data-dir",
+            "/a",
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+        ])
+        .expect("flags");
         let message = missing.load_tls().expect_err("missing file").to_string();
         assert!(message.contains("--tls-ca /nonexistent/ca.pem") && message.contains("check the path"), "{message}");
         let mut half = parse(&["--tls-cert", ca]).expect("flags");

@@ -10,10 +10,17 @@ use xene_model::address::{ClientTlsPem, ServerAddress};
 /// How the agent speaks TLS to servers whose addresses say `https://`: the CA certificates
 /// that signed their certificates (the system's roots when none is given) and the agent's own
 /// certificate, for servers that require one.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ClientTls {
     ca: Option<Certificate>,
     identity: Option<Identity>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    /// Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("ca", &self.ca.is_some()).field("identity", &self.identity.is_some()).finish()
+    }
 }
 
 impl From<ClientTlsPem> for ClientTls {
@@ -46,6 +53,28 @@ pub fn endpoint(server: &ServerAddress, tls: &ClientTls) -> Result<Endpoint, ton
     } else {
         Ok(endpoint)
     }
+}
+
+/// `error` with the errors behind it: tonic's own says only "transport error".
+pub fn describe(error: &dyn std::error::Error) -> String {
+    with_causes(error.to_string(), error.source())
+}
+
+/// A call's status message with the errors behind it (a failed connection's TLS alert).
+pub fn describe_status(status: &tonic::Status) -> String {
+    with_causes(status.message().to_string(), std::error::Error::source(status))
+}
+
+fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A lazily connecting channel to `server`.

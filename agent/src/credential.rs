@@ -67,7 +67,7 @@ pub async fn load_or_join(config: &AgentConfig) -> Result<Credential> {
                         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
                     ) =>
                 {
-                    last = format!("{server}: {}", status.message());
+                    last = format!("{server}: {}", crate::connect::describe_status(&status));
                 }
                 Err(status) => bail!("the cluster refused to let this agent join: {}", status.message()),
             }

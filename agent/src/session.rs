@@ -266,7 +266,7 @@ async fn once(
     // here: a server's word, not a refusal of this agent. Try the servers again.
     let channel = match channel(server, &config.tls) {
         Ok(channel) => channel,
-        Err(e) => return End::Retry(format!("cannot connect to {server:?}: {e}")),
+        Err(e) => return End::Retry(format!("cannot connect to {server}: {}", crate::connect::describe(&e))),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let hello = pb::Hello {
@@ -302,7 +302,7 @@ async fn once(
                 (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied, _) => {
                     End::Fatal(status.message().to_string())
                 }
-                _ => End::Retry(status.message().to_string()),
+                _ => End::Retry(crate::connect::describe_status(&status)),
             };
         }
     };

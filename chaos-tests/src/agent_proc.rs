@@ -90,6 +90,11 @@ impl TestCluster {
             .args(self.client_tls_args())
             .args(args)
             .env("XENE_TOKEN", &self.token)
+            // Nothing of the machine's own xenectl settings.
+            .env("XENECTL_CONFIG", "/dev/null")
+            .env_remove("XENE_TLS_CA")
+            .env_remove("XENE_TLS_CERT")
+            .env_remove("XENE_TLS_KEY")
             .output()
             .expect("run xenectl")
     }

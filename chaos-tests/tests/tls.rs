@@ -75,9 +75,10 @@ async fn https_post(addr: &str, ca: &Path, path: &str, token: &str) -> (u16, Str
     (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
-/// Whether a plain HTTP/1.1 request to `addr` gets any HTTP answer.
+/// Whether a plain HTTP/1.1 request to `addr` gets any HTTP answer (the port must accept the
+/// connection).
 async fn plain_http_answers(addr: &str) -> bool {
-    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else { return false };
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("the REST port accepts connections");
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if tcp.write_all(request.as_bytes()).await.is_err() {
         return false;
@@ -203,7 +204,7 @@ async fn without_a_client_ca_tls_needs_only_the_ca_and_bad_files_stop_a_server_a
     let cluster = TestCluster::start(options).await;
     let https = cluster.client_addresses()[0].clone();
     let ca = pki.ca.display().to_string();
-    let put = xenectl_bare(&cluster, &["--servers", &https, "--tls-ca", &ca, "kv", "put", "/k", "v"]);
+    let put = xenectl_bare(&cluster, &["--servers", &https, "--tls-ca", &ca, "kv", "put", "/k", "only-the-ca"]);
     assert!(put.status.success(), "only the CA: {}", text(&put));
 
     // The same settings from xenectl's config file, paths relative to it.
@@ -214,9 +215,10 @@ async fn without_a_client_ca_tls_needs_only_the_ca_and_bad_files_stop_a_server_a
         .args(["--config", &config.display().to_string(), "kv", "get", "/k"])
         .env_remove("XENE_TOKEN")
         .env_remove("XENE_SERVERS")
+        .env_remove("XENE_TLS_CA")
         .output()
         .expect("run xenectl");
-    assert!(get.status.success() && text(&get).contains('v'), "from the config file: {}", text(&get));
+    assert!(get.status.success() && text(&get).contains("only-the-ca"), "from the config file: {}", text(&get));
 
     // A server given a file that holds no certificate exits at once, naming flag and file.
     let not_pem = pki_dir.path().join("not-a-certificate.pem");
@@ -240,5 +242,20 @@ async fn without_a_client_ca_tls_needs_only_the_ca_and_bad_files_stop_a_server_a
         "{message}"
     );
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?} to refuse", start.elapsed());
+    assert!(!data_dir.join("raft").exists(), "a refused server made its store");
+
+    // A key that is not the certificate's: refused at start too, before the store is opened.
+    let output = Command::new(bin_dir().join("xene-server"))
+        .args(["--node-id", "9", "--data-dir", &data_dir.display().to_string(), "--bootstrap"])
+        .args(["--cluster-secret", "a-long-enough-secret"])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--tls-cert", &pki.server.cert.display().to_string()])
+        .args(["--tls-key", &pki.client.key.display().to_string()])
+        .output()
+        .expect("run xene-server");
+    let message = text(&output);
+    assert!(!output.status.success(), "started with another certificate's key: {message}");
+    assert!(message.contains("server.pem with --tls-key") && message.contains("client-key.pem"), "{message}");
     assert!(!data_dir.join("raft").exists(), "a refused server made its store");
 }

@@ -78,10 +78,12 @@ fn read_file(named: Option<&Path>) -> Result<(FileConfig, PathBuf)> {
             return Ok((FileConfig::default(), PathBuf::from(".")));
         }
         Err(e) => {
-            return Err(anyhow!(
-                "reading the config file {}: {e} (it comes from --config or XENECTL_CONFIG)",
-                path.display()
-            ))
+            let from = if must_exist {
+                "named by --config or XENECTL_CONFIG"
+            } else {
+                "the default; name another with --config, or XENECTL_CONFIG=/dev/null for none"
+            };
+            return Err(anyhow!("reading the config file {} ({from}): {e}", path.display()));
         }
     };
     let file = parse_file(&text).with_context(|| format!("the config file {}", path.display()))?;
@@ -180,6 +182,6 @@ mod tests {
         let missing = dir.path().join("missing.yaml");
         let message =
             format!("{:#}", resolve(Given { config: Some(missing), ..Given::default() }).expect_err("missing"));
-        assert!(message.contains("missing.yaml") && message.contains("--config or XENECTL_CONFIG"), "{message}");
+        assert!(message.contains("missing.yaml (named by --config or XENECTL_CONFIG)"), "{message}");
     }
 }

@@ -95,12 +95,17 @@ impl fmt::Display for ServerAddress {
     }
 }
 
-/// Refuses TLS files beside a plain address: a client given a CA or a certificate means to
-/// speak TLS, and sending its token in the clear instead would be a quiet leak. `flag` names
-/// where the addresses came from.
+/// Refuses a list of addresses that mixes `https://` and plain ones (a cluster speaks one or
+/// the other, and a token sent to the plain one would travel in the clear), and TLS files
+/// beside plain addresses (a client given a CA or a certificate means to speak TLS). `flag`
+/// names where the addresses came from.
 pub fn check_tls_addresses(tls_given: bool, addresses: &[ServerAddress], flag: &str) -> Result<(), String> {
-    match addresses.iter().find(|a| !a.is_tls()) {
-        Some(plain) if tls_given => Err(format!(
+    let plain = addresses.iter().find(|a| !a.is_tls());
+    match (plain, addresses.iter().find(|a| a.is_tls())) {
+        (Some(plain), Some(tls)) => Err(format!(
+            "{flag} mixes {tls} (TLS) and {plain} (plain); a cluster speaks one or the other: write every address with https:// or none"
+        )),
+        (Some(plain), None) if tls_given => Err(format!(
             "TLS files are given (--tls-ca, --tls-cert) but {flag} names {plain}, a plain address; write it as https://{}",
             plain.authority()
         )),
@@ -135,10 +140,20 @@ pub fn read_pem(
 /// A client's TLS material (agents, `xenectl`): the CA certificates that signed the servers'
 /// certificates (the system's roots when absent) and a certificate and key to present to
 /// servers that require one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ClientTlsPem {
     pub ca: Option<Vec<u8>>,
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for ClientTlsPem {
+    /// Never the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTlsPem")
+            .field("ca", &self.ca.is_some())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl ClientTlsPem {
@@ -154,6 +169,7 @@ impl ClientTlsPem {
         read: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
     ) -> Result<Option<ClientTlsPem>, TlsFileError> {
         check_pair(cert.is_some(), key.is_some(), "--tls-cert", "--tls-key").map_err(TlsFileError::Settings)?;
+        check_tls_addresses(ca.is_some() || cert.is_some(), servers, flag).map_err(TlsFileError::Settings)?;
         if ca.is_none() && cert.is_none() {
             return Ok(None);
         }
@@ -165,7 +181,6 @@ impl ClientTlsPem {
             )),
             _ => None,
         };
-        check_tls_addresses(true, servers, flag).map_err(TlsFileError::Settings)?;
         Ok(Some(ClientTlsPem { ca, identity }))
     }
 }
@@ -244,10 +259,15 @@ mod tests {
     #[test]
     fn tls_files_beside_a_plain_address_are_refused() {
         let addresses = ["https://a:1", "b:2"].map(|a| ServerAddress::parse(a).expect("address"));
-        let message = check_tls_addresses(true, &addresses, "--servers").expect_err("plain address");
-        assert!(message.contains("--servers names b:2") && message.contains("https://b:2"), "{message}");
+        let message = check_tls_addresses(true, &addresses, "--servers").expect_err("mixed addresses");
+        assert!(message.contains("--servers mixes https://a:1 (TLS) and b:2 (plain)"), "{message}");
         assert!(check_tls_addresses(true, &addresses[..1], "--servers").is_ok());
-        assert!(check_tls_addresses(false, &addresses, "--servers").is_ok(), "no TLS given: plain is fine");
+        let message = check_tls_addresses(false, &addresses, "--servers").expect_err("mixed, no TLS files");
+        assert!(message.contains("mixes"), "{message}");
+        let plain = [ServerAddress::parse("b:2").expect("address")];
+        let message = check_tls_addresses(true, &plain, "--servers").expect_err("TLS files, plain address");
+        assert!(message.contains("--servers names b:2, a plain address; write it as https://b:2"), "{message}");
+        assert!(check_tls_addresses(false, &plain, "--servers").is_ok(), "no TLS given: plain is fine");
     }
 
     #[test]
@@ -267,13 +287,17 @@ mod tests {
         };
 
         assert_eq!(read(None, None, None, &plain).expect("no TLS"), None);
+        let mixed = [tls[0].clone(), plain[0].clone()];
         let full = read(Some("ca.pem"), Some("cert.pem"), Some("key.pem"), &tls).expect("all three");
+        let shown = format!("{full:?}");
+        assert_eq!(shown, "Some(ClientTlsPem { ca: true, identity: true })", "no key in Debug");
         assert_eq!(
             full,
             Some(ClientTlsPem { ca: Some(ca_pem.clone()), identity: Some((ca_pem.clone(), key_pem.clone())) })
         );
         for (ca, cert, key, servers, want) in [
             (Some("ca.pem"), None, None, &plain[..], "--servers names a:1, a plain address; write it as https://a:1"),
+            (None, None, None, &mixed[..], "--servers mixes https://a:1 (TLS) and a:1 (plain)"),
             (Some("missing.pem"), None, None, &tls[..], "--tls-ca missing.pem: entity not found; check the path"),
             (Some("empty.pem"), None, None, &tls[..], "--tls-ca empty.pem: it holds no certificate"),
             (None, Some("cert.pem"), None, &tls[..], "--tls-cert is given without --tls-key"),

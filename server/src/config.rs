@@ -8,7 +8,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::tls::{ServerTls, TlsPaths};
-use xene_model::address::TlsFileError;
+use xene_model::address::{ServerAddress, TlsFileError};
 
 /// Raft heartbeat interval when none is configured.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
@@ -233,6 +233,19 @@ impl ServerConfig {
             ca: flags.tls_ca.or(file.tls_ca),
             client_ca: flags.tls_client_ca.or(file.tls_client_ca),
         })?;
+        let join = join
+            .iter()
+            .map(|entry| {
+                let address = ServerAddress::parse(entry.trim()).map_err(|e| ConfigError::Invalid(format!("--join: {e}")))?;
+                if address.is_tls() && tls.is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "--join names {address}, but this server has no --tls-cert: a server speaks TLS to its peers when it serves TLS itself; give --tls-cert and --tls-key, or write HOST:PORT"
+                    )));
+                }
+                // The scheme follows this server's TLS; peers are named by HOST:PORT.
+                Ok(address.authority().to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
             node_id,
             tls,

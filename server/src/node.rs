@@ -150,7 +150,6 @@ impl ClusterNode {
         }
     }
 
-    /// The leader as this server knows it, with its address.
     /// The URL of `path` on this server's REST listener as others reach it: `https://` when
     /// the server serves TLS.
     pub fn rest_url(&self, path: &str) -> String {
@@ -158,6 +157,7 @@ impl ClusterNode {
         format!("{scheme}://{}{path}", self.info.http_addr)
     }
 
+    /// The leader as this server knows it, with its address.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         // Borrowed, not cloned: this runs on every proposal and read, and the metrics hold the
         // whole membership and replication state.

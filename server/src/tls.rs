@@ -11,6 +11,18 @@ use std::path::{Path, PathBuf};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use xene_model::address::{check_certificates_pem, check_pair, check_private_key_pem, read_pem, TlsFileError};
 
+/// `error` with the errors behind it (tonic's own says only "transport error").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The files given, by flag.
 #[derive(Debug, Clone, Default)]
 pub struct TlsPaths {
@@ -58,12 +70,29 @@ impl ServerTls {
         };
         let read = |path: &Path| std::fs::read(path);
         let certificates = |flag, path: &Path| read_pem(flag, path, &read, check_certificates_pem);
-        Ok(Some(ServerTls {
+        let tls = ServerTls {
             cert: certificates("--tls-cert", cert)?,
             key: read_pem("--tls-key", key, &read, check_private_key_pem)?,
             ca: paths.ca.as_deref().map(|path| certificates("--tls-ca", path)).transpose()?,
             client_ca: paths.client_ca.as_deref().map(|path| certificates("--tls-client-ca", path)).transpose()?,
-        }))
+        };
+        // Built now, before anything is opened or bound: a key that does not match its
+        // certificate, or a certificate rustls cannot use, stops the server here.
+        tonic::transport::Server::builder().tls_config(tls.grpc()).map_err(|e| {
+            TlsFileError::Settings(format!(
+                "--tls-cert {} with --tls-key {} (and --tls-client-ca): {}",
+                cert.display(),
+                key.display(),
+                with_causes(&e)
+            ))
+        })?;
+        tls.peer_endpoint("localhost:1").map_err(|e| {
+            TlsFileError::Settings(format!(
+                "the settings for reaching the other servers (--tls-ca, --tls-cert, --tls-key): {}",
+                with_causes(&e)
+            ))
+        })?;
+        Ok(Some(tls))
     }
 
     /// The gRPC listener's settings: this server's certificate, and client certificates

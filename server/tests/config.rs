@@ -83,6 +83,37 @@ fn bad_settings_are_refused_with_a_clear_message() {
             "more than twice --heartbeat-ms",
         ),
         (&["--config", "/nonexistent/xene.yaml"], "reading config file /nonexistent/xene.yaml"),
+        (
+            &["--node-id", "2", "--data-dir", "/d", "--cluster-secret", "long-enough", "--join", "https://a:1"],
+            "--join names https://a:1, but this server has no --tls-cert",
+        ),
+        (
+            &["--node-id", "2", "--data-dir", "/d", "--cluster-secret", "long-enough", "--join", "a"],
+            "--join: \"a\" is not HOST:PORT",
+        ),
+        (
+            &["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--tls-cert", "/c.pem"],
+            "--tls-cert is given without --tls-key",
+        ),
+        (
+            &["--node-id", "1", "--data-dir", "/d", "--cluster-secret", "long-enough", "--tls-client-ca", "/ca.pem"],
+            "--tls-client-ca is given without --tls-cert and --tls-key",
+        ),
+        (
+            &[
+                "--node-id",
+                "1",
+                "--data-dir",
+                "/d",
+                "--cluster-secret",
+                "long-enough",
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+            ],
+            "--tls-cert /nonexistent/c.pem: No such file or directory",
+        ),
     ];
     for (args, expected) in cases {
         let message = resolve(args).expect_err("must be refused");
