@@ -208,33 +208,13 @@ mod tests {
         let message = plain.load_tls().expect_err("TLS beside a plain address").to_string();
         assert!(message.contains("127.0.0.1:7000, a plain address") && message.contains("https://127.0.0.1:7000"));
 
-        let mut config = AgentConfig::try_parse_from([
-            "xene-agent",
-            "--servers",
-            "https://127.0.0.1:7000",
-            "--name",
-            "a",
-            "--data-dir",
-            "/a",
-            "--tls-ca",
-            ca,
-        ])
-        .expect("flags");
-        config.load_tls().expect("a CA and https:// servers");
+        let over_tls = |extra: &[&str]| {
+            let base = ["xene-agent", "--servers", "https://127.0.0.1:7000", "--name", "a", "--data-dir", "/a"];
+            AgentConfig::try_parse_from(base.iter().chain(extra)).expect("flags")
+        };
+        over_tls(&["--tls-ca", ca]).load_tls().expect("a CA and https:// servers");
 
-        let mut missing = AgentConfig::try_parse_from([
-            "xene-agent",
-            "--servers",
-            "https://127.0.0.1:7000",
-            "--name",
-            "a",
-            "--data-dir",
-            "/a",
-            "--tls-ca",
-            "/nonexistent/ca.pem",
-        ])
-        .expect("flags");
-        let message = missing.load_tls().expect_err("missing file").to_string();
+        let message = over_tls(&["--tls-ca", "/nonexistent/ca.pem"]).load_tls().expect_err("missing file").to_string();
         assert!(message.contains("--tls-ca /nonexistent/ca.pem") && message.contains("check the path"), "{message}");
         let mut half = parse(&["--tls-cert", ca]).expect("flags");
         let message = half.load_tls().expect_err("a certificate without its key").to_string();
