@@ -123,6 +123,9 @@ pub struct TaskSpec {
 
 /// Where a task container finds the webhook payload of its run.
 pub const EVENT_PATH: &str = "/xene/event.json";
+/// Where a task container's steps write their outputs (`$XENE_OUTPUT`, DESIGN §10): made
+/// empty and writable by any user when the container starts, read after each step.
+pub const OUTPUT_PATH: &str = "/xene/output";
 
 /// One step to run in a task container.
 #[derive(Clone, Copy, Debug)]
@@ -306,25 +309,51 @@ impl DockerExecutor {
             let _ = self.remove_container(&container.id).await;
             return Err(error);
         }
-        if let Some(event) = &spec.event {
-            if let Err(error) = self.put_event(&container, event).await {
-                let _ = self.remove_container(&container.id).await;
-                return Err(error);
-            }
+        if let Err(error) = self.put_xene_files(&container, spec.event.as_deref().map(Vec::as_slice)).await {
+            let _ = self.remove_container(&container.id).await;
+            return Err(error);
         }
         tracing::info!(container = %container.name, "task container started");
         Ok(container)
     }
 
-    /// Copies the run's webhook payload into the container at [`EVENT_PATH`].
-    async fn put_event(&self, container: &TaskContainer, event: &[u8]) -> Result<()> {
-        let archive = event_archive(event)
-            .map_err(|e| ExecError::Infrastructure(format!("packing the webhook payload for the container: {e}")))?;
+    /// Puts the empty outputs file at [`OUTPUT_PATH`] in the container, and the run's webhook
+    /// payload at [`EVENT_PATH`] when there is one.
+    async fn put_xene_files(&self, container: &TaskContainer, event: Option<&[u8]>) -> Result<()> {
+        let archive = xene_archive(event)
+            .map_err(|e| ExecError::Infrastructure(format!("packing /xene for the container: {e}")))?;
         let options = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path("/").build();
         self.docker
             .upload_to_container(&container.id, Some(options), bollard::body_full(bytes::Bytes::from(archive)))
             .await
-            .map_err(|e| self.error(format!("copying the webhook payload into container {}", container.name), e))
+            .map_err(|e| self.error(format!("copying /xene into container {}", container.name), e))
+    }
+
+    /// The outputs file of the task's container ([`OUTPUT_PATH`]), read through the engine;
+    /// `limit` bytes at most (more is an error that the caller reports as too large).
+    pub async fn read_output(&self, container: &TaskContainer, limit: usize) -> Result<Vec<u8>> {
+        let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path(OUTPUT_PATH).build();
+        let mut stream = self.docker.download_from_container(&container.id, Some(options));
+        // A tar archive of one file: its header and padding beside at most `limit` bytes.
+        let mut archive = Vec::new();
+        while let Some(part) = stream.next().await {
+            let part =
+                part.map_err(|e| self.error(format!("reading {OUTPUT_PATH} of container {}", container.name), e))?;
+            archive.extend_from_slice(&part);
+            if archive.len() > limit + 64 * 1024 {
+                break;
+            }
+        }
+        let mut entries = tar::Archive::new(archive.as_slice());
+        let unpack = |e: std::io::Error| {
+            ExecError::Infrastructure(format!("unpacking {OUTPUT_PATH} of container {}: {e}", container.name))
+        };
+        let mut entries = entries.entries().map_err(unpack)?;
+        let Some(entry) = entries.next() else { return Ok(Vec::new()) };
+        let entry = entry.map_err(unpack)?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(entry, limit as u64 + 1), &mut text).map_err(unpack)?;
+        Ok(text)
     }
 
     /// Runs one step in the task's container, sending every line of its output to `sink`
@@ -682,21 +711,29 @@ impl DockerExecutor {
     }
 }
 
-/// A tar archive holding [`EVENT_PATH`] (and its directory), for the engine to unpack at `/`.
-fn event_archive(event: &[u8]) -> std::io::Result<Vec<u8>> {
-    let path = EVENT_PATH.trim_start_matches('/');
+/// A tar archive of `/xene` for the engine to unpack at `/`: the empty outputs file
+/// ([`OUTPUT_PATH`], writable by any user, since an image may run its steps as one) and the
+/// webhook payload ([`EVENT_PATH`]) when there is one.
+fn xene_archive(event: Option<&[u8]>) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut dir = tar::Header::new_gnu();
     dir.set_entry_type(tar::EntryType::Directory);
     dir.set_mode(0o755);
     dir.set_size(0);
     dir.set_cksum();
-    builder.append_data(&mut dir, path.rsplit_once('/').map_or("", |(d, _)| d), std::io::empty())?;
-    let mut file = tar::Header::new_gnu();
-    file.set_mode(0o644);
-    file.set_size(event.len() as u64);
-    file.set_cksum();
-    builder.append_data(&mut file, path, event)?;
+    let output = OUTPUT_PATH.trim_start_matches('/');
+    builder.append_data(&mut dir, output.rsplit_once('/').map_or("", |(d, _)| d), std::io::empty())?;
+    let mut file = |mode: u32, path: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(mode);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append_data(&mut header, path, data)
+    };
+    file(0o666, output, &[])?;
+    if let Some(event) = event {
+        file(0o644, EVENT_PATH.trim_start_matches('/'), event)?;
+    }
     builder.into_inner()
 }
 

@@ -14,6 +14,7 @@ use chrono::Utc;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use xene_model::outputs::{input_variable, parse_outputs, MAX_OUTPUT_BYTES, OUTPUT_VARIABLE};
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
 use xene_model::{
     EnvValue, Executor, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, When, Workflow, PULL_SECRET_KEYS,
@@ -274,6 +275,7 @@ impl Runner {
                     attempt: 0,
                     execution: String::new(),
                     steps,
+                    outputs: BTreeMap::new(),
                 },
             );
         }
@@ -285,6 +287,16 @@ impl Runner {
                 epoch,
                 ErrorReason::InfrastructureError,
                 &format!("creating the workspace {}: {e}", workspace.display()),
+            );
+        }
+        // The process executor's outputs files beside the workspace too, one per task.
+        let outputs_dir = self.work_dir.join(format!("{id}.outputs"));
+        if let Err(e) = std::fs::create_dir_all(&outputs_dir) {
+            return self.fail(
+                run,
+                epoch,
+                ErrorReason::InfrastructureError,
+                &format!("creating the outputs directory {}: {e}", outputs_dir.display()),
             );
         }
         // The webhook payload beside the workspace, not in it: a step may clone into an empty
@@ -377,6 +389,7 @@ impl Runner {
                     pipeline: Arc::clone(&pipeline),
                     task: task.clone(),
                     workspace: workspace.clone(),
+                    outputs_file: outputs_dir.join(&task),
                     outbox: self.outbox.clone(),
                     changed: Arc::clone(&reporter.changed),
                     epoch,
@@ -429,6 +442,7 @@ impl Runner {
         run.status.phase = RunPhase::ShuttingDown;
         report(&self.outbox, epoch, &run);
         let _ = tokio::fs::remove_dir_all(&workspace).await;
+        let _ = tokio::fs::remove_dir_all(&outputs_dir).await;
         if event.is_some() {
             let _ = tokio::fs::remove_file(&event_file).await;
         }
@@ -652,6 +666,8 @@ struct TaskContext {
     pipeline: Arc<Pipeline>,
     task: String,
     workspace: PathBuf,
+    /// Where the process executor's steps write their outputs (`$XENE_OUTPUT`).
+    outputs_file: PathBuf,
     outbox: Outbox,
     /// Tells the run's [`StatusReporter`] that the status changed.
     changed: Arc<tokio::sync::Notify>,
@@ -712,6 +728,7 @@ impl TaskContext {
             s.reason = None;
             s.attempt = attempt;
             s.execution = execution.clone();
+            s.outputs.clear();
             for step in &mut s.steps {
                 *step = not_executed(&step.name);
             }
@@ -823,6 +840,33 @@ impl TaskContext {
         Some(reason)
     }
 
+    /// The task's outputs so far (what its steps wrote to `$XENE_OUTPUT`), with secret values
+    /// masked as in logs; or why they cannot be read: `Failed` for a malformed or oversized
+    /// file (the step's doing), `InfrastructureError` when the engine cannot hand it over.
+    async fn read_outputs(
+        &self,
+        container: Option<&(DockerExecutor, TaskContainer)>,
+        shipper: &LogShipper<'_>,
+    ) -> Result<BTreeMap<String, String>, (ErrorReason, String)> {
+        let text = match container {
+            Some((docker, container)) => docker
+                .read_output(container, MAX_OUTPUT_BYTES)
+                .await
+                .map_err(|e| (ErrorReason::InfrastructureError, e.to_string()))?,
+            None => match std::fs::read(&self.outputs_file) {
+                Ok(text) => text,
+                // The step removed it: it wrote nothing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    let message = format!("reading the outputs file {}: {e}", self.outputs_file.display());
+                    return Err((ErrorReason::InfrastructureError, message));
+                }
+            },
+        };
+        let outputs = parse_outputs(&text).map_err(|e| (ErrorReason::Failed, e.to_string()))?;
+        Ok(outputs.into_iter().map(|(key, value)| (key, shipper.mask(&value).into_owned())).collect())
+    }
+
     /// The steps of one attempt, in order, in a container or as processes.
     async fn steps(
         &self,
@@ -841,6 +885,25 @@ impl TaskContext {
         }
         // What the steps leave in the background is stopped when this returns.
         let mut groups = self.step_records.task();
+        // The outputs of the tasks it depends on, as they ended (DESIGN §10).
+        let inputs: Vec<(String, String)> = task
+            .dependencies
+            .iter()
+            .filter_map(|dependency| run.status.tasks.get(dependency).map(|status| (dependency, status)))
+            .flat_map(|(dependency, status)| {
+                status.outputs.iter().map(move |(key, value)| (input_variable(dependency, key), value.clone()))
+            })
+            .collect();
+        let output_path = match container {
+            Some(_) => crate::docker::OUTPUT_PATH.to_string(),
+            None => {
+                if let Err(e) = std::fs::write(&self.outputs_file, b"") {
+                    let message = format!("creating the outputs file {}: {e}", self.outputs_file.display());
+                    return self.infrastructure_error(task, run, execution, message);
+                }
+                self.outputs_file.display().to_string()
+            }
+        };
         for (index, step) in task.steps.iter().enumerate() {
             let mut env = BTreeMap::new();
             for (key, value) in run.spec.parameters.iter() {
@@ -874,6 +937,8 @@ impl TaskContext {
                     }
                 }
             }
+            env.extend(inputs.iter().cloned());
+            env.insert(OUTPUT_VARIABLE.into(), output_path.clone());
             env.insert("XENE_WORKFLOW".into(), run.spec.workflow.clone());
             env.insert("XENE_PIPELINE".into(), run.spec.pipeline.clone());
             env.insert("XENE_RUN_ID".into(), run.metadata.name.clone());
@@ -921,9 +986,27 @@ impl TaskContext {
             };
             // The step ended when its process did; shipping the kept tail comes after.
             let finished = Utc::now();
+            // What it wrote to $XENE_OUTPUT counts even if it failed (for tasks that run
+            // `on_failure`); a file that cannot be read fails a step that succeeded.
+            let outputs_problem = match end {
+                StepEnd::NotStarted => None,
+                _ => match self.read_outputs(container, &shipper).await {
+                    Ok(outputs) => {
+                        self.update(|s| s.outputs = outputs);
+                        None
+                    }
+                    Err((reason, message)) => {
+                        shipper.note(&message);
+                        Some(reason)
+                    }
+                },
+            };
             shipper.finish();
             let (status, code, reason) = match end {
-                StepEnd::Exited(0) => (StepStatus::Success, Some(0), None),
+                StepEnd::Exited(0) => match outputs_problem {
+                    None => (StepStatus::Success, Some(0), None),
+                    Some(reason) => (StepStatus::Error, Some(0), Some(reason)),
+                },
                 StepEnd::Exited(code) => (StepStatus::Error, Some(code), Some(ErrorReason::Failed)),
                 StepEnd::TimedOut => (StepStatus::Error, None, Some(ErrorReason::TimedOut)),
                 StepEnd::Cancelled => (StepStatus::Error, None, Some(ErrorReason::Cancelled)),
@@ -1039,6 +1122,11 @@ impl<'a> LogShipper<'a> {
         }
     }
 
+    /// `text` with the secret values in it replaced by `***`, as lines are shipped.
+    fn mask<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        mask_secrets(&self.masks, text)
+    }
+
     /// Ships the kept tail after a marker, at the end of the step.
     fn finish(&mut self) {
         let (dropped, kept) = self.tail.counts();
@@ -1056,12 +1144,7 @@ impl<'a> LogShipper<'a> {
             self.first_seq = self.next_seq;
             self.pending_since = Some(tokio::time::Instant::now());
         }
-        let mut text = Cow::Borrowed(text);
-        for mask in &self.masks {
-            if text.contains(mask.as_str()) {
-                text = Cow::Owned(text.replace(mask.as_str(), "***"));
-            }
-        }
+        let text = mask_secrets(&self.masks, text);
         self.pending.push(self.next_seq, ts_ms, stream, &text);
         self.next_seq += 1;
         if self.pending.lines() >= Self::BATCH_LINES || self.pending.json_bytes() >= Self::BATCH_BYTES {
@@ -1128,6 +1211,17 @@ impl StepOutput for LogShipper<'_> {
 /// The strings to mask: every line of every secret value (lines are what the shipper sees, so
 /// a value written in several pieces is still masked once its line is complete). Very short
 /// pieces are left alone: masking every `a` would make logs unreadable and reveal nothing.
+/// `text` with every one of `masks` in it replaced by `***`.
+fn mask_secrets<'t>(masks: &[String], text: &'t str) -> Cow<'t, str> {
+    let mut text = Cow::Borrowed(text);
+    for mask in masks {
+        if text.contains(mask.as_str()) {
+            text = Cow::Owned(text.replace(mask.as_str(), "***"));
+        }
+    }
+    text
+}
+
 fn masks(secrets: &BTreeMap<String, String>) -> Vec<String> {
     let mut masks: Vec<String> = secrets
         .values()
@@ -1361,8 +1455,14 @@ mod tests {
         let mut run = RunObject::pending("r", Default::default());
         let mut steps = vec![not_executed("one"), not_executed("two")];
         steps[0].status = StepStatus::Running;
-        let status =
-            TaskRunStatus { status: StepStatus::Running, reason: None, attempt: 0, execution: "e1".into(), steps };
+        let status = TaskRunStatus {
+            status: StepStatus::Running,
+            reason: None,
+            attempt: 0,
+            execution: "e1".into(),
+            steps,
+            outputs: BTreeMap::new(),
+        };
         run.status.tasks.insert("build".into(), status.clone());
         run.status.tasks.insert("lint".into(), status);
         let run = Mutex::new(run);

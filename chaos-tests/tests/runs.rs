@@ -113,11 +113,26 @@ spec:
         use:
           env: {TOKEN: {secretRef: api-token}}
           steps:
-            - {name: check, run: '[ "$TOKEN" = "s3cret-value" ] && echo "token is $TOKEN"'}
+            - {name: check, run: '[ "$TOKEN" = "s3cret-value" ] && echo "token is $TOKEN" && echo "leak=$TOKEN!" >> "$XENE_OUTPUT"'}
         missing:
           dependencies: [use]
           steps:
             - {name: nope, run: 'true', env: {X: {secretRef: not-there}}}
+    outputs:
+      executor: {type: container, image: "xene/busybox:latest"}
+      tasks:
+        produce:
+          steps:
+            - {name: first, run: 'echo "coverage=87" >> "$XENE_OUTPUT"; echo "note=a=b c" >> "$XENE_OUTPUT"'}
+            - {name: second, run: 'echo "report=out.html" >> "$XENE_OUTPUT"; echo "coverage=91" >> "$XENE_OUTPUT"'}
+        consume:
+          dependencies: [produce]
+          steps:
+            - {name: read, run: 'echo "got $XENE_INPUT_PRODUCE_COVERAGE $XENE_INPUT_PRODUCE_REPORT [$XENE_INPUT_PRODUCE_NOTE]"'}
+        malformed:
+          steps:
+            - {name: write, run: 'echo "no pair here" >> "$XENE_OUTPUT"'}
+            - {name: never, run: 'true'}
     long:
       executor: {type: container, image: "xene/busybox:latest"}
       tasks:
@@ -150,7 +165,7 @@ async fn setup_with(executor: &str) -> (TestCluster, AgentProc) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let table = String::from_utf8_lossy(&cluster.xenectl(&["get", "pipelines"]).stdout).into_owned();
-        if table.lines().skip(1).filter(|l| l.contains("Scheduled") && !l.contains("NotScheduled")).count() == 9 {
+        if table.lines().skip(1).filter(|l| l.contains("Scheduled") && !l.contains("NotScheduled")).count() == 10 {
             break;
         }
         assert!(Instant::now() < deadline, "pipelines not placed: {table}\n{}\n{}", cluster.logs(), agent.log_tail(20));
@@ -517,6 +532,30 @@ async fn executor_behaviour(executor: &str) {
     assert_eq!(run.status.tasks["celebrate"].status, StepStatus::NotExecuted, "on_failure after a success: {run:#?}");
     assert_eq!(run.status.message.as_deref(), Some("failed tasks: first"), "a failure handled stays a failure");
 
+    // Outputs (DESIGN §10): KEY=VALUE lines in $XENE_OUTPUT, the last value of a key wins,
+    // kept in the task's status and read by the tasks after it as XENE_INPUT_<TASK>_<KEY>; a
+    // malformed line fails the step that wrote it, saying which line and how to write one.
+    let outputs = start(&cluster, "outputs", &[]).await;
+    let run = wait_run(&cluster, &agent, &outputs, |r| r.status.phase.is_terminal()).await;
+    let produced: Vec<(&str, &str)> =
+        run.status.tasks["produce"].outputs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(produced, vec![("coverage", "91"), ("note", "a=b c"), ("report", "out.html")], "{run:#?}");
+    assert_eq!(run.status.tasks["consume"].status, StepStatus::Success, "{run:#?}");
+    let malformed = &run.status.tasks["malformed"];
+    assert_eq!(
+        (malformed.status, malformed.steps[0].reason, malformed.steps[0].exit_code, malformed.steps[1].status),
+        (StepStatus::Error, Some(ErrorReason::Failed), Some(0), StepStatus::NotExecuted),
+        "{run:#?}"
+    );
+    assert_eq!(run.status.phase, RunPhase::Error, "{run:#?}");
+    let texts: Vec<String> =
+        logs(&cluster, &outputs).await.into_iter().map(|l| format!("{}/{} {}", l.task, l.step, l.text)).collect();
+    assert!(texts.contains(&"consume/read got 91 out.html [a=b c]".to_string()), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.starts_with("malformed/write $XENE_OUTPUT line 1: \"no pair here\" has no '='")),
+        "{texts:?}"
+    );
+
     // Fails twice, passes on the third attempt.
     let flaky = start(&cluster, "flaky", &[]).await;
     let run = wait_run(&cluster, &agent, &flaky, |r| r.status.phase.is_terminal()).await;
@@ -837,6 +876,8 @@ async fn secrets_reach_steps_masked_and_never_come_back() {
     let id = start(&cluster, "secretive", &[]).await;
     let run = wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
     assert_eq!(run.status.tasks["use"].status, StepStatus::Success, "the step saw the secret's value: {run:#?}");
+    let leak = run.status.tasks["use"].outputs.get("leak").map(String::as_str);
+    assert_eq!(leak, Some("***!"), "masked in the outputs: {run:#?}");
     assert_eq!(run.status.tasks["missing"].steps[0].reason, Some(ErrorReason::InfrastructureError));
     let lines = logs(&cluster, &id).await;
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();

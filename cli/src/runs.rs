@@ -94,8 +94,20 @@ fn tree(run: &RunObject) -> String {
             };
             out.push_str(&format!("\n    {}: {}{code}{reason}", step.name, step.status.as_str()));
         }
+        if !task.outputs.is_empty() {
+            let shown: Vec<String> = task.outputs.iter().map(|(key, value)| format!("{key}={}", clip(value))).collect();
+            out.push_str(&format!("\n    outputs: {}", shown.join(" ")));
+        }
     }
     out
+}
+
+/// `value` (one line: outputs are lines) cut to 60 characters, for the tree.
+fn clip(value: &str) -> String {
+    match value.char_indices().nth(60) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_string(),
+    }
 }
 
 /// `xenectl runs [WORKFLOW[/PIPELINE]] [--phase P]`.

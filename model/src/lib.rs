@@ -41,6 +41,8 @@
 //! - [`CronSchedule`] (`cron.rs`): cron expressions and IANA time zones, as the
 //!   cron trigger evaluates them.
 //! - [`status`]: the phase and status names of §9.1.
+//! - [`outputs`]: task outputs, `KEY=VALUE` lines in `$XENE_OUTPUT`, and the
+//!   `XENE_INPUT_<TASK>_<KEY>` variables they become (§10).
 //! - [`address`]: server addresses (`HOST:PORT`, `https://HOST:PORT`) and the checks
 //!   of PEM text from `--tls-*` files (§11.2).
 //!
@@ -61,6 +63,7 @@
 pub mod address;
 pub mod limits;
 pub mod names;
+pub mod outputs;
 pub mod status;
 
 mod concurrency;

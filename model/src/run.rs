@@ -85,6 +85,10 @@ pub struct TaskRunStatus {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub execution: String,
     pub steps: Vec<StepRunStatus>,
+    /// What the attempt's steps wrote to `$XENE_OUTPUT` (DESIGN §10), secret values masked;
+    /// the tasks after it read them as `XENE_INPUT_<TASK>_<KEY>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
 }
 
 /// One step's outcome.
