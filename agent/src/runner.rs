@@ -534,7 +534,8 @@ fn decide(when: Option<&When>, dependency_failed: bool) -> Decision {
     match (when.unwrap_or(&When::OnSuccess), dependency_failed) {
         (When::Always, _) | (When::OnFailure, true) => Decision::Run,
         (When::OnFailure, false) => Decision::SkipUnmet,
-        // Validation refuses expressions (tasks have no outputs yet); read one as the default.
+        // An expression needs success too; the task's worker then evaluates it over the
+        // dependencies' outputs (`TaskContext::condition_holds`).
         (When::OnSuccess | When::Expression(_), false) => Decision::Run,
         (When::OnSuccess | When::Expression(_), true) => Decision::SkipAfterFailure,
     }
@@ -693,9 +694,26 @@ impl TaskContext {
         self.changed.notify_one();
     }
 
-    /// Runs the task's steps, retrying the whole task by its policy. Returns whether it succeeded.
+    /// Runs the task's steps, retrying the whole task by its policy. Returns whether it
+    /// succeeded, or was skipped because its condition does not hold (as a success for the
+    /// tasks after it).
     async fn run_task(&self) -> bool {
         let Some(task) = self.pipeline.tasks.get(&self.task) else { return false };
+        match self.condition_holds(task) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(task = %self.task, "the task's condition does not hold; skipped");
+                return true;
+            }
+            Err(message) => {
+                // Told in the first step's log, under an execution of its own.
+                let execution = new_execution_id();
+                self.update(|s| s.execution = execution.clone());
+                let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                self.not_started(task, &run, &execution, ErrorReason::Failed, message);
+                return false;
+            }
+        }
         let retries = task.retries.clone().or_else(|| self.pipeline.retries.clone());
         let limit = retries.as_ref().map_or(0, |r| r.limit);
         let mut attempt = 0u32;
@@ -715,6 +733,14 @@ impl TaskContext {
                 Some(_) => return false,
             }
         }
+    }
+
+    /// Whether the task's `when` expression holds over its dependencies' outputs (DESIGN
+    /// §10); `true` for the keywords, which the runner decided on already.
+    fn condition_holds(&self, task: &xene_model::Task) -> Result<bool, String> {
+        let Some(when @ When::Expression(_)) = &task.when else { return Ok(true) };
+        let run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+        when.evaluate(|dependency, key| run.status.tasks.get(dependency).and_then(|s| s.outputs.get(key)).cloned())
     }
 
     /// One attempt: `None` on success, else why it failed.

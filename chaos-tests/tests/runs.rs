@@ -133,6 +133,25 @@ spec:
           steps:
             - {name: write, run: 'echo "no pair here" >> "$XENE_OUTPUT"'}
             - {name: never, run: 'true'}
+        gate-open:
+          dependencies: [produce]
+          when: "{{ tasks.produce.outputs.coverage }} > 90 && {{ tasks.produce.outputs.report }} == 'out.html'"
+          steps:
+            - {name: go, run: 'echo "gate open at $XENE_INPUT_PRODUCE_COVERAGE"'}
+        gate-shut:
+          dependencies: [produce]
+          when: "{{ tasks.produce.outputs.coverage }} > 95"
+          steps:
+            - {name: go, run: 'echo never'}
+        after-shut:
+          dependencies: [gate-shut]
+          steps:
+            - {name: go, run: 'true'}
+        gate-broken:
+          dependencies: [produce]
+          when: "{{ tasks.produce.outputs.report }} > 1"
+          steps:
+            - {name: go, run: 'echo never'}
     long:
       executor: {type: container, image: "xene/busybox:latest"}
       tasks:
@@ -547,10 +566,22 @@ async fn executor_behaviour(executor: &str) {
         (StepStatus::Error, Some(ErrorReason::Failed), Some(0), StepStatus::NotExecuted),
         "{run:#?}"
     );
+    // `when` over outputs (CEL): holds, runs; does not hold, skipped as a success for the
+    // task after it; cannot be evaluated, fails with the reason in its log.
+    let status = |task: &str| (run.status.tasks[task].status, run.status.tasks[task].reason);
+    assert_eq!(status("gate-open"), (StepStatus::Success, None), "{run:#?}");
+    assert_eq!(status("gate-shut"), (StepStatus::NotExecuted, None), "{run:#?}");
+    assert_eq!(status("after-shut"), (StepStatus::Success, None), "{run:#?}");
+    assert_eq!(status("gate-broken"), (StepStatus::Error, Some(ErrorReason::Failed)), "{run:#?}");
     assert_eq!(run.status.phase, RunPhase::Error, "{run:#?}");
     let texts: Vec<String> =
         logs(&cluster, &outputs).await.into_iter().map(|l| format!("{}/{} {}", l.task, l.step, l.text)).collect();
     assert!(texts.contains(&"consume/read got 91 out.html [a=b c]".to_string()), "{texts:?}");
+    assert!(texts.contains(&"gate-open/go gate open at 91".to_string()), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.starts_with("gate-broken/go the condition") && t.contains("cannot be evaluated")),
+        "{texts:?}"
+    );
     assert!(
         texts.iter().any(|t| t.starts_with("malformed/write $XENE_OUTPUT line 1: \"no pair here\" has no '='")),
         "{texts:?}"

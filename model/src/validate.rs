@@ -230,14 +230,8 @@ impl Validator {
             };
             self.push(path.clone(), ProblemKind::InvalidValue, message);
         }
-        if let When::Expression(_) = when {
-            // Accepting it would run the task as if it said on_success.
-            self.push(
-                path,
-                ProblemKind::Unsupported,
-                "conditions over task outputs are not supported yet (tasks have no outputs); \
-                 use on_success, on_failure or always",
-            );
+        if let Err(message) = when.check_syntax() {
+            self.push(path, ProblemKind::InvalidValue, message);
         }
     }
 

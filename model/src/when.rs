@@ -49,6 +49,13 @@ pub(crate) struct OutputRef<'a> {
     pub(crate) text: &'a str,
     /// The task named, or `None` if the reference is not of that form.
     pub(crate) task: Option<&'a str>,
+    /// The output key named, when `task` is `Some`.
+    pub(crate) key: Option<&'a str>,
+}
+
+/// The variable of the `index`th distinct reference in an expression turned into CEL.
+fn variable(index: usize) -> String {
+    format!("xene_output_{index}")
 }
 
 impl When {
@@ -73,25 +80,104 @@ impl When {
         while let Some(start) = rest.find("{{") {
             let after = &rest[start..];
             let Some(end) = after.find("}}") else {
-                refs.push(OutputRef { text: after, task: None });
+                refs.push(OutputRef { text: after, task: None, key: None });
                 break;
             };
             let text = &after[..end + 2];
             let parts: Vec<&str> = text[2..text.len() - 2].trim().split('.').collect();
-            let task = match parts.as_slice() {
+            let (task, key) = match parts.as_slice() {
                 ["tasks", task, "outputs", key]
                     if !task.is_empty()
                         && !key.is_empty()
                         && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
                 {
-                    Some(*task)
+                    (Some(*task), Some(*key))
                 }
-                _ => None,
+                _ => (None, None),
             };
-            refs.push(OutputRef { text, task });
+            refs.push(OutputRef { text, task, key });
             rest = &after[end + 2..];
         }
         refs
+    }
+
+    /// An expression as CEL (the Common Expression Language, as Kubernetes and Argo use it):
+    /// each distinct `{{ tasks.TASK.outputs.KEY }}` becomes a variable, returned with the
+    /// task and key it stands for. `None` for a keyword, or when a reference is malformed
+    /// (validation says so).
+    fn as_cel(&self) -> Option<(String, Vec<(&str, &str)>)> {
+        let Self::Expression(expression) = self else { return None };
+        let mut cel = String::new();
+        let mut bound: Vec<(&str, &str)> = Vec::new();
+        let mut rest = expression.as_str();
+        for reference in self.references() {
+            let (Some(task), Some(key)) = (reference.task, reference.key) else { return None };
+            // References come in order and do not overlap: this one is the first in `rest`.
+            let at = rest.find(reference.text)?;
+            cel.push_str(&rest[..at]);
+            let index = match bound.iter().position(|b| *b == (task, key)) {
+                Some(index) => index,
+                None => {
+                    bound.push((task, key));
+                    bound.len() - 1
+                }
+            };
+            cel.push_str(&variable(index));
+            rest = &rest[at + reference.text.len()..];
+        }
+        cel.push_str(rest);
+        Some((cel, bound))
+    }
+
+    /// Whether an expression can be read (validation): `Err` says why not. Keywords, and
+    /// expressions with malformed references (reported on their own), pass.
+    pub(crate) fn check_syntax(&self) -> Result<(), String> {
+        let Some((cel, _)) = self.as_cel() else { return Ok(()) };
+        cel::Program::compile(&cel).map(|_| ()).map_err(|e| self.unreadable(&e))
+    }
+
+    /// Why the expression is not CEL, in its own words: the parser's message without the
+    /// position and the excerpt, which are of the expression with its references replaced.
+    fn unreadable(&self, error: &cel::ParseErrors) -> String {
+        let text = error.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let why = first.rsplit_once(": ").map_or(first, |(_, why)| why);
+        format!("the condition {:?} cannot be read as CEL: {why}", self.as_str())
+    }
+
+    /// Evaluates an expression with the outputs `output(task, key)` gives; an output never
+    /// written reads as the empty string, as in GitHub Actions. A value that reads as an
+    /// integer, a number or `true`/`false` is one; any other is a string. `Err` says why the
+    /// expression has no true-or-false value; keywords have none to give either.
+    pub fn evaluate(&self, output: impl Fn(&str, &str) -> Option<String>) -> Result<bool, String> {
+        let Some((cel, bound)) = self.as_cel() else {
+            return Err(format!("{:?} is not an expression over task outputs", self.as_str()));
+        };
+        let program = cel::Program::compile(&cel).map_err(|e| self.unreadable(&e))?;
+        let mut context = cel::Context::default();
+        for (index, (task, key)) in bound.iter().enumerate() {
+            context.add_variable_from_value(variable(index), typed(&output(task, key).unwrap_or_default()));
+        }
+        match program.execute(&context) {
+            Ok(cel::Value::Bool(value)) => Ok(value),
+            Ok(other) => Err(format!("the condition {:?} gives {other:?}, not true or false", self.as_str())),
+            Err(e) => Err(format!("the condition {:?} cannot be evaluated: {e}", self.as_str())),
+        }
+    }
+}
+
+/// An output's text as a CEL value: an integer, a finite number, a boolean, or a string.
+fn typed(text: &str) -> cel::Value {
+    if let Ok(int) = text.parse::<i64>() {
+        return cel::Value::Int(int);
+    }
+    match text.parse::<f64>() {
+        Ok(float) if float.is_finite() && text.bytes().any(|b| b.is_ascii_digit()) => cel::Value::Float(float),
+        _ => match text {
+            "true" => cel::Value::Bool(true),
+            "false" => cel::Value::Bool(false),
+            _ => cel::Value::String(std::sync::Arc::new(text.to_string())),
+        },
     }
 }
 
@@ -154,5 +240,53 @@ mod tests {
         assert_eq!(refs.len(), 2);
         assert_eq!((refs[0].text, refs[0].task), ("{{ foo }}", None));
         assert_eq!(refs[1].task, None);
+    }
+
+    fn when(text: &str) -> When {
+        text.parse().expect("a condition")
+    }
+
+    #[test]
+    fn expressions_evaluate_over_outputs_typed_as_they_read() {
+        let outputs = |task: &str, key: &str| match (task, key) {
+            ("test", "coverage") => Some("87".to_string()),
+            ("test", "ratio") => Some("0.75".to_string()),
+            ("build", "branch") => Some("main".to_string()),
+            ("build", "green") => Some("true".to_string()),
+            ("unit-test", "passed") => Some("12".to_string()),
+            _ => None,
+        };
+        for (text, want) in [
+            ("{{ tasks.test.outputs.coverage }} > 80", true),
+            ("{{ tasks.test.outputs.coverage }} > 90", false),
+            ("{{tasks.test.outputs.coverage}} >= 87 && {{ tasks.test.outputs.coverage }} < 88", true),
+            ("{{ tasks.test.outputs.ratio }} > 0.5", true),
+            ("{{ tasks.build.outputs.branch }} == 'main'", true),
+            ("{{ tasks.build.outputs.branch }} == \"release\"", false),
+            ("{{ tasks.build.outputs.green }}", true),
+            ("!{{ tasks.build.outputs.green }} || {{ tasks.unit-test.outputs.passed }} == 12", true),
+            ("{{ tasks.build.outputs.missing }} == ''", true),
+        ] {
+            assert_eq!(when(text).evaluate(outputs), Ok(want), "{text}");
+        }
+        for (text, why) in [
+            ("{{ tasks.build.outputs.branch }} > 80", "cannot be evaluated"),
+            ("{{ tasks.test.outputs.coverage }} + 1", "gives Int(88), not true or false"),
+            ("{{ tasks.test.outputs.coverage }} >", "cannot be read"),
+        ] {
+            let message = when(text).evaluate(outputs).expect_err(text);
+            assert!(message.contains(why) && message.contains(text), "{text}: {message}");
+        }
+        assert!(When::Always.evaluate(outputs).is_err(), "a keyword is no expression");
+    }
+
+    #[test]
+    fn syntax_is_checked_before_anything_runs() {
+        assert_eq!(when("{{ tasks.a.outputs.x }} > 1 && {{ tasks.a.outputs.x }} < 5").check_syntax(), Ok(()));
+        let message = when("{{ tasks.a.outputs.x }} >> 1").check_syntax().expect_err("not CEL");
+        assert!(message.contains("\"{{ tasks.a.outputs.x }} >> 1\" cannot be read as CEL"), "{message}");
+        assert!(!message.contains("xene_output"), "the user's words, not the rewritten ones: {message}");
+        assert_eq!(when("{{ nonsense }} >> 1").check_syntax(), Ok(()), "malformed references are reported elsewhere");
+        assert_eq!(When::OnFailure.check_syntax(), Ok(()));
     }
 }

@@ -497,16 +497,16 @@ fn when_conditions() {
               a: {dependencies: [test], when: on_sucess, steps: [{name: s, run: x}]}, \
               b: {dependencies: [test], when: '{{ tasks.tset.outputs.coverage }} > 80', steps: [{name: s, run: x}]}, \
               c: {dependencies: [test], when: '{{ tasks.lint.outputs.ok }} == 1', steps: [{name: s, run: x}]}, \
-              d: {dependencies: [test], when: '{{ coverage }} > 80', steps: [{name: s, run: x}]}}",
+              d: {dependencies: [test], when: '{{ coverage }} > 80', steps: [{name: s, run: x}]}, \
+              e: {dependencies: [test], when: '{{ tasks.test.outputs.coverage }} >> 80', steps: [{name: s, run: x}]}, \
+              f: {dependencies: [test], when: '{{ tasks.test.outputs.coverage }} > 80 || {{ tasks.test.outputs.ok }}', steps: [{name: s, run: x}]}}",
         ),
         expect![[r#"
             spec.pipelines.build.tasks.a.when: unknown condition "on_sucess"; did you mean "on_success"?
             spec.pipelines.build.tasks.b.when: unknown task "tset" in "{{ tasks.tset.outputs.coverage }}"; did you mean "test"?
-            spec.pipelines.build.tasks.b.when: conditions over task outputs are not supported yet (tasks have no outputs); use on_success, on_failure or always
             spec.pipelines.build.tasks.c.when: task "c" reads the outputs of "lint", which is not among its dependencies; add it to dependencies
-            spec.pipelines.build.tasks.c.when: conditions over task outputs are not supported yet (tasks have no outputs); use on_success, on_failure or always
             spec.pipelines.build.tasks.d.when: cannot read "{{ coverage }}"; write {{ tasks.TASK.outputs.KEY }}
-            spec.pipelines.build.tasks.d.when: conditions over task outputs are not supported yet (tasks have no outputs); use on_success, on_failure or always"#]],
+            spec.pipelines.build.tasks.e.when: the condition "{{ tasks.test.outputs.coverage }} >> 80" cannot be read as CEL: extraneous input '>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}"#]],
     );
     // The keywords validate.
     let keywords = with_tasks(
