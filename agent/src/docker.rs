@@ -329,31 +329,34 @@ impl DockerExecutor {
             .map_err(|e| self.error(format!("copying /xene into container {}", container.name), e))
     }
 
-    /// The outputs file of the task's container ([`OUTPUT_PATH`]), read through the engine;
-    /// `limit` bytes at most (more is an error that the caller reports as too large).
-    pub async fn read_output(&self, container: &TaskContainer, limit: usize) -> Result<Vec<u8>> {
+    /// The outputs file of the task's container ([`OUTPUT_PATH`]), read through the engine:
+    /// at most `limit + 1` bytes of it (more is seen as too much), empty when a step removed
+    /// it. The inner `Err` is the step's doing (it put something other than a file there);
+    /// the outer one the engine's.
+    pub async fn read_output(
+        &self,
+        container: &TaskContainer,
+        limit: usize,
+    ) -> Result<std::result::Result<Vec<u8>, String>> {
         let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path(OUTPUT_PATH).build();
         let mut stream = self.docker.download_from_container(&container.id, Some(options));
         // A tar archive of one file: its header and padding beside at most `limit` bytes.
         let mut archive = Vec::new();
         while let Some(part) = stream.next().await {
-            let part =
-                part.map_err(|e| self.error(format!("reading {OUTPUT_PATH} of container {}", container.name), e))?;
-            archive.extend_from_slice(&part);
+            match part {
+                Ok(part) => archive.extend_from_slice(&part),
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                    return Ok(Ok(Vec::new()));
+                }
+                Err(e) => return Err(self.error(format!("reading {OUTPUT_PATH} of container {}", container.name), e)),
+            }
             if archive.len() > limit + 64 * 1024 {
                 break;
             }
         }
-        let mut entries = tar::Archive::new(archive.as_slice());
-        let unpack = |e: std::io::Error| {
+        output_from_archive(&archive, limit).map_err(|e| {
             ExecError::Infrastructure(format!("unpacking {OUTPUT_PATH} of container {}: {e}", container.name))
-        };
-        let mut entries = entries.entries().map_err(unpack)?;
-        let Some(entry) = entries.next() else { return Ok(Vec::new()) };
-        let entry = entry.map_err(unpack)?;
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(entry, limit as u64 + 1), &mut text).map_err(unpack)?;
-        Ok(text)
+        })
     }
 
     /// Runs one step in the task's container, sending every line of its output to `sink`
@@ -711,6 +714,24 @@ impl DockerExecutor {
     }
 }
 
+/// The outputs file from the engine's tar archive of [`OUTPUT_PATH`] (at most `limit + 1`
+/// bytes); the inner `Err` when a step put a directory, a link or another non-file there.
+fn output_from_archive(archive: &[u8], limit: usize) -> std::io::Result<std::result::Result<Vec<u8>, String>> {
+    let mut archive = tar::Archive::new(archive);
+    let mut entries = archive.entries()?;
+    let Some(entry) = entries.next() else { return Ok(Ok(Vec::new())) };
+    let entry = entry?;
+    let kind = entry.header().entry_type();
+    if !kind.is_file() {
+        return Ok(Err(format!(
+            "$XENE_OUTPUT ({OUTPUT_PATH}): a step replaced it with something other than a file ({kind:?}); append to the file instead"
+        )));
+    }
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(entry, limit as u64 + 1), &mut text)?;
+    Ok(Ok(text))
+}
+
 /// A tar archive of `/xene` for the engine to unpack at `/`: the empty outputs file
 /// ([`OUTPUT_PATH`], writable by any user, since an image may run its steps as one) and the
 /// webhook payload ([`EVENT_PATH`]) when there is one.
@@ -799,6 +820,39 @@ mod tests {
         assert_eq!(registry_of("localhost/a"), Some("localhost".into()));
         assert_eq!(registry_of("[::1]:5000/a"), Some("[::1]:5000".into()));
         assert_eq!(registry_of("Registry/a"), Some("Registry".into()));
+    }
+
+    fn archive(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(0o644);
+            header.set_size(data.len() as u64);
+            if *kind == tar::EntryType::Symlink {
+                header.set_link_name("/etc/passwd").expect("link name");
+            }
+            header.set_cksum();
+            builder.append_data(&mut header, path, *data).expect("append");
+        }
+        builder.into_inner().expect("archive")
+    }
+
+    #[test]
+    fn the_outputs_file_is_read_from_the_engines_archive_and_only_a_file_counts() {
+        let file = archive(&[("output", tar::EntryType::Regular, b"a=1\n")]);
+        assert_eq!(output_from_archive(&file, 64).expect("archive"), Ok(b"a=1\n".to_vec()));
+        let large = archive(&[("output", tar::EntryType::Regular, &[b'x'; 100])]);
+        assert_eq!(output_from_archive(&large, 10).expect("archive").map(|t| t.len()), Ok(11), "limit + 1 bytes");
+        assert_eq!(output_from_archive(&archive(&[]), 64).expect("archive"), Ok(Vec::new()));
+        for kind in [tar::EntryType::Directory, tar::EntryType::Symlink] {
+            let message =
+                output_from_archive(&archive(&[("output", kind, b"")]), 64).expect("archive").expect_err("not a file");
+            assert!(
+                message.contains("something other than a file") && message.contains("append to the file"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@ use chrono::Utc;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use xene_model::outputs::{input_variable, parse_outputs, MAX_OUTPUT_BYTES, OUTPUT_VARIABLE};
+use xene_model::outputs::{
+    input_variable, outputs_bytes, parse_outputs, OutputError, MAX_OUTPUT_BYTES, MAX_RUN_OUTPUT_BYTES, OUTPUT_VARIABLE,
+};
 use xene_model::status::{ErrorReason, RunPhase, StepStatus};
 use xene_model::{
     EnvValue, Executor, Pipeline, RunObject, StepRunStatus, TaskGraph, TaskRunStatus, When, Workflow, PULL_SECRET_KEYS,
@@ -702,7 +704,18 @@ impl TaskContext {
         match self.condition_holds(task) {
             Ok(true) => {}
             Ok(false) => {
-                tracing::info!(task = %self.task, "the task's condition does not hold; skipped");
+                // Told in the first step's log (under an execution of its own), the task left
+                // NotExecuted.
+                let execution = new_execution_id();
+                self.update(|s| s.execution = execution.clone());
+                let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let first = task.steps.first().map_or("", |s| s.name.as_str());
+                let target =
+                    ChunkTarget { run: &run.metadata.name, task: &self.task, execution: &execution, step: first };
+                let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets, self.log_cap);
+                let when = task.when.as_ref().map_or("", When::as_str);
+                shipper.note(&format!("skipped: the condition {when:?} does not hold"));
+                shipper.finish();
                 return true;
             }
             Err(message) => {
@@ -878,19 +891,31 @@ impl TaskContext {
             Some((docker, container)) => docker
                 .read_output(container, MAX_OUTPUT_BYTES)
                 .await
-                .map_err(|e| (ErrorReason::InfrastructureError, e.to_string()))?,
-            None => match std::fs::read(&self.outputs_file) {
-                Ok(text) => text,
-                // The step removed it: it wrote nothing.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => {
-                    let message = format!("reading the outputs file {}: {e}", self.outputs_file.display());
-                    return Err((ErrorReason::InfrastructureError, message));
-                }
-            },
+                .map_err(|e| (ErrorReason::InfrastructureError, e.to_string()))?
+                .map_err(|message| (ErrorReason::Failed, message))?,
+            None => {
+                let path = self.outputs_file.clone();
+                tokio::task::spawn_blocking(move || read_outputs_file(&path, MAX_OUTPUT_BYTES))
+                    .await
+                    .map_err(|e| (ErrorReason::InfrastructureError, format!("reading the outputs file: {e}")))??
+            }
         };
-        let outputs = parse_outputs(&text).map_err(|e| (ErrorReason::Failed, e.to_string()))?;
-        Ok(outputs.into_iter().map(|(key, value)| (key, shipper.mask(&value).into_owned())).collect())
+        let outputs = outputs_from(&text, &shipper.masks).map_err(|e| (ErrorReason::Failed, e.to_string()))?;
+        // The run's other tasks' outputs, and this task's, travel in one status.
+        let others: usize = {
+            let run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+            run.status
+                .tasks
+                .iter()
+                .filter(|(name, _)| **name != self.task)
+                .map(|(_, s)| outputs_bytes(&s.outputs))
+                .sum()
+        };
+        let total = others + outputs_bytes(&outputs);
+        if total > MAX_RUN_OUTPUT_BYTES {
+            return Err((ErrorReason::Failed, OutputError::RunTooLarge(total).to_string()));
+        }
+        Ok(outputs)
     }
 
     /// The steps of one attempt, in order, in a container or as processes.
@@ -923,7 +948,7 @@ impl TaskContext {
         let output_path = match container {
             Some(_) => crate::docker::OUTPUT_PATH.to_string(),
             None => {
-                if let Err(e) = std::fs::write(&self.outputs_file, b"") {
+                if let Err(e) = reset_outputs_file(&self.outputs_file) {
                     let message = format!("creating the outputs file {}: {e}", self.outputs_file.display());
                     return self.infrastructure_error(task, run, execution, message);
                 }
@@ -1057,6 +1082,61 @@ impl TaskContext {
     }
 }
 
+/// The process executor's outputs file, at most `limit + 1` bytes of it (so that more is seen
+/// as too much); empty when the step removed it. Anything but a regular file (a directory, a
+/// symlink, a FIFO a step made in its place) is refused rather than followed or waited on.
+fn read_outputs_file(path: &std::path::Path, limit: usize) -> Result<Vec<u8>, (ErrorReason, String)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |what: String| (ErrorReason::Failed, format!("$XENE_OUTPUT ({}): {what}", path.display()));
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(path);
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(failed("a step replaced it with a symbolic link; append to the file instead".into()))
+        }
+        Err(e) => return Err((ErrorReason::InfrastructureError, format!("reading {}: {e}", path.display()))),
+    };
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(failed(
+                "a step replaced it with something other than a file; append to the file instead".into(),
+            ))
+        }
+        Err(e) => return Err((ErrorReason::InfrastructureError, format!("reading {}: {e}", path.display()))),
+    }
+    let mut text = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| (ErrorReason::InfrastructureError, format!("reading {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+/// A fresh outputs file at `path` for an attempt: what was there is removed first, so that a
+/// symbolic link or directory an earlier attempt left is replaced rather than followed.
+fn reset_outputs_file(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path)?,
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new().write(true).create_new(true).open(path).map(|_| ())
+}
+
+/// Outputs from the text of an outputs file, with secret values masked in the whole text
+/// first: a secret holding `=` or making up a key is masked too.
+fn outputs_from(text: &[u8], masks: &[String]) -> Result<BTreeMap<String, String>, OutputError> {
+    match std::str::from_utf8(text) {
+        Ok(text) => parse_outputs(mask_secrets(masks, text).as_bytes()),
+        // Not text: parsing says where.
+        Err(_) => parse_outputs(text),
+    }
+}
+
 /// A fresh execution ID ([`TaskRunStatus::execution`]): 64 random bits in hex.
 fn new_execution_id() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -1148,11 +1228,6 @@ impl<'a> LogShipper<'a> {
         }
     }
 
-    /// `text` with the secret values in it replaced by `***`, as lines are shipped.
-    fn mask<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        mask_secrets(&self.masks, text)
-    }
-
     /// Ships the kept tail after a marker, at the end of the step.
     fn finish(&mut self) {
         let (dropped, kept) = self.tail.counts();
@@ -1234,10 +1309,7 @@ impl StepOutput for LogShipper<'_> {
     }
 }
 
-/// The strings to mask: every line of every secret value (lines are what the shipper sees, so
-/// a value written in several pieces is still masked once its line is complete). Very short
-/// pieces are left alone: masking every `a` would make logs unreadable and reveal nothing.
-/// `text` with every one of `masks` in it replaced by `***`.
+/// `text` with every one of `masks` in it replaced by `***` (as lines are shipped).
 fn mask_secrets<'t>(masks: &[String], text: &'t str) -> Cow<'t, str> {
     let mut text = Cow::Borrowed(text);
     for mask in masks {
@@ -1248,6 +1320,9 @@ fn mask_secrets<'t>(masks: &[String], text: &'t str) -> Cow<'t, str> {
     text
 }
 
+/// The strings to mask: every line of every secret value (lines are what the shipper sees, so
+/// a value written in several pieces is still masked once its line is complete). Very short
+/// pieces are left alone: masking every `a` would make logs unreadable and reveal nothing.
 fn masks(secrets: &BTreeMap<String, String>) -> Vec<String> {
     let mut masks: Vec<String> = secrets
         .values()
@@ -1476,6 +1551,45 @@ mod tests {
     /// A task whose worker panics is failed with `InfrastructureError` (so its run cannot end
     /// `Success` and its dependents stay `NotExecuted`), its running step with it, and the
     /// message says the agent's worker panicked.
+    #[test]
+    fn the_outputs_file_is_read_as_a_plain_file_only_and_replaced_fresh() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("task");
+        assert_eq!(read_outputs_file(&path, 64), Ok(Vec::new()), "removed by a step: nothing written");
+        std::fs::write(&path, vec![b'x'; 100]).expect("write");
+        assert_eq!(read_outputs_file(&path, 10).map(|t| t.len()), Ok(11), "at most limit + 1 bytes");
+
+        // A symbolic link or a directory a step put in its place is refused, not followed,
+        // and the next attempt's fresh file replaces it without touching what it pointed to.
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me").expect("write");
+        std::fs::remove_file(&path).expect("remove");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        let (reason, message) = read_outputs_file(&path, 64).expect_err("a link");
+        assert_eq!(reason, ErrorReason::Failed);
+        assert!(message.contains("symbolic link"), "{message}");
+        reset_outputs_file(&path).expect("reset over a link");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep me");
+        assert_eq!(std::fs::read(&path).expect("read"), b"");
+
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::create_dir(&path).expect("dir");
+        let (reason, message) = read_outputs_file(&path, 64).expect_err("a directory");
+        assert_eq!(reason, ErrorReason::Failed);
+        assert!(message.contains("something other than a file"), "{message}");
+        reset_outputs_file(&path).expect("reset over a directory");
+        assert!(std::fs::metadata(&path).expect("stat").is_file());
+    }
+
+    #[test]
+    fn secrets_are_masked_in_the_whole_outputs_text() {
+        let masks = masks(&BTreeMap::from([("db/url".to_string(), "user=pw@db".to_string())]));
+        let outputs = outputs_from(b"conn=user=pw@db\nplain=1\n", &masks).expect("outputs");
+        assert_eq!(outputs.get("conn").map(String::as_str), Some("***"), "a secret holding '=' is masked");
+        assert_eq!(outputs.get("plain").map(String::as_str), Some("1"));
+        assert!(outputs_from(b"no pair\n", &masks).is_err());
+    }
+
     #[tokio::test]
     async fn a_task_whose_worker_panics_is_failed() {
         let mut run = RunObject::pending("r", Default::default());

@@ -77,7 +77,7 @@ spec:
         retried:
           retries: {limit: 2, backoff: 100ms}
           steps:
-            - {name: try, run: 'f=$XENE_WORKSPACE/attempts; n=$(cat $f 2>/dev/null || echo 0); echo $((n+1)) > $f; [ $n -ge 2 ]'}
+            - {name: try, run: 'f=$XENE_WORKSPACE/attempts; n=$(cat $f 2>/dev/null || echo 0); echo $((n+1)) > $f; echo "attempt_$n=yes" >> "$XENE_OUTPUT"; [ $n -ge 2 ]'}
     slow:
       executor: {type: container, image: "xene/busybox:latest"}
       tasks:
@@ -579,6 +579,13 @@ async fn executor_behaviour(executor: &str) {
     assert!(texts.contains(&"consume/read got 91 out.html [a=b c]".to_string()), "{texts:?}");
     assert!(texts.contains(&"gate-open/go gate open at 91".to_string()), "{texts:?}");
     assert!(
+        texts.contains(
+            &"gate-shut/go skipped: the condition \"{{ tasks.produce.outputs.coverage }} > 95\" does not hold"
+                .to_string()
+        ),
+        "{texts:?}"
+    );
+    assert!(
         texts.iter().any(|t| t.starts_with("gate-broken/go the condition") && t.contains("cannot be evaluated")),
         "{texts:?}"
     );
@@ -592,6 +599,8 @@ async fn executor_behaviour(executor: &str) {
     let run = wait_run(&cluster, &agent, &flaky, |r| r.status.phase.is_terminal()).await;
     assert_eq!(run.status.phase, RunPhase::Success, "{run:#?}");
     assert_eq!(run.status.tasks["retried"].attempt, 2, "three attempts: 0, 1, 2");
+    let kept: Vec<&str> = run.status.tasks["retried"].outputs.keys().map(String::as_str).collect();
+    assert_eq!(kept, vec!["attempt_2"], "each attempt starts with no outputs: {run:#?}");
 
     // A step over its timeout.
     let slow = start(&cluster, "slow", &[]).await;
@@ -737,15 +746,33 @@ async fn session_answer<T>(
     message: pb::AgentMessage,
     pick: impl Fn(pb::server_message::Body) -> Option<T>,
 ) -> Option<T> {
-    let (tx, mut session) = cluster.agent_session(agent, vec![message]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut answer = None;
-    while Instant::now() < deadline && answer.is_none() {
-        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), session.next()).await else { break };
-        answer = message.body.and_then(&pick);
+    // The agent's own session, reconnecting, may replace this one before the answer comes
+    // (the leader then ends this stream): ask again on a new session, at most three times.
+    // Every message these tests send is answered the same however often it is sent.
+    for _ in 0..3 {
+        let (tx, mut session) = cluster.agent_session(agent, vec![message.clone()]).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut ended = false;
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(5), session.next()).await {
+                Ok(Some(Ok(reply))) => {
+                    if let Some(answer) = reply.body.and_then(&pick) {
+                        return Some(answer);
+                    }
+                }
+                Ok(None | Some(Err(_))) => {
+                    ended = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        drop(tx);
+        if !ended {
+            return None;
+        }
     }
-    drop(tx);
-    answer
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

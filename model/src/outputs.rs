@@ -8,14 +8,23 @@ use std::collections::BTreeMap;
 /// outputs travel in the run's status, which every status update rewrites).
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
+/// The most bytes of outputs (keys and values) all the tasks of one run may hold together:
+/// they travel in the run's status, one value in the store (at most 1 MiB), which every
+/// status update rewrites. Values hold no control characters, so JSON at most doubles them.
+pub const MAX_RUN_OUTPUT_BYTES: usize = 256 * 1024;
+
 /// The environment variable that names the outputs file of a step.
 pub const OUTPUT_VARIABLE: &str = "XENE_OUTPUT";
 
 /// Why a task's outputs file cannot be read, phrased for the step's log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OutputError {
-    #[error("$XENE_OUTPUT holds {0} bytes; the most a task may write is {MAX_OUTPUT_BYTES}")]
+    #[error("$XENE_OUTPUT holds more than {MAX_OUTPUT_BYTES} bytes, the most a task may write: pass large results as files in the workspace")]
     TooLarge(usize),
+    #[error(
+        "the run's outputs would reach {0} bytes with this task's; the most a run may hold is {MAX_RUN_OUTPUT_BYTES}: pass large results as files in the workspace"
+    )]
+    RunTooLarge(usize),
     #[error(
         "$XENE_OUTPUT line {line}: {what}; write one KEY=VALUE per line, e.g. echo \"coverage=87\" >> \"$XENE_OUTPUT\""
     )]
@@ -58,6 +67,12 @@ pub fn parse_outputs(text: &[u8]) -> Result<BTreeMap<String, String>, OutputErro
                 ),
             });
         }
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(OutputError::Line {
+                line: line_number,
+                what: format!("the value of {key:?} holds a control character (a NUL, an escape, a carriage return)"),
+            });
+        }
         variables.insert(variable, key.to_string());
         outputs.insert(key.to_string(), value.to_string());
     }
@@ -66,6 +81,11 @@ pub fn parse_outputs(text: &[u8]) -> Result<BTreeMap<String, String>, OutputErro
 
 fn line_of(text: &[u8], offset: usize) -> usize {
     text[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The bytes `outputs` count for against [`MAX_RUN_OUTPUT_BYTES`].
+pub fn outputs_bytes(outputs: &BTreeMap<String, String>) -> usize {
+    outputs.iter().map(|(key, value)| key.len() + value.len()).sum()
 }
 
 /// The variable a dependent task reads output `key` of task `task` as:
@@ -89,6 +109,8 @@ mod tests {
                 .collect();
         assert_eq!(outputs, want);
         assert_eq!(parse_outputs(b"").expect("nothing written"), BTreeMap::new());
+        assert_eq!(parse_outputs(b"tabbed=a\tb\n").expect("a tab is text")["tabbed"], "a\tb");
+        assert_eq!(outputs_bytes(&want), "coverage91reportbuild/out.htmlemptywith_equalsa=b".len());
     }
 
     #[test]
@@ -99,6 +121,8 @@ mod tests {
             (b"a-b=2\n", "the key \"a-b\""),
             (b"Key=1\nKEY=2\n", "line 2: the keys \"Key\" and \"KEY\" differ only in case"),
             (b"a=1\nb=\xff\n", "line 2: it is not UTF-8"),
+            (b"a=1\0\n", "line 1: the value of \"a\" holds a control character"),
+            (b"a=\x1b[31mred\n", "line 1: the value of \"a\" holds a control character"),
         ] {
             let message = parse_outputs(text).expect_err(want).to_string();
             assert!(message.contains(want), "want {want:?} in {message}");

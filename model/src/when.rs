@@ -132,8 +132,23 @@ impl When {
     /// Whether an expression can be read (validation): `Err` says why not. Keywords, and
     /// expressions with malformed references (reported on their own), pass.
     pub(crate) fn check_syntax(&self) -> Result<(), String> {
-        let Some((cel, _)) = self.as_cel() else { return Ok(()) };
-        cel::Program::compile(&cel).map(|_| ()).map_err(|e| self.unreadable(&e))
+        let Some((cel, bound)) = self.as_cel() else { return Ok(()) };
+        let program = cel::Program::compile(&cel).map_err(|e| self.unreadable(&e))?;
+        // Any other name is a typo or an unquoted string: it could only fail at run time.
+        let references = program.references();
+        let mut unknown: Vec<&str> = references
+            .variables()
+            .into_iter()
+            .filter(|name| !(0..bound.len()).any(|index| variable(index) == *name))
+            .collect();
+        unknown.sort_unstable();
+        match unknown.first() {
+            Some(name) => Err(format!(
+                "the condition {:?} names {name:?}, which is neither an output ({{{{ tasks.TASK.outputs.KEY }}}}) nor a quoted string ('{name}')",
+                self.as_str()
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Why the expression is not CEL, in its own words: the parser's message without the
@@ -155,14 +170,38 @@ impl When {
         };
         let program = cel::Program::compile(&cel).map_err(|e| self.unreadable(&e))?;
         let mut context = cel::Context::default();
+        let mut read = Vec::new();
         for (index, (task, key)) in bound.iter().enumerate() {
-            context.add_variable_from_value(variable(index), typed(&output(task, key).unwrap_or_default()));
+            let value = typed(&output(task, key).unwrap_or_default());
+            read.push(format!("{task}.{key} = {}", shown(&value)));
+            context.add_variable_from_value(variable(index), value);
         }
+        let read = read.join(", ");
         match program.execute(&context) {
             Ok(cel::Value::Bool(value)) => Ok(value),
-            Ok(other) => Err(format!("the condition {:?} gives {other:?}, not true or false", self.as_str())),
-            Err(e) => Err(format!("the condition {:?} cannot be evaluated: {e}", self.as_str())),
+            Ok(other) => Err(format!(
+                "the condition {:?} gives {}, not true or false (with {read}); compare it, e.g. with > or ==",
+                self.as_str(),
+                shown(&other)
+            )),
+            Err(e) => Err(format!(
+                "the condition {:?} cannot be evaluated with {read}: {e}; values that read as numbers are numbers, others strings",
+                self.as_str()
+            )),
         }
+    }
+}
+
+/// A value as a condition would write it: `87`, `0.75`, `true`, `'main'`.
+fn shown(value: &cel::Value) -> String {
+    match value {
+        cel::Value::Int(int) => int.to_string(),
+        cel::Value::UInt(uint) => uint.to_string(),
+        cel::Value::Float(float) => float.to_string(),
+        cel::Value::Bool(boolean) => boolean.to_string(),
+        cel::Value::String(text) => format!("{:?}", text.as_str()),
+        cel::Value::Null => "null".into(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -266,12 +305,15 @@ mod tests {
             ("{{ tasks.build.outputs.green }}", true),
             ("!{{ tasks.build.outputs.green }} || {{ tasks.unit-test.outputs.passed }} == 12", true),
             ("{{ tasks.build.outputs.missing }} == ''", true),
+            // Typed as they read: true is a boolean, not the string 'true'.
+            ("{{ tasks.build.outputs.green }} == true", true),
+            ("{{ tasks.test.outputs.coverage }} == 87.0", true),
         ] {
             assert_eq!(when(text).evaluate(outputs), Ok(want), "{text}");
         }
         for (text, why) in [
-            ("{{ tasks.build.outputs.branch }} > 80", "cannot be evaluated"),
-            ("{{ tasks.test.outputs.coverage }} + 1", "gives Int(88), not true or false"),
+            ("{{ tasks.build.outputs.branch }} > 80", "cannot be evaluated with build.branch = \"main\""),
+            ("{{ tasks.test.outputs.coverage }} + 1", "gives 88, not true or false (with test.coverage = 87)"),
             ("{{ tasks.test.outputs.coverage }} >", "cannot be read"),
         ] {
             let message = when(text).evaluate(outputs).expect_err(text);
@@ -287,6 +329,11 @@ mod tests {
         assert!(message.contains("\"{{ tasks.a.outputs.x }} >> 1\" cannot be read as CEL"), "{message}");
         assert!(!message.contains("xene_output"), "the user's words, not the rewritten ones: {message}");
         assert_eq!(when("{{ nonsense }} >> 1").check_syntax(), Ok(()), "malformed references are reported elsewhere");
+        let message = when("{{ tasks.b.outputs.branch }} == main").check_syntax().expect_err("an unquoted string");
+        assert!(
+            message.contains("names \"main\", which is neither an output") && message.contains("('main')"),
+            "{message}"
+        );
         assert_eq!(When::OnFailure.check_syntax(), Ok(()));
     }
 }
