@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use xene_model::address::{ClientTlsPem, ServerAddress};
+use xene_model::address::{with_causes, ClientTlsPem, ServerAddress};
 
 /// How the agent speaks TLS to servers whose addresses say `https://`: the CA certificates
 /// that signed their certificates (the system's roots when none is given) and the agent's own
@@ -63,18 +63,6 @@ pub fn describe(error: &dyn std::error::Error) -> String {
 /// A call's status message with the errors behind it (a failed connection's TLS alert).
 pub fn describe_status(status: &tonic::Status) -> String {
     with_causes(status.message().to_string(), std::error::Error::source(status))
-}
-
-fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A lazily connecting channel to `server`.

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
-use xene_model::address::ServerAddress;
+use xene_model::address::{with_causes, ServerAddress};
 
 use crate::config::Settings;
 
@@ -151,16 +151,7 @@ impl Cluster {
     /// "transport error"; the TLS alert that caused it is in its sources), and what to do when
     /// TLS is the likely trouble.
     fn explain(&self, server: &ServerAddress, status: &Status) -> String {
-        let mut text = status.message().to_string();
-        let mut source = std::error::Error::source(status);
-        while let Some(error) = source {
-            let message = error.to_string();
-            if !text.contains(&message) {
-                text.push_str(": ");
-                text.push_str(&message);
-            }
-            source = error.source();
-        }
+        let text = with_causes(status.message().to_string(), std::error::Error::source(status));
         let hint = if !server.is_tls() && text.contains("h2 protocol error") {
             " (a server that serves TLS answers plain gRPC so: write it as https://HOST:PORT)"
         } else if server.is_tls() && text.contains("CertificateRequired") {

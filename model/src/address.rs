@@ -185,6 +185,21 @@ impl ClientTlsPem {
     }
 }
 
+/// `text` followed by the messages of `source` and the errors behind it, each once: a failed
+/// connection's error says only "transport error", and the TLS alert that caused it is in its
+/// sources. Agents, `xenectl` and the servers say why a connection failed with it.
+pub fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Checks PEM text meant to hold one or more certificates (a chain, or CA certificates):
 /// at least one, and none malformed. The error says what is wrong and what to give.
 pub fn check_certificates_pem(pem: &[u8]) -> Result<(), String> {
@@ -306,6 +321,31 @@ mod tests {
             let message = read(ca, cert, key, servers).expect_err(want).to_string();
             assert!(message.contains(want), "want {want:?} in {message}");
         }
+    }
+
+    #[test]
+    fn an_error_is_told_with_its_causes_once_each() {
+        #[derive(Debug)]
+        struct Layer(&'static str, Option<Box<Layer>>);
+        impl fmt::Display for Layer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Layer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|l| l as _)
+            }
+        }
+        let error = Layer("transport error", Some(Box::new(Layer("received fatal alert: UnknownCA", None))));
+        assert_eq!(
+            with_causes("call failed".into(), Some(&error)),
+            "call failed: transport error: received fatal alert: UnknownCA"
+        );
+        assert_eq!(
+            with_causes("transport error".into(), Some(&error)),
+            "transport error: received fatal alert: UnknownCA"
+        );
     }
 
     #[test]

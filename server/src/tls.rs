@@ -9,19 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
-use xene_model::address::{check_certificates_pem, check_pair, check_private_key_pem, read_pem, TlsFileError};
-
-/// `error` with the errors behind it (tonic's own says only "transport error").
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+use xene_model::address::{
+    check_certificates_pem, check_pair, check_private_key_pem, read_pem, with_causes, TlsFileError,
+};
 
 /// The files given, by flag.
 #[derive(Debug, Clone, Default)]
@@ -83,13 +73,13 @@ impl ServerTls {
                 "--tls-cert {} with --tls-key {} (and --tls-client-ca): {}",
                 cert.display(),
                 key.display(),
-                with_causes(&e)
+                with_causes(e.to_string(), std::error::Error::source(&e))
             ))
         })?;
         tls.peer_endpoint("localhost:1").map_err(|e| {
             TlsFileError::Settings(format!(
                 "the settings for reaching the other servers (--tls-ca, --tls-cert, --tls-key): {}",
-                with_causes(&e)
+                with_causes(e.to_string(), std::error::Error::source(&e))
             ))
         })?;
         Ok(Some(tls))
