@@ -703,26 +703,20 @@ impl TaskContext {
         let Some(task) = self.pipeline.tasks.get(&self.task) else { return false };
         match self.condition_holds(task) {
             Ok(true) => {}
+            // Either way told in the first step's log, under an execution of its own.
             Ok(false) => {
-                // Told in the first step's log (under an execution of its own), the task left
-                // NotExecuted.
-                let execution = new_execution_id();
-                self.update(|s| s.execution = execution.clone());
-                let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let first = task.steps.first().map_or("", |s| s.name.as_str());
-                let target =
-                    ChunkTarget { run: &run.metadata.name, task: &self.task, execution: &execution, step: first };
-                let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets, self.log_cap);
                 let when = task.when.as_ref().map_or("", When::as_str);
-                shipper.note(&format!("skipped: the condition {when:?} does not hold"));
-                shipper.finish();
+                let (run, execution) = self.before_any_attempt();
+                self.note_on_first_step(
+                    task,
+                    &run,
+                    &execution,
+                    &format!("skipped: the condition {when:?} does not hold"),
+                );
                 return true;
             }
             Err(message) => {
-                // Told in the first step's log, under an execution of its own.
-                let execution = new_execution_id();
-                self.update(|s| s.execution = execution.clone());
-                let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let (run, execution) = self.before_any_attempt();
                 self.not_started(task, &run, &execution, ErrorReason::Failed, message);
                 return false;
             }
@@ -778,7 +772,7 @@ impl TaskContext {
             (Some((docker, resources)), Some(Executor::Container(spec))) => {
                 let credentials = match self.pull_credentials(spec) {
                     Ok(credentials) => credentials,
-                    Err(message) => return self.infrastructure_error(task, &run, &execution, message),
+                    Err(message) => return self.infrastructure_error(task, &run.metadata.name, &execution, message),
                 };
                 let task_spec = TaskSpec {
                     task: self.task.clone(),
@@ -797,7 +791,7 @@ impl TaskContext {
                     started = docker.start_task(resources, &task_spec) => started,
                     _ = self.cancel.cancelled() => {
                         let message = format!("the task was stopped while its container was starting (image {})", spec.image);
-                        return self.not_started(task, &run, &execution, ErrorReason::Cancelled, message);
+                        return self.not_started(task, &run.metadata.name, &execution, ErrorReason::Cancelled, message);
                     }
                 };
                 match started {
@@ -805,12 +799,12 @@ impl TaskContext {
                         tracing::info!(task = %self.task, attempt, container = container.name(), id = container.id(), "task container started");
                         Some((docker.clone(), container))
                     }
-                    Err(e) => return self.infrastructure_error(task, &run, &execution, e.to_string()),
+                    Err(e) => return self.infrastructure_error(task, &run.metadata.name, &execution, e.to_string()),
                 }
             }
             (Some(_), None) => {
                 let message = "this agent runs containers, and the task names no image: set executor: {type: container, image: ...} or {type: process}";
-                return self.infrastructure_error(task, &run, &execution, message.into());
+                return self.infrastructure_error(task, &run.metadata.name, &execution, message.into());
             }
             _ => None,
         };
@@ -846,7 +840,7 @@ impl TaskContext {
     fn infrastructure_error(
         &self,
         task: &xene_model::Task,
-        run: &RunObject,
+        run: &str,
         execution: &str,
         message: String,
     ) -> Option<ErrorReason> {
@@ -858,16 +852,12 @@ impl TaskContext {
     fn not_started(
         &self,
         task: &xene_model::Task,
-        run: &RunObject,
+        run: &str,
         execution: &str,
         reason: ErrorReason,
         message: String,
     ) -> Option<ErrorReason> {
-        let first = task.steps.first().map_or("", |s| s.name.as_str());
-        let target = ChunkTarget { run: &run.metadata.name, task: &self.task, execution, step: first };
-        let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets, self.log_cap);
-        shipper.note(&message);
-        shipper.finish();
+        self.note_on_first_step(task, run, execution, &message);
         self.update(|s| {
             s.status = StepStatus::Error;
             s.reason = Some(reason);
@@ -877,6 +867,24 @@ impl TaskContext {
             }
         });
         Some(reason)
+    }
+
+    /// An execution ID for what is said of the task before any attempt (its condition), named
+    /// in its status before any log chunk of it leaves; with the run's name.
+    fn before_any_attempt(&self) -> (String, String) {
+        let execution = new_execution_id();
+        self.update(|s| s.execution = execution.clone());
+        let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).metadata.name.clone();
+        (run, execution)
+    }
+
+    /// Ships `message` as the only line of the task's first step under `execution`.
+    fn note_on_first_step(&self, task: &xene_model::Task, run: &str, execution: &str, message: &str) {
+        let first = task.steps.first().map_or("", |s| s.name.as_str());
+        let target = ChunkTarget { run, task: &self.task, execution, step: first };
+        let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets, self.log_cap);
+        shipper.note(message);
+        shipper.finish();
     }
 
     /// The task's outputs so far (what its steps wrote to `$XENE_OUTPUT`), with secret values
@@ -950,7 +958,7 @@ impl TaskContext {
             None => {
                 if let Err(e) = reset_outputs_file(&self.outputs_file) {
                     let message = format!("creating the outputs file {}: {e}", self.outputs_file.display());
-                    return self.infrastructure_error(task, run, execution, message);
+                    return self.infrastructure_error(task, &run.metadata.name, execution, message);
                 }
                 self.outputs_file.display().to_string()
             }
