@@ -6,6 +6,7 @@ mod config;
 mod connect;
 mod credential;
 mod cron;
+mod data_dir;
 mod docker;
 mod leases;
 mod lines;
@@ -56,6 +57,8 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some(message) = xene_model::names::name_message("agent", &config.name) {
         anyhow::bail!("--name: {message}");
     }
+    // Held until the agent exits: one agent per data directory.
+    let _data_dir = data_dir::lock(&config.data_dir)?;
     let credential = credential::load_or_join(&config).await?;
     let leases = Arc::new(leases::Leases::default());
     let stop = CancellationToken::new();
@@ -85,11 +88,19 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
     let cron = tokio::spawn(cron::run(leases.clone(), outbox.clone(), stop.clone()));
-    // What a crashed agent left running goes before anything new starts.
-    let step_records = Arc::new(process::StepRecords::new(config.data_dir.join("work").join(".steps")));
+    // What a crashed agent left running, then what it left on disk, goes before anything new
+    // starts.
+    let work_dir = config.data_dir.join("work");
+    let step_records = Arc::new(process::StepRecords::new(work_dir.join(data_dir::STEP_RECORDS)));
     match step_records.stop_leftovers() {
         0 => {}
         stopped => tracing::info!(stopped, "stopped steps a previous run of this agent left running"),
+    }
+    match data_dir::sweep_work(&work_dir) {
+        0 => {}
+        removed => {
+            tracing::info!(removed, dir = %work_dir.display(), "removed the workspaces a previous run of this agent left")
+        }
     }
     let options = runner::RunnerOptions {
         parallelism,
@@ -97,14 +108,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         log_cap: runner::LogCap { lines: config.log_cap_lines, bytes: config.log_cap_mib << 20 },
         step_records,
     };
-    let runner = runner::Runner::new(
-        credential.agent.clone(),
-        config.data_dir.join("work"),
-        leases.clone(),
-        outbox,
-        docker,
-        options,
-    );
+    let runner = runner::Runner::new(credential.agent.clone(), work_dir, leases.clone(), outbox, docker, options);
     let collector = tokio::spawn(collect_orphans(runner.clone(), stop.clone()));
     let result = session::run(config, credential, leases, runner.clone(), outbox_rx, stop.clone()).await;
     stop.cancel();

@@ -64,6 +64,25 @@ impl AgentProc {
         self.spawn();
     }
 
+    /// Starts another agent process with this one's arguments and data directory, without
+    /// its token, logging to its own file.
+    pub fn second_instance(&self) -> AgentProc {
+        let mut args = self.args.clone();
+        if let Some(pos) = args.iter().position(|a| a == "--token") {
+            args.drain(pos..pos + 2);
+        }
+        let log = self.log.with_extension("second.log");
+        let mut second = AgentProc {
+            name: format!("{} (second)", self.name),
+            data_dir: self.data_dir.clone(),
+            log,
+            args,
+            child: None,
+        };
+        second.spawn();
+        second
+    }
+
     /// Whether the process has exited, and how.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
