@@ -121,6 +121,26 @@ async fn invalid_manifests_are_refused_whole_with_every_problem() {
     assert!(message.contains("bogus"), "every problem is reported: {message}");
     assert!(list(&cluster, "workflows", "").await.is_empty(), "nothing was stored");
 
+    // A condition nested deeper than allowed is refused before it is parsed; the deepest one
+    // allowed is parsed (on its own stack: the parser's recursion once aborted a server).
+    let nested = |depth: usize| {
+        let condition = format!("{{{{ tasks.prepare.outputs.n }}}} == {}1{}", "(".repeat(depth), ")".repeat(depth));
+        example("fan-out-fan-in.yaml").replace(
+            "        shard-a:\n          dependencies: [prepare]\n",
+            &format!("        shard-a:\n          dependencies: [prepare]\n          when: \"{condition}\"\n"),
+        )
+    };
+    assert_ne!(nested(1), example("fan-out-fan-in.yaml"), "the test edits the example");
+    let refused = apply(&cluster, 0, &nested(33)).await.expect_err("too deep");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("nests brackets 33 deep; a condition may nest them at most 32 deep"),
+        "{refused}"
+    );
+    assert!(list(&cluster, "workflows", "").await.is_empty(), "nothing was stored");
+    apply(&cluster, 0, &nested(32)).await.expect("the deepest condition allowed");
+    assert_eq!(list(&cluster, "workflows", "").await.len(), 1);
+
     for (manifest, expected) in [("{not yaml", "manifest"), ("apiVersion: xene.dev/v1\nkind: Secret\n", "kind")] {
         let refused = apply(&cluster, 0, manifest).await.expect_err("refused");
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");

@@ -53,6 +53,82 @@ pub(crate) struct OutputRef<'a> {
     pub(crate) key: Option<&'a str>,
 }
 
+/// The longest condition accepted, in characters: real conditions are a line or two, and the
+/// bound keeps the work of reading one small (see [`on_cel_stack`]).
+pub const MAX_CONDITION_CHARS: usize = 1000;
+
+/// The deepest nesting of brackets (`(`, `[`, `{`) accepted in a condition.
+pub const MAX_CONDITION_NESTING: usize = 32;
+
+/// The stack of the thread that reads and evaluates a condition. The `cel` crate's parser and
+/// evaluator recurse once per level of nesting and per operator of a chain (`1+1+1…`), with
+/// large frames: measured in a debug build, 16 levels of parentheses overflow a 2 MiB stack
+/// (a tokio worker's), and the worst condition within the two bounds above (a chain of 500
+/// additions) needs between 16 and 32 MiB; a stack overflow aborts the whole process, a
+/// server's or an agent's. Only the pages used are ever touched.
+const CEL_STACK_BYTES: usize = 64 << 20;
+
+/// Runs `work` (reading or evaluating a condition) on a thread with [`CEL_STACK_BYTES`] of
+/// stack, and waits for it.
+fn on_cel_stack<T: Send>(work: impl FnOnce() -> Result<T, String> + Send) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("xene-cel".into())
+            .stack_size(CEL_STACK_BYTES)
+            .spawn_scoped(scope, work)
+            .map_err(|e| format!("could not start a thread to read the condition: {e}"))?;
+        thread
+            .join()
+            .unwrap_or_else(|_| Err("reading the condition failed unexpectedly (a panic in the CEL library)".into()))
+    })
+}
+
+/// Why a condition is too large to read, if it is: `written` longer than
+/// [`MAX_CONDITION_CHARS`] (its CEL, with each reference replaced by a shorter name, is shorter
+/// still), or `cel` nested deeper than [`MAX_CONDITION_NESTING`] (brackets inside string
+/// literals do not count).
+fn too_large(written: &str, cel: &str) -> Option<String> {
+    let length = written.chars().count();
+    if length > MAX_CONDITION_CHARS {
+        return Some(format!("is {length} characters long; a condition may have at most {MAX_CONDITION_CHARS}"));
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut chars = cel.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '\'' | '"' => {
+                // A string literal: '…', "…", '''…''' or """…""", raw (no escapes) after r or R.
+                let raw = cel[..at].chars().next_back().is_some_and(|p| p == 'r' || p == 'R');
+                let triple = cel[at..].starts_with(&c.to_string().repeat(3));
+                let closing = c.to_string().repeat(if triple { 3 } else { 1 });
+                if triple {
+                    chars.next();
+                    chars.next();
+                }
+                while let Some((inner, d)) = chars.next() {
+                    if d == '\\' && !raw {
+                        chars.next();
+                    } else if cel[inner..].starts_with(&closing) {
+                        for _ in 1..closing.len() {
+                            chars.next();
+                        }
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (deepest > MAX_CONDITION_NESTING).then(|| {
+        format!("nests brackets {deepest} deep; a condition may nest them at most {MAX_CONDITION_NESTING} deep")
+    })
+}
+
 /// The variable of the `index`th distinct reference in an expression turned into CEL.
 fn variable(index: usize) -> String {
     format!("xene_output_{index}")
@@ -133,12 +209,17 @@ impl When {
     /// expressions with malformed references (reported on their own), pass.
     pub(crate) fn check_syntax(&self) -> Result<(), String> {
         let Some((cel, bound)) = self.as_cel() else { return Ok(()) };
-        let program = cel::Program::compile(&cel).map_err(|e| self.unreadable(&e))?;
+        if let Some(why) = too_large(self.as_str(), &cel) {
+            return Err(format!("the condition {:?} {why}", self.as_str()));
+        }
+        let variables = on_cel_stack(|| {
+            let program = cel::Program::compile(&cel).map_err(|e| self.unreadable(&e))?;
+            Ok(program.references().variables().into_iter().map(String::from).collect::<Vec<_>>())
+        })?;
         // Any other name is a typo or an unquoted string: it could only fail at run time.
-        let references = program.references();
-        let mut unknown: Vec<&str> = references
-            .variables()
-            .into_iter()
+        let mut unknown: Vec<&str> = variables
+            .iter()
+            .map(String::as_str)
             .filter(|name| !(0..bound.len()).any(|index| variable(index) == *name))
             .collect();
         unknown.sort_unstable();
@@ -168,21 +249,34 @@ impl When {
         let Some((cel, bound)) = self.as_cel() else {
             return Err(format!("{:?} is not an expression over task outputs", self.as_str()));
         };
-        let program = cel::Program::compile(&cel).map_err(|e| self.unreadable(&e))?;
-        let mut context = cel::Context::default();
-        let mut read = Vec::new();
-        for (index, (task, key)) in bound.iter().enumerate() {
-            let value = typed(&output(task, key).unwrap_or_default());
-            read.push(format!("{task}.{key} = {}", shown(&value)));
-            context.add_variable_from_value(variable(index), value);
+        if let Some(why) = too_large(self.as_str(), &cel) {
+            return Err(format!("the condition {:?} {why}", self.as_str()));
         }
-        let read = read.join(", ");
-        match program.execute(&context) {
-            Ok(cel::Value::Bool(value)) => Ok(value),
-            Ok(other) => Err(format!(
-                "the condition {:?} gives {}, not true or false (with {read}); compare it, e.g. with > or ==",
+        let values: Vec<(String, cel::Value)> = bound
+            .iter()
+            .map(|(task, key)| {
+                let value = typed(&output(task, key).unwrap_or_default());
+                (format!("{task}.{key} = {}", shown(&value)), value)
+            })
+            .collect();
+        let read = values.iter().map(|(read, _)| read.as_str()).collect::<Vec<_>>().join(", ");
+        let outcome = on_cel_stack(|| {
+            let program = cel::Program::compile(&cel).map_err(|e| self.unreadable(&e))?;
+            let mut context = cel::Context::default();
+            for (index, (_, value)) in values.into_iter().enumerate() {
+                context.add_variable_from_value(variable(index), value);
+            }
+            // The value leaves the thread as what is said of it: nothing of the program does.
+            Ok(program.execute(&context).map_err(|e| e.to_string()).map(|value| match value {
+                cel::Value::Bool(value) => Ok(value),
+                other => Err(shown(&other)),
+            }))
+        })?;
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(other)) => Err(format!(
+                "the condition {:?} gives {other}, not true or false (with {read}); compare it, e.g. with > or ==",
                 self.as_str(),
-                shown(&other)
             )),
             Err(e) => Err(format!(
                 "the condition {:?} cannot be evaluated with {read}: {e}; values that read as numbers are numbers, others strings",
@@ -335,5 +429,40 @@ mod tests {
             "{message}"
         );
         assert_eq!(When::OnFailure.check_syntax(), Ok(()));
+    }
+
+    /// The `cel` crate recurses per level and per operator: a condition within the bounds is
+    /// read and evaluated whole (on its own stack; this test's thread has 2 MiB, which 16
+    /// levels of parentheses overflowed), one beyond them is refused before it is parsed.
+    #[test]
+    fn conditions_are_bounded_and_the_largest_allowed_ones_are_read_and_evaluated() {
+        let x = "{{ tasks.a.outputs.x }}";
+        let outputs = |_: &str, _: &str| Some("1".to_string());
+        let deepest = MAX_CONDITION_NESTING;
+        let parentheses = |depth: usize| when(&format!("{x} == {}1{}", "(".repeat(depth), ")".repeat(depth)));
+        assert_eq!(parentheses(deepest).check_syntax(), Ok(()));
+        assert_eq!(parentheses(deepest).evaluate(outputs), Ok(true));
+        let lists = when(&format!("{x} == size({}1{})", "[".repeat(deepest - 1), "]".repeat(deepest - 1)));
+        assert_eq!(lists.check_syntax(), Ok(()));
+        assert_eq!(lists.evaluate(outputs), Ok(true));
+        let message = parentheses(deepest + 1).check_syntax().expect_err("too deep");
+        assert!(message.contains(&format!("nests brackets {} deep", deepest + 1)), "{message}");
+        assert!(message.contains(&format!("at most {deepest} deep")), "{message}");
+        assert_eq!(parentheses(deepest + 1).evaluate(outputs), Err(message));
+
+        // Chains as long as allowed: a left-deep tree of about 500 operators, 480 negations.
+        let head = format!("{x} == ");
+        let chain = when(&format!("{head}1{}", "+0".repeat((MAX_CONDITION_CHARS - head.len() - 1) / 2)));
+        assert_eq!(chain.as_str().len(), MAX_CONDITION_CHARS);
+        assert_eq!(chain.check_syntax(), Ok(()));
+        assert_eq!(chain.evaluate(outputs), Ok(true));
+        let negations = when(&format!("{x} == 1 && {}true", "!!".repeat((MAX_CONDITION_CHARS - 40) / 2)));
+        assert_eq!(negations.evaluate(outputs), Ok(true));
+        let message = when(&format!("{x} == 1{}", " ".repeat(MAX_CONDITION_CHARS))).check_syntax().expect_err("long");
+        assert!(message.contains("characters long; a condition may have at most 1000"), "{message}");
+
+        // Brackets in string literals do not count.
+        let quoted = format!(r#"{x} == 1 || '{}' == "{}" || r'\(' == '''(('''"#, "(".repeat(40), "[".repeat(40));
+        assert_eq!(when(&quoted).check_syntax(), Ok(()));
     }
 }
