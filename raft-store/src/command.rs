@@ -36,13 +36,15 @@ pub struct ClientRequest {
 
 /// The operations the state machine knows. Append new variants at the end only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "wire::Command")]
 pub enum Command {
     /// A compare-then-else transaction over the key space.
     Txn(Txn),
     /// Requests of several clients that the leader grouped into one log entry, applied one
     /// after another, each with its own deduplication, all at the entry's revision. The
     /// proposer never puts two writes of one key in a batch, so a key still changes at most
-    /// once per revision (DESIGN §4.3).
+    /// once per revision (DESIGN §4.3). A batch never holds a batch: decoding refuses one
+    /// (see [`wire`]).
     Batch(Vec<ClientRequest>),
 }
 
@@ -152,6 +154,7 @@ pub struct KeyValue {
 
 /// What the state machine answers for one log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "wire::Response")]
 pub enum ClientResponse {
     /// The entry carried no command (a blank or membership entry).
     Empty,
@@ -298,6 +301,99 @@ impl Txn {
     }
 }
 
+/// The shapes [`Command`] and [`ClientResponse`] are read back as: the same encoding, with a
+/// batch's members read as types that cannot hold another batch, so that decoding recurses one
+/// level at most whatever the bytes say. Read as the types themselves, 1,000 batches nested in
+/// 5 KB from a peer overflowed the decoder's stack and aborted the server.
+mod wire {
+    use serde::Deserialize;
+
+    use super::{DuplicateResponse, Rejection, Txn, TxnResponse};
+
+    #[derive(Deserialize)]
+    pub(super) enum Command {
+        Txn(Txn),
+        Batch(Vec<Member>),
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Member {
+        client_id: String,
+        request_id: u64,
+        timestamp_ms: u64,
+        command: MemberCommand,
+    }
+
+    /// [`Command`] without `Batch`: its first variant, so encoded alike.
+    #[derive(Deserialize)]
+    enum MemberCommand {
+        Txn(Txn),
+    }
+
+    impl From<Command> for super::Command {
+        fn from(command: Command) -> Self {
+            match command {
+                Command::Txn(txn) => super::Command::Txn(txn),
+                Command::Batch(members) => super::Command::Batch(
+                    members
+                        .into_iter()
+                        .map(|member| {
+                            let MemberCommand::Txn(txn) = member.command;
+                            super::ClientRequest {
+                                client_id: member.client_id,
+                                request_id: member.request_id,
+                                timestamp_ms: member.timestamp_ms,
+                                command: super::Command::Txn(txn),
+                            }
+                        })
+                        .collect(),
+                ),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub(super) enum Response {
+        Empty,
+        Txn(TxnResponse),
+        Rejected(Rejection),
+        Duplicate(DuplicateResponse),
+        Batch(Vec<MemberResponse>),
+    }
+
+    /// [`Response`] without `Batch`, its last variant, so encoded alike.
+    #[derive(Deserialize)]
+    pub(super) enum MemberResponse {
+        Empty,
+        Txn(TxnResponse),
+        Rejected(Rejection),
+        Duplicate(DuplicateResponse),
+    }
+
+    impl From<MemberResponse> for super::ClientResponse {
+        fn from(response: MemberResponse) -> Self {
+            match response {
+                MemberResponse::Empty => super::ClientResponse::Empty,
+                MemberResponse::Txn(txn) => super::ClientResponse::Txn(txn),
+                MemberResponse::Rejected(rejection) => super::ClientResponse::Rejected(rejection),
+                MemberResponse::Duplicate(duplicate) => super::ClientResponse::Duplicate(duplicate),
+            }
+        }
+    }
+
+    impl From<Response> for super::ClientResponse {
+        fn from(response: Response) -> Self {
+            match response {
+                Response::Empty => MemberResponse::Empty.into(),
+                Response::Txn(txn) => MemberResponse::Txn(txn).into(),
+                Response::Rejected(rejection) => MemberResponse::Rejected(rejection).into(),
+                Response::Duplicate(duplicate) => MemberResponse::Duplicate(duplicate).into(),
+                Response::Batch(members) => super::ClientResponse::Batch(members.into_iter().map(Into::into).collect()),
+            }
+        }
+    }
+}
+
 fn check_key(key: &[u8], may_be_empty: bool) -> Result<(), Rejection> {
     if key.is_empty() && !may_be_empty {
         return Err(Rejection::EmptyKey);
@@ -353,6 +449,58 @@ mod tests {
             ModRevision(Revision),
             Value(Vec<u8>),
         }
+    }
+
+    /// A batch and its answer read back as written; a batch in a batch, which no proposer
+    /// makes, is refused, and so are thousands of them nested in a few bytes (which
+    /// overflowed the stack when batches were read as batches).
+    #[test]
+    fn batches_read_back_one_level_deep_and_nested_ones_are_refused() {
+        let request = |id: u64, command: Command| ClientRequest {
+            client_id: format!("c{id}"),
+            request_id: id,
+            timestamp_ms: 7,
+            command,
+        };
+        let put = |key: &str| {
+            Command::Txn(Txn {
+                compare: vec![Compare::absent(key.as_bytes().to_vec())],
+                success: vec![Op::Put { key: key.as_bytes().to_vec(), value: b"v".to_vec() }],
+                failure: vec![],
+            })
+        };
+        let batch = request(0, Command::Batch(vec![request(1, put("/a")), request(2, put("/b"))]));
+        let bytes = crate::codec::encode(&batch);
+        assert_eq!(crate::codec::decode::<ClientRequest>("request", &bytes).ok(), Some(batch.clone()));
+        let answer = ClientResponse::Batch(vec![
+            ClientResponse::Empty,
+            ClientResponse::Rejected(Rejection::EmptyKey),
+            ClientResponse::Duplicate(DuplicateResponse { revision: 4, succeeded: true }),
+            ClientResponse::Txn(TxnResponse { revision: 5, succeeded: false, results: vec![] }),
+        ]);
+        let bytes = crate::codec::encode(&answer);
+        assert_eq!(crate::codec::decode::<ClientResponse>("answer", &bytes).ok(), Some(answer.clone()));
+
+        let nested = request(0, Command::Batch(vec![batch.clone()]));
+        let error =
+            crate::codec::decode::<ClientRequest>("request", &crate::codec::encode(&nested)).expect_err("nested");
+        assert!(error.to_string().starts_with("request: "), "{error}");
+        let nested_answer = ClientResponse::Batch(vec![answer]);
+        crate::codec::decode::<ClientResponse>("answer", &crate::codec::encode(&nested_answer)).expect_err("nested");
+
+        // 100,000 levels: an empty client, request 0, time 0, Batch, one member; then a Txn.
+        let mut deep = vec![crate::codec::FORMAT_V1];
+        for _ in 0..100_000 {
+            deep.extend_from_slice(&[0, 0, 0, 1, 1]);
+        }
+        deep.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        crate::codec::decode::<ClientRequest>("request", &deep).expect_err("deep");
+        let mut deep_answer = vec![crate::codec::FORMAT_V1];
+        for _ in 0..100_000 {
+            deep_answer.extend_from_slice(&[4, 1]);
+        }
+        deep_answer.push(0);
+        crate::codec::decode::<ClientResponse>("answer", &deep_answer).expect_err("deep");
     }
 
     /// postcard writes a byte string exactly as it wrote a sequence of bytes (a varint length,
