@@ -7,6 +7,8 @@
 //! | Limit | Value |
 //! |---|---|
 //! | [`MAX_MANIFEST_BYTES`] | 2 MiB of YAML or JSON text |
+//! | nesting | 128 levels of maps and lists (JSON: serde_json's limit; YAML: checked before reading, `manifest/depth.rs`) |
+//! | `when` expressions (`when.rs`) | 1,000 characters, brackets nested 32 deep |
 //! | [`MAX_NAME_LEN`] | 63 characters per name (workflow, trigger, pipeline, task, step, secret) |
 //! | [`MAX_DESCRIPTION_BYTES`] | 1 KiB per description |
 //! | [`MAX_LABELS`] | 64 labels, and 64 `agentSelector` entries |

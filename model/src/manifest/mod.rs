@@ -6,6 +6,7 @@
 //! reports everything it found at once, ordered by path.
 
 mod decode;
+mod depth;
 mod node;
 
 use crate::limits::MAX_MANIFEST_BYTES;
@@ -58,8 +59,17 @@ pub fn parse_manifest(text: &str) -> Result<Workflow, ValidationErrors> {
 /// The text as a tree, or the syntax error as a message.
 fn read(text: &str) -> Result<Node, String> {
     if text.trim_start().starts_with('{') {
+        // serde_json stops at 128 levels as it reads.
         serde_json::from_str(text).map_err(|error| format!("invalid JSON: {error}"))
     } else {
+        if let Some(at) = depth::deeper_than(text, depth::MAX_YAML_NESTING) {
+            return Err(format!(
+                "invalid YAML: nested more than {} levels deep at line {} column {}; a manifest needs far fewer",
+                depth::MAX_YAML_NESTING,
+                at.line,
+                at.column
+            ));
+        }
         yaml_serde::from_str(text).map_err(|error| format!("invalid YAML: {error}"))
     }
 }
