@@ -2,7 +2,8 @@
 //! `DATA_DIR/agent.lock` for the life of the process, so a second agent started on the same
 //! directory stops at once, before it can stop the first one's steps or sweep its workspaces.
 //! [`sweep_work`] then removes what a previous run of the agent left in `DATA_DIR/work`:
-//! the workspaces, outputs directories and webhook payloads of runs it never finished.
+//! the workspaces, outputs directories and webhook payloads of runs it never finished, and
+//! nothing else (`work` may be a link to a disk shared with other things).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -69,14 +70,32 @@ pub fn lock(dir: &Path) -> Result<DataDirLock, DataDirError> {
     Ok(DataDirLock { _file: file })
 }
 
-/// Removes everything in `work` but the step records, and says how many entries went; call it
-/// with the lock held and after the leftover steps were stopped, before any run starts. A
-/// failure to remove one entry is logged and the rest still go.
+/// Whether `name` is one the runner gives what it keeps of a run in `work`: the run's ID
+/// (`WORKFLOW.PIPELINE.` then 14 digits of time and 6 hex digits, `server/src/runs.rs`), alone
+/// (the workspace) or followed by `.outputs` or `.event.json`.
+fn is_run_artefact(name: &str) -> bool {
+    let id = name.strip_suffix(".outputs").or_else(|| name.strip_suffix(".event.json")).unwrap_or(name);
+    let mut parts = id.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(workflow), Some(pipeline), Some(stamp), None) => {
+            xene_model::names::is_valid_name(workflow)
+                && xene_model::names::is_valid_name(pipeline)
+                && stamp.len() == 20
+                && stamp.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }
+        _ => false,
+    }
+}
+
+/// Removes the runs' workspaces, outputs directories and payloads in `work`, and says how many
+/// entries went; call it with the lock held and after the leftover steps were stopped, before
+/// any run starts. Anything else there is left alone. A failure to remove one entry is logged
+/// and the rest still go.
 pub fn sweep_work(work: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(work) else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
-        if entry.file_name() == STEP_RECORDS {
+        if !entry.file_name().to_str().is_some_and(is_run_artefact) {
             continue;
         }
         let path = entry.path();
@@ -113,23 +132,35 @@ mod tests {
     }
 
     #[test]
-    fn the_sweep_keeps_the_step_records_and_removes_the_rest_without_following_links() {
+    fn the_sweep_removes_what_runs_left_and_nothing_else_without_following_links() {
         let dir = tempfile::tempdir().expect("tempdir");
         let work = dir.path().join("work");
         let outside = dir.path().join("outside");
+        let run = "hello.main.20261127003044ef7655";
         std::fs::create_dir_all(work.join(STEP_RECORDS)).expect("mkdir");
         std::fs::write(work.join(STEP_RECORDS).join("123"), "boot 1 2\n").expect("write");
-        std::fs::create_dir_all(work.join("run-1").join("src")).expect("mkdir");
-        std::fs::write(work.join("run-1").join("src").join("main.c"), "int main;").expect("write");
-        std::fs::create_dir_all(work.join("run-1.outputs")).expect("mkdir");
-        std::fs::write(work.join("run-1.event.json"), "{}").expect("write");
+        std::fs::create_dir_all(work.join(run).join("src")).expect("mkdir");
+        std::fs::write(work.join(run).join("src").join("main.c"), "int main;").expect("write");
+        std::fs::create_dir_all(work.join(format!("{run}.outputs"))).expect("mkdir");
+        std::fs::write(work.join(format!("{run}.event.json")), "{}").expect("write");
         std::fs::create_dir_all(&outside).expect("mkdir");
         std::fs::write(outside.join("keep"), "mine").expect("write");
-        std::os::unix::fs::symlink(&outside, work.join("link")).expect("symlink");
+        std::os::unix::fs::symlink(&outside, work.join("ci.deploy.20261127003044ef7656")).expect("symlink");
+        for other in ["notes.txt", "hello.main", "hello.main.2026112700304", "Hello.main.20261127003044ef7655"] {
+            std::fs::write(work.join(other), "not a run's").expect("write");
+        }
 
         assert_eq!(sweep_work(&work), 4);
-        let left: Vec<_> = std::fs::read_dir(&work).expect("read").flatten().map(|e| e.file_name()).collect();
-        assert_eq!(left, vec![std::ffi::OsString::from(STEP_RECORDS)]);
+        let mut left: Vec<String> = std::fs::read_dir(&work)
+            .expect("read")
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [".steps", "Hello.main.20261127003044ef7655", "hello.main", "hello.main.2026112700304", "notes.txt"]
+        );
         assert!(work.join(STEP_RECORDS).join("123").exists());
         assert!(outside.join("keep").exists(), "a link's target is not the agent's");
         assert_eq!(sweep_work(&dir.path().join("missing")), 0);

@@ -105,24 +105,34 @@ async fn join_tokens_are_checked_and_used_once() {
     assert_eq!(std::fs::metadata(first.data_dir.join("agent.json")).expect("stat").permissions().mode() & 0o777, 0o600);
     // What a crashed agent would leave in its work directory: gone once it starts again.
     let work = first.data_dir.join("work");
-    std::fs::create_dir_all(work.join("0000000000000042-old").join("src")).expect("plant a workspace");
-    std::fs::create_dir_all(work.join("0000000000000042-old.outputs")).expect("plant an outputs directory");
-    std::fs::write(work.join("0000000000000042-old.event.json"), "{}").expect("plant a payload");
+    let old = "gone.main.20261128000000abcdef";
+    std::fs::create_dir_all(work.join(old).join("src")).expect("plant a workspace");
+    std::fs::create_dir_all(work.join(format!("{old}.outputs"))).expect("plant an outputs directory");
+    std::fs::write(work.join(format!("{old}.event.json")), "{}").expect("plant a payload");
+    std::fs::write(work.join("notes.txt"), "not a run's").expect("plant something else");
     first.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_dir(&work).expect("read the work directory").flatten().any(|e| e.file_name() != ".steps") {
-        assert!(Instant::now() < deadline, "the restarted agent left the old workspaces:\n{}", first.log_tail(20));
+    let left = || -> Vec<String> {
+        let entries = std::fs::read_dir(&work).expect("read the work directory");
+        let mut names: Vec<String> = entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+        names.retain(|name| name != ".steps");
+        names.sort();
+        names
+    };
+    while left() != ["notes.txt"] {
+        assert!(Instant::now() < deadline, "the restarted agent left {:?}:\n{}", left(), first.log_tail(20));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A second agent on the same data directory stops at once and touches nothing.
-    std::fs::create_dir_all(work.join("0000000000000043-live")).expect("a workspace in use");
+    let live = "live.main.20261128000001abcdef";
+    std::fs::create_dir_all(work.join(live)).expect("a workspace in use");
     let mut twin = first.second_instance();
     wait_refused(&mut twin, "another xene-agent").await;
     let refusal = twin.log_tail(5);
     assert!(refusal.contains(&first.data_dir.display().to_string()), "{refusal}");
     assert!(refusal.contains(&format!("(pid {})", first.pid().expect("the first agent runs"))), "{refusal}");
-    assert!(work.join("0000000000000043-live").exists(), "the refused agent swept the running one's workspace");
-    std::fs::remove_dir(work.join("0000000000000043-live")).expect("remove the stand-in workspace");
+    assert!(work.join(live).exists(), "the refused agent swept the running one's workspace");
+    std::fs::remove_dir(work.join(live)).expect("remove the stand-in workspace");
 
     // The same token a second time: used up.
     let mut second = cluster.start_agent("second", "", &token);

@@ -7,7 +7,7 @@
 //! | Limit | Value |
 //! |---|---|
 //! | [`MAX_MANIFEST_BYTES`] | 2 MiB of YAML or JSON text |
-//! | nesting | 128 levels of maps and lists (JSON: serde_json's limit; YAML: checked before reading, `manifest/depth.rs`) |
+//! | nesting | maps and lists 128 levels deep in YAML (checked before reading, `manifest/depth.rs`), 127 in JSON (serde_json's limit) |
 //! | `when` expressions (`when.rs`) | 1,000 characters, brackets nested 32 deep |
 //! | [`MAX_NAME_LEN`] | 63 characters per name (workflow, trigger, pipeline, task, step, secret) |
 //! | [`MAX_DESCRIPTION_BYTES`] | 1 KiB per description |

@@ -129,6 +129,14 @@ fn too_large(written: &str, cel: &str) -> Option<String> {
     })
 }
 
+/// A condition as an error about its size shows it: its first 80 characters.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// The variable of the `index`th distinct reference in an expression turned into CEL.
 fn variable(index: usize) -> String {
     format!("xene_output_{index}")
@@ -210,7 +218,7 @@ impl When {
     pub(crate) fn check_syntax(&self) -> Result<(), String> {
         let Some((cel, bound)) = self.as_cel() else { return Ok(()) };
         if let Some(why) = too_large(self.as_str(), &cel) {
-            return Err(format!("the condition {:?} {why}", self.as_str()));
+            return Err(format!("the condition {:?} {why}", excerpt(self.as_str())));
         }
         let variables = on_cel_stack(|| {
             let program = cel::Program::compile(&cel).map_err(|e| self.unreadable(&e))?;
@@ -250,7 +258,7 @@ impl When {
             return Err(format!("{:?} is not an expression over task outputs", self.as_str()));
         };
         if let Some(why) = too_large(self.as_str(), &cel) {
-            return Err(format!("the condition {:?} {why}", self.as_str()));
+            return Err(format!("the condition {:?} {why}", excerpt(self.as_str())));
         }
         let values: Vec<(String, cel::Value)> = bound
             .iter()
@@ -460,6 +468,7 @@ mod tests {
         assert_eq!(negations.evaluate(outputs), Ok(true));
         let message = when(&format!("{x} == 1{}", " ".repeat(MAX_CONDITION_CHARS))).check_syntax().expect_err("long");
         assert!(message.contains("characters long; a condition may have at most 1000"), "{message}");
+        assert!(message.len() < 200, "the condition is shown in part: {message}");
 
         // Brackets in string literals do not count.
         let quoted = format!(r#"{x} == 1 || '{}' == "{}" || r'\(' == '''(('''"#, "(".repeat(40), "[".repeat(40));

@@ -121,7 +121,8 @@ fn deeply_nested_yaml_is_refused_where_it_passes_the_limit() {
     let blocks: String = (0..200).map(|level| format!("{}- \n", "  ".repeat(level))).collect();
     let message = parse_manifest(&format!("{header}\n{blocks}")).expect_err("too deep").to_string();
     assert!(message.contains("nested more than 128 levels deep at line 132"), "{message}");
-    // 128 levels are read (and then found not to be a workflow).
-    let message = parse_manifest(&format!("{header}{}1{}\n", "[".repeat(126), "]".repeat(126))).expect_err("a list");
+    // 128 levels (the document's mapping and 127 lists) are read, as the YAML reader reads
+    // them, and then found not to be a workflow.
+    let message = parse_manifest(&format!("{header}{}1{}\n", "[".repeat(127), "]".repeat(127))).expect_err("a list");
     assert!(message.to_string().contains("spec: expected a mapping, found a list"), "{message}");
 }

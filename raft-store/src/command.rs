@@ -34,7 +34,8 @@ pub struct ClientRequest {
     pub command: Command,
 }
 
-/// The operations the state machine knows. Append new variants at the end only.
+/// The operations the state machine knows. Append new variants at the end only, and to the
+/// shapes it is read back as ([`wire`]): a variant missing there is written but not read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "wire::Command")]
 pub enum Command {
@@ -152,7 +153,8 @@ pub struct KeyValue {
     pub version: u64,
 }
 
-/// What the state machine answers for one log entry.
+/// What the state machine answers for one log entry. New variants go before `Batch` in
+/// [`wire::MemberResponse`] too (which has no `Batch`), or batches' answers stop being read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "wire::Response")]
 pub enum ClientResponse {

@@ -2,7 +2,8 @@
 //! encodings of what peers send each other and what the log holds (proposals and their
 //! answers, log entries, AppendEntries and vote requests). Every mutated input must decode
 //! or be refused with an error; a panic or an abort fails the run. The seed is printed; set
-//! `XENE_FUZZ_SEED` to replay a run and `XENE_FUZZ_CASES` to run longer.
+//! `XENE_FUZZ_SEED` to replay a run and `XENE_FUZZ_CASES` to run longer. A few random edits
+//! never nest batches deeply: `command.rs`' own test feeds the decoder 100,000 levels.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -173,6 +174,5 @@ fn mutated_encodings_never_panic_the_decoder() {
         }
     }
     println!("seed {seed}: {cases} mutated encodings, {refused} refused, {read} read as something else");
-    assert_eq!(refused + read, cases);
     assert!(refused > cases / 2, "most mutations break an encoding: {refused} of {cases} refused");
 }

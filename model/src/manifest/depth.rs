@@ -6,8 +6,9 @@
 //! manifest took 2.3 s, 128,000 took 77 s, so the 2 MiB a manifest may be would hold a server's
 //! worker for about an hour). This walks the same parser's events and stops at the first
 //! collection deeper than the limit, so such a text is refused in the time it takes to reach
-//! that depth. It is the only `unsafe` code in the project: `libyaml-rs` (which `yaml_serde`
-//! already uses, at the same version) is libyaml translated from C, with C's API.
+//! that depth. It is the project's only `unsafe` code outside build scripts: `libyaml-rs`
+//! (which `yaml_serde` already uses, at the same version) is libyaml translated from C, with
+//! C's API.
 
 use std::mem::MaybeUninit;
 
