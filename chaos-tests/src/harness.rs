@@ -197,6 +197,16 @@ pub struct ClusterTls {
     pub client_certificates: bool,
 }
 
+impl ClusterTls {
+    /// What a client of the cluster presents and trusts: the PKI's CA and client certificate.
+    pub fn client_config(&self) -> ClientTlsConfig {
+        let read = |path: &Path| std::fs::read(path).expect("read a PEM file of the test PKI");
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.pki.ca)))
+            .identity(Identity::from_pem(read(&self.pki.client.cert), read(&self.pki.client.key)))
+    }
+}
+
 impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions { servers: 3, heartbeat_ms: 50, election_timeout_ms: 300, snapshot_logs: 10_000, tls: None }
@@ -314,16 +324,10 @@ impl TestCluster {
     pub fn endpoint(&self, addr: &str) -> Endpoint {
         match &self.options.tls {
             None => Endpoint::from_shared(format!("http://{addr}")).expect("valid endpoint"),
-            Some(tls) => {
-                let read = |path: &Path| std::fs::read(path).expect("read a PEM file of the test PKI");
-                let config = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(read(&tls.pki.ca)))
-                    .identity(Identity::from_pem(read(&tls.pki.client.cert), read(&tls.pki.client.key)));
-                Endpoint::from_shared(format!("https://{addr}"))
-                    .expect("valid endpoint")
-                    .tls_config(config)
-                    .expect("TLS settings of the test PKI")
-            }
+            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+                .expect("valid endpoint")
+                .tls_config(tls.client_config())
+                .expect("TLS settings of the test PKI"),
         }
     }
 

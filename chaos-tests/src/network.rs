@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::harness::ServerPlan;
 use crate::proxy::{Direction, Flow, Proxy};
@@ -50,6 +50,9 @@ pub struct Network {
     servers: usize,
     peers: BTreeMap<(usize, usize), Proxy>,
     clients: Vec<Proxy>,
+    /// How clients speak to the servers through the proxies, when the cluster speaks TLS (the
+    /// proxies carry its bytes unchanged).
+    client_tls: Option<ClientTlsConfig>,
 }
 
 impl Network {
@@ -112,7 +115,7 @@ impl Network {
                 plan.env.push((ADVERTISE_GRPC_ENV.to_string(), advertised[from].to_string()));
             }
         }
-        Ok((Network { servers, peers, clients }, plans))
+        Ok((Network { servers, peers, clients, client_tls: None }, plans))
     }
 
     pub fn servers(&self) -> usize {
@@ -134,13 +137,21 @@ impl Network {
         self.clients[index].addr()
     }
 
+    /// Makes [`Network::client_channel`] speak TLS with `config` (a cluster started with
+    /// `ClusterOptions::tls`; see `ClusterTls::client_config`).
+    pub fn use_client_tls(&mut self, config: ClientTlsConfig) {
+        self.client_tls = Some(config);
+    }
+
     /// A lazily connecting channel to server `index` through its client proxy.
     pub fn client_channel(&self, index: usize) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.client_addr(index)))
-            .expect("invariant: a socket address makes a valid URI")
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .connect_lazy()
+        let scheme = if self.client_tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.client_addr(index)))
+            .expect("invariant: a socket address makes a valid URI");
+        if let Some(config) = &self.client_tls {
+            endpoint = endpoint.tls_config(config.clone()).expect("TLS settings of the test PKI");
+        }
+        endpoint.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy()
     }
 
     /// Cuts the link from `from` to `to` only; `to` still reaches `from`.

@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 use rand::seq::IndexedRandom;
 use rand::Rng;
 use xene_chaos_tests::client::{delete_op, put_op, ChaosClient, Deadlines, WriteOutcome};
-use xene_chaos_tests::harness::{ClusterOptions, TestCluster};
+use xene_chaos_tests::harness::{ClusterOptions, ClusterTls, TestCluster};
 use xene_chaos_tests::lincheck::{
     check_kv_history, Budget, ClientId, Completion, Key, KeyedOperation, KvOperation, Operation, RegisterInput,
     RegisterOutput, Time, Value,
 };
 use xene_chaos_tests::nemesis::{Nemesis, NemesisProfile};
 use xene_chaos_tests::network::Network;
+use xene_chaos_tests::pki::TestPki;
 use xene_chaos_tests::report::ScenarioReport;
 use xene_chaos_tests::settings::ChaosSettings;
 use xene_proto as pb;
@@ -350,11 +351,28 @@ async fn final_reads(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_history_is_linearizable_and_keeps_acknowledged_writes_under_faults() {
-    let settings = ChaosSettings::from_env("chaos_kv");
+    scenario("chaos_kv", None, Duration::from_secs(75)).await;
+}
+
+/// The same with mutual TLS on every link (DESIGN §11.2): servers to each other and clients to
+/// servers, through the same proxies, which carry the TLS bytes unchanged; shorter in CI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_over_mutual_tls_is_linearizable_and_keeps_acknowledged_writes_under_faults() {
+    let pki_dir = tempfile::tempdir().expect("temp dir");
+    let tls = ClusterTls { pki: TestPki::generate(pki_dir.path()), client_certificates: true };
+    scenario("chaos_kv_tls", Some(tls), Duration::from_secs(25)).await;
+}
+
+/// One run of the scenario: `short` is the fault phase of the CI variant.
+async fn scenario(name: &str, tls: Option<ClusterTls>, short: Duration) {
+    let settings = ChaosSettings::from_env(name);
     let started = Instant::now();
-    let mut report = ScenarioReport::new("kv", &settings);
-    let (network, plans) = Network::plan(SERVERS).await.expect("start the proxies");
-    let options = ClusterOptions { servers: SERVERS, ..ClusterOptions::default() };
+    let mut report = ScenarioReport::new(if tls.is_some() { "kv over TLS" } else { "kv" }, &settings);
+    let (mut network, plans) = Network::plan(SERVERS).await.expect("start the proxies");
+    if let Some(tls) = &tls {
+        network.use_client_tls(tls.client_config());
+    }
+    let options = ClusterOptions { servers: SERVERS, tls, ..ClusterOptions::default() };
     let mut cluster = TestCluster::start_planned(options, plans).await;
     let clock = Clock(Instant::now());
 
@@ -376,7 +394,7 @@ async fn kv_history_is_linearizable_and_keeps_acknowledged_writes_under_faults()
 
     // Faults while the clients run, then everything heals.
     let mut nemesis = Nemesis::new(settings.rng(0), NemesisProfile::everything(), SERVERS);
-    let duration = settings.duration(Duration::from_secs(75), Duration::from_secs(15 * 60));
+    let duration = settings.duration(short, Duration::from_secs(15 * 60));
     nemesis.run(&mut cluster, &network, duration).await;
     stop.store(true, Ordering::Relaxed);
     let mut logs = Vec::new();
@@ -455,7 +473,7 @@ async fn kv_history_is_linearizable_and_keeps_acknowledged_writes_under_faults()
     if !report.violations.is_empty() {
         let dir = cluster.keep().display().to_string();
         panic!(
-            "chaos_kv found {} violation(s) with seed {}; servers' logs kept in {dir}",
+            "{name} found {} violation(s) with seed {}; servers' logs kept in {dir}",
             report.violations.len(),
             settings.seed
         );
