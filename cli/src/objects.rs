@@ -301,9 +301,8 @@ pub async fn describe(cluster: &Cluster, kind: &str, name: &str) -> Result<()> {
         println!("    Triggers:     {}", triggers.join(", "));
         println!("    Tasks:");
         let graph = TaskGraph::from_pipeline(pipeline).map_err(|e| anyhow!("the stored pipeline is not a DAG: {e}"))?;
-        let mut shown = std::collections::BTreeSet::new();
-        for root in graph.topological_order().into_iter().filter(|t| graph.dependencies(t).is_empty()) {
-            draw(&graph, pipeline, root, "      ", true, true, &mut shown);
+        for line in task_tree(&graph, pipeline) {
+            println!("      {line}");
         }
     }
     Ok(())
@@ -346,36 +345,52 @@ async fn describe_pipeline(cluster: &Cluster, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn draw<'a>(
-    graph: &'a TaskGraph,
-    pipeline: &xene_model::Pipeline,
-    task: &'a str,
-    indent: &str,
-    last: bool,
-    root: bool,
-    shown: &mut std::collections::BTreeSet<&'a str>,
-) {
-    let branch = if root {
-        ""
-    } else if last {
-        "└─ "
-    } else {
-        "├─ "
-    };
-    let steps = pipeline.tasks.get(task).map_or(0, |t| t.steps.len());
-    let deps = graph.dependencies(task);
-    let after = if deps.len() > 1 { format!(", after {}", deps.join(" and ")) } else { String::new() };
-    if !shown.insert(task) {
-        println!("{indent}{branch}{task} (see above)");
-        return;
+/// Levels of the task tree drawn with their own indentation; deeper ones keep this one's and
+/// say their level, so a long chain of tasks (up to 10,000) prints one short line per task.
+const MAX_DRAWN_LEVELS: usize = 24;
+
+/// The task DAG as a tree, a line per task: each root, then the tasks after it, indented; a
+/// task after several others is drawn under the first and referred to ("see above") under
+/// the rest. Drawn with a stack of its own, not by recursion, however deep the chain.
+fn task_tree(graph: &TaskGraph, pipeline: &xene_model::Pipeline) -> Vec<String> {
+    struct Frame<'a> {
+        task: &'a str,
+        indent: String,
+        last: bool,
+        level: usize,
     }
-    println!("{indent}{branch}{task} ({steps} step{}{after})", if steps == 1 { "" } else { "s" });
-    let children = graph.dependents(task);
-    let child_indent =
-        if root { indent.to_string() } else { format!("{indent}{}", if last { "   " } else { "│  " }) };
-    for (i, child) in children.iter().enumerate() {
-        draw(graph, pipeline, child, &child_indent, i + 1 == children.len(), false, shown);
+    let mut lines = Vec::new();
+    let mut shown = std::collections::BTreeSet::new();
+    let roots: Vec<&str> = graph.topological_order().into_iter().filter(|t| graph.dependencies(t).is_empty()).collect();
+    let mut stack: Vec<Frame<'_>> =
+        roots.into_iter().rev().map(|task| Frame { task, indent: String::new(), last: true, level: 0 }).collect();
+    while let Some(Frame { task, indent, last, level }) = stack.pop() {
+        let branch = match (level, last) {
+            (0, _) => "",
+            (_, true) => "└─ ",
+            (_, false) => "├─ ",
+        };
+        if !shown.insert(task) {
+            lines.push(format!("{indent}{branch}{task} (see above)"));
+            continue;
+        }
+        let steps = pipeline.tasks.get(task).map_or(0, |t| t.steps.len());
+        let deps = graph.dependencies(task);
+        let after = if deps.len() > 1 { format!(", after {}", deps.join(" and ")) } else { String::new() };
+        let deep = if level >= MAX_DRAWN_LEVELS { format!(", level {}", level + 1) } else { String::new() };
+        lines.push(format!("{indent}{branch}{task} ({steps} step{}{after}{deep})", if steps == 1 { "" } else { "s" }));
+        let child_indent = if level == 0 || level >= MAX_DRAWN_LEVELS {
+            indent
+        } else {
+            format!("{indent}{}", if last { "   " } else { "│  " })
+        };
+        let children = graph.dependents(task);
+        let count = children.len();
+        for (i, child) in children.into_iter().enumerate().rev() {
+            stack.push(Frame { task: child, indent: child_indent.clone(), last: i + 1 == count, level: level + 1 });
+        }
     }
+    lines
 }
 
 /// `xenectl delete workflow NAME`.
@@ -393,4 +408,51 @@ pub async fn delete(cluster: &Cluster, kind: &str, name: &str) -> Result<()> {
         println!("{}/{} deleted", object.kind.to_lowercase(), object.name);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline_of(manifest: &str) -> xene_model::Pipeline {
+        let workflow = parse_manifest(manifest).expect("a valid manifest");
+        workflow.spec.pipelines.into_values().next().expect("one pipeline")
+    }
+
+    #[test]
+    fn the_tree_shows_fan_out_and_fan_in_once_each() {
+        let pipeline = pipeline_of(
+            "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {name: w}\nspec:\n  pipelines:\n    p:\n      tasks:\n\
+             \x20       a: {steps: [{name: s, run: 'true'}]}\n\
+             \x20       b: {dependencies: [a], steps: [{name: s, run: 'true'}, {name: t, run: 'true'}]}\n\
+             \x20       c: {dependencies: [a], steps: [{name: s, run: 'true'}]}\n\
+             \x20       d: {dependencies: [b, c], steps: [{name: s, run: 'true'}]}\n",
+        );
+        let graph = TaskGraph::from_pipeline(&pipeline).expect("a DAG");
+        assert_eq!(
+            task_tree(&graph, &pipeline),
+            ["a (1 step)", "├─ b (2 steps)", "│  └─ d (1 step, after b and c)", "└─ c (1 step)", "   └─ d (see above)",]
+        );
+    }
+
+    #[test]
+    fn a_chain_of_ten_thousand_tasks_prints_short_lines() {
+        let mut manifest = String::from(
+            "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {name: w}\nspec:\n  pipelines:\n    p:\n      tasks:\n",
+        );
+        manifest.push_str("        t0: {steps: [{name: s, run: 'true'}]}\n");
+        for i in 1..10_000 {
+            manifest.push_str(&format!(
+                "        t{i}: {{dependencies: [t{}], steps: [{{name: s, run: 'true'}}]}}\n",
+                i - 1
+            ));
+        }
+        let pipeline = pipeline_of(&manifest);
+        let graph = TaskGraph::from_pipeline(&pipeline).expect("a DAG");
+        let lines = task_tree(&graph, &pipeline);
+        assert_eq!(lines.len(), 10_000);
+        assert_eq!(lines[1], "└─ t1 (1 step)");
+        assert_eq!(lines[9_999], format!("{}└─ t9999 (1 step, level 10000)", "   ".repeat(MAX_DRAWN_LEVELS - 1)));
+        assert!(lines.iter().all(|line| line.chars().count() < 120), "no line grows with the chain");
+    }
 }
