@@ -102,6 +102,11 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// Every server's whole log.
+fn whole_logs(cluster: &TestCluster) -> String {
+    cluster.servers.iter().map(|server| server.log_tail(usize::MAX)).collect::<Vec<_>>().join("\n")
+}
+
 fn logs_text(cluster: &TestCluster, id: &str) -> String {
     String::from_utf8_lossy(&cluster.xenectl(&["logs", id]).stdout).into_owned()
 }
@@ -163,10 +168,14 @@ async fn webhooks_verify_filter_and_deduplicate_on_every_server() {
     let (status, body) =
         rest::post(http, "/api/v1/webhooks/hooks/nope", &github("push", "d-6", signed.clone()), push).await;
     assert_eq!(status, 404, "{body}");
-    assert!(body.contains("on-push"), "the answer lists the webhook triggers there are: {body}");
-    let (status, body) =
+    assert!(body.contains("no webhook at /api/v1/webhooks/hooks/nope"), "{body}");
+    let (status, other) =
         rest::post(http, "/api/v1/webhooks/nope/on-push", &github("push", "d-7", signed.clone()), push).await;
-    assert_eq!(status, 404, "{body}");
+    assert_eq!(status, 404, "{other}");
+    // An unknown trigger and an unknown workflow read alike: nothing of the configuration.
+    assert_eq!(body.replace("hooks/nope", "X"), other.replace("nope/on-push", "X"));
+    assert!(!body.contains("on-push"), "the answer lists no triggers: {body}");
+    assert!(whole_logs(&cluster).contains("its webhook triggers: "), "the server's log has the whole reason");
     let not_json = b"ref=main";
     let (status, body) =
         rest::post(http, path, &github("push", "d-8", format!("sha256={}", hmac_hex(SECRET, not_json))), not_json)
@@ -484,7 +493,9 @@ async fn a_large_delivery_reaches_every_pipeline_and_an_empty_key_signs_nothing(
     };
     let (status, answer) = rest::post(&cluster.servers[0].http, path, &headers("", small, "e-1"), small).await;
     assert_eq!(status, 500, "signed with the empty key: {answer}");
-    assert!(answer.contains("empty signing key"), "{answer}");
+    assert!(answer.contains("signing secret is missing or unusable"), "{answer}");
+    assert!(!answer.contains("fan-secret"), "the answer names no secret: {answer}");
+    assert!(whole_logs(&cluster).contains("holds an empty signing key"), "the server's log says why");
     let runs = String::from_utf8_lossy(&cluster.xenectl(&["runs", "fan"]).stdout).into_owned();
     assert_eq!(runs.lines().count(), 1, "no run was made: {runs}");
 

@@ -128,10 +128,13 @@ async fn webhook(
                 WebhookError::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 WebhookError::Server(e) => crate::services::run::http_error(e).0,
             };
-            if code != StatusCode::NOT_FOUND {
+            if code == StatusCode::NOT_FOUND {
+                tracing::info!(workflow, trigger, error = %e, "webhook delivery to no webhook");
+            } else {
                 tracing::warn!(workflow, trigger, status = code.as_u16(), error = %e, "webhook delivery refused");
             }
-            json(code, serde_json::json!({ "error": e.to_string() }))
+            let url = format!("/api/v1/webhooks/{workflow}/{trigger}");
+            json(code, serde_json::json!({ "error": e.public(&url) }))
         }
     }
 }

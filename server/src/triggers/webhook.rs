@@ -6,7 +6,10 @@
 //! Answers: `202` with the run IDs (also for a redelivery, with the runs the first delivery
 //! made), `200` with no runs for an event the filter drops, `401` bad or missing signature,
 //! `404` unknown workflow or trigger, `413` over [`MAX_BODY_BYTES`], `422` a payload the filter
-//! cannot read. Only `202` creates runs.
+//! cannot read. Only `202` creates runs. The sender is not authenticated until its signature
+//! is checked, so a `404` or `500` answer says nothing of the cluster's configuration (which
+//! workflows, triggers and secrets there are): [`WebhookError::public`] is what it is told,
+//! and the full reason goes to the server's log.
 
 use std::collections::BTreeMap;
 
@@ -32,7 +35,8 @@ pub const MAX_BODY_BYTES: usize = 1_000_000;
 /// How long a delivery ID is remembered; a redelivery after this makes a new run.
 pub const DELIVERY_MEMORY: chrono::Duration = chrono::Duration::days(7);
 
-/// Why a delivery made no run.
+/// Why a delivery made no run. `Display` is the whole reason, for the server's log; the
+/// sender is told [`WebhookError::public`].
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     /// Unknown workflow or trigger (404).
@@ -50,6 +54,23 @@ pub enum WebhookError {
     /// The cluster could not take the delivery (503 and the like).
     #[error(transparent)]
     Server(#[from] ServerError),
+}
+
+impl WebhookError {
+    /// What the (not yet authenticated) sender is told: the reason, except where it would
+    /// describe the cluster's configuration. `url` is the delivery's path.
+    pub fn public(&self, url: &str) -> String {
+        match self {
+            WebhookError::NotFound(_) => format!(
+                "no webhook at {url}; check the URL against the one `xenectl describe pipeline WORKFLOW/PIPELINE` prints"
+            ),
+            WebhookError::Misconfigured(_) => {
+                "this webhook's signing secret is missing or unusable; the server's log says what an operator must fix"
+                    .to_string()
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// What a delivery made.
