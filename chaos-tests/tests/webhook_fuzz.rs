@@ -36,20 +36,20 @@ spec:
 
 const SECRET: &str = "fuzz-signing-key";
 
-/// A small deterministic generator (SplitMix64), so a failure can be replayed.
-struct Rng(u64);
+/// The run's random choices, all from one seed, so a failure can be replayed.
+struct Rng(rand::rngs::StdRng);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        rand::Rng::random(&mut self.0)
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        rand::Rng::random_range(&mut self.0, 0..n.max(1))
     }
 
     fn pick<'a, T: ?Sized>(&mut self, items: &[&'a T]) -> &'a T {
@@ -138,7 +138,7 @@ async fn odd_webhook_deliveries_get_documented_answers_and_make_only_the_runs_th
     let http = cluster.servers[0].http.clone();
 
     let long_name = "w".repeat(300);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut made: BTreeSet<String> = BTreeSet::new();
     let mut answers: std::collections::BTreeMap<u16, usize> = Default::default();
     for case in 0..cases {
