@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Starts a local three-server Xene cluster and one agent on loopback, applies
-# examples/hello.yaml, runs it, follows its logs to the end, and prints how to use the cluster
-# and how to stop it. Running it again replaces what the last run started.
+# examples/hello.yaml and examples/fan-out-fan-in.yaml, runs hello/main, follows its logs to
+# the end, and prints how to use the cluster and how to stop it. Running it again replaces
+# what the last run started.
 #
 #   deploy/local-cluster.sh            start (or restart) the cluster
 #   deploy/local-cluster.sh stop       stop it
 #
-# Data and logs live in $XENE_LOCAL_DIR (default /tmp/xene-local).
+# Data and logs live in $XENE_LOCAL_DIR (default /tmp/xene-local); the servers listen from
+# port $XENE_LOCAL_PORT on (default 7400: gRPC 7400, 7410, 7420 and REST one above each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,7 +60,7 @@ fail() {
   exit 1
 }
 
-echo "== building xene-server and xenectl (the first build takes about 20 minutes: RocksDB)"
+echo "== building xene-server, xene-agent and xenectl (the first build takes about 20 minutes: RocksDB)"
 cargo build --workspace --bins --locked
 bin="$CARGO_TARGET_DIR/debug"
 

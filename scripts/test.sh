@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 start=$(date +%s)
+# rustfmt and clippy come with rustup's default profile; a minimal toolchain lacks them.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  echo "== installing rustfmt and clippy (rustup components)"
+  rustup component add rustfmt clippy
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

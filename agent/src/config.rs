@@ -34,6 +34,10 @@ pub struct AgentConfig {
     /// How many pipelines this agent takes at most.
     #[arg(long, env = "XENE_AGENT_CAPACITY", default_value_t = 16)]
     pub capacity: u32,
+    /// Tasks this agent runs at once, over all its runs; a ready task waits for a free slot
+    /// [default: twice the number of CPUs].
+    #[arg(long, env = "XENE_MAX_TASKS", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_tasks: Option<u64>,
     /// How fast step output is shipped to the servers, in KiB/s, after a burst of a quarter
     /// second's worth; faster output waits in the agent (within each step's cap). 0: no limit.
     #[arg(long, env = "XENE_LOG_RATE_KIB", default_value_t = 4096)]
@@ -61,6 +65,16 @@ pub struct AgentConfig {
     /// What --tls-ca, --tls-cert and --tls-key hold, read by [`AgentConfig::load_tls`].
     #[arg(skip)]
     pub tls: ClientTls,
+}
+
+impl AgentConfig {
+    /// `--max-tasks`, or twice the CPUs this process may use.
+    pub fn max_tasks(&self) -> usize {
+        match self.max_tasks {
+            Some(max) => max as usize,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+        }
+    }
 }
 
 /// The servers' addresses the agent was given: at least one.
@@ -219,6 +233,15 @@ mod tests {
         let mut half = parse(&["--tls-cert", ca]).expect("flags");
         let message = half.load_tls().expect_err("a certificate without its key").to_string();
         assert!(message.contains("--tls-cert is given without --tls-key"), "{message}");
+    }
+
+    #[test]
+    fn max_tasks_defaults_to_twice_the_cpus_and_is_at_least_one() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(parse(&[]).expect("defaults").max_tasks(), 2 * cpus);
+        assert_eq!(parse(&["--max-tasks", "3"]).expect("three").max_tasks(), 3);
+        let message = parse(&["--max-tasks", "0"]).expect_err("zero").to_string();
+        assert!(message.contains("--max-tasks") && message.contains("0 is not in 1..=10000"), "{message}");
     }
 
     #[test]

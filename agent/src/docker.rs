@@ -414,8 +414,8 @@ impl DockerExecutor {
             }
         };
 
-        let mut stdout = LineBuffer::default();
-        let mut stderr = LineBuffer::default();
+        let mut stdout = LineBuffer::for_sink(sink);
+        let mut stderr = LineBuffer::for_sink(sink);
         let mut pid: Option<u32> = None;
         let mut marker_pending = true;
         let mut ended: Option<StepEnd> = None;

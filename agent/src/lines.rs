@@ -32,6 +32,12 @@ pub trait StepOutput {
 
     /// Sends what is held.
     fn flush(&mut self) {}
+
+    /// Texts that must not be split between two pieces of a long line (secret values, which
+    /// the sink masks piece by piece): see [`LineBuffer::for_sink`].
+    fn unsplittable(&self) -> &[String] {
+        &[]
+    }
 }
 
 /// A closure takes every line and holds nothing back.
@@ -63,9 +69,18 @@ pub const MAX_LINE: usize = 64 * 1024;
 #[derive(Default)]
 pub struct LineBuffer {
     partial: Vec<u8>,
+    /// Texts a piece must not end inside ([`StepOutput::unsplittable`]).
+    unsplittable: Vec<String>,
 }
 
 impl LineBuffer {
+    /// A buffer for `sink`'s output: a long line is cut into pieces so that none of the sink's
+    /// [`StepOutput::unsplittable`] texts of up to half a piece is split between two pieces
+    /// (DESIGN §9.7: a secret split across writes is still masked).
+    pub fn for_sink(sink: &impl StepOutput) -> Self {
+        LineBuffer { partial: Vec::new(), unsplittable: sink.unsplittable().to_vec() }
+    }
+
     /// Emits every line `bytes` completes, and pieces of [`MAX_LINE`] of a longer one.
     pub fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&str)) {
         while let Some(newline) = memchr::memchr(b'\n', bytes) {
@@ -122,9 +137,35 @@ impl LineBuffer {
             while cut > MAX_LINE - 4 && self.partial.get(cut).is_some_and(|b| b & 0xC0 == 0x80) {
                 cut -= 1;
             }
+            cut = self.before_unsplittable(cut);
             emit_text(&self.partial[..cut], emit);
             self.partial.drain(..cut);
         }
+    }
+
+    /// `cut`, or earlier so that the piece does not end with the start of one of the
+    /// unsplittable texts (which then starts the next piece, and fits in it whole). Texts longer
+    /// than half a piece are not guarded, so a piece keeps about half its length at least and
+    /// output always moves on.
+    fn before_unsplittable(&self, cut: usize) -> usize {
+        let piece = &self.partial[..cut];
+        let mut safe = cut;
+        for text in &self.unsplittable {
+            let text = text.as_bytes();
+            if text.len() < 2 || text.len() > MAX_LINE / 2 {
+                continue;
+            }
+            // The longest start of `text` the piece ends with, short of all of it.
+            let longest = (1..text.len()).rev().find(|&k| piece.ends_with(&text[..k]));
+            if let Some(k) = longest {
+                safe = safe.min(cut - k);
+            }
+        }
+        // Back to a character boundary (the text starts on one; `safe` is at most `cut`).
+        while safe > 0 && safe < cut && self.partial[safe] & 0xC0 == 0x80 {
+            safe -= 1;
+        }
+        safe
     }
 
     /// The last line, if the output did not end with a newline.
@@ -166,6 +207,43 @@ mod tests {
         assert_eq!(lines(&[b"x\ny\nz\n", b"w"]), ["x", "y", "z", "w"]);
         assert_eq!(lines(&[b"bad \xff byte\n"]), ["bad \u{fffd} byte"]);
         assert!(lines(&[b""]).is_empty());
+    }
+
+    /// A secret where a long line is cut goes whole into the next piece, where the shipper
+    /// masks it; text that only looks like its start is cut as usual.
+    #[test]
+    fn a_long_line_is_not_cut_inside_an_unsplittable_text() {
+        struct Guarded(Vec<String>);
+        impl StepOutput for Guarded {
+            fn line(&mut self, _: &'static str, _: &str, _: u64) {}
+            fn unsplittable(&self) -> &[String] {
+                &self.0
+            }
+        }
+        let secret = "s3cret-välue";
+        let buffer = LineBuffer::for_sink(&Guarded(vec![secret.into()]));
+        for at in [MAX_LINE - 5, MAX_LINE - 1, MAX_LINE, MAX_LINE - secret.len()] {
+            let mut text = vec![b'x'; at];
+            text.extend_from_slice(secret.as_bytes());
+            text.extend_from_slice(&vec![b'y'; MAX_LINE]);
+            text.push(b'\n');
+            let mut guarded = LineBuffer { partial: Vec::new(), unsplittable: buffer.unsplittable.clone() };
+            let mut out = Vec::new();
+            guarded.push(&text, |piece| out.push(piece.to_string()));
+            assert!(
+                out.iter().any(|piece| piece.contains(secret)),
+                "secret at {at} split: {:?}",
+                out.iter().map(String::len).collect::<Vec<_>>()
+            );
+            assert_eq!(out.concat().len(), text.len() - 1, "nothing lost or doubled");
+        }
+        // Only a start of it at the cut: the piece ends before that start, and the rest follows.
+        let mut text = vec![b'x'; MAX_LINE - 3];
+        text.extend_from_slice(b"s3cXYZ\n");
+        let mut guarded = LineBuffer { partial: Vec::new(), unsplittable: buffer.unsplittable.clone() };
+        let mut out = Vec::new();
+        guarded.push(&text, |piece| out.push(piece.to_string()));
+        assert_eq!(out.iter().map(String::len).collect::<Vec<_>>(), [MAX_LINE - 3, 6]);
     }
 
     #[test]

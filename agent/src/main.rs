@@ -86,7 +86,6 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     tracing::info!(agent = %credential.agent, executor = %config.executor, docker = docker.is_some(), "agent starting");
     let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
-    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
     let cron = tokio::spawn(cron::run(leases.clone(), outbox.clone(), stop.clone()));
     // What a crashed agent left running, then what it left on disk, goes before anything new
     // starts.
@@ -103,7 +102,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     }
     let options = runner::RunnerOptions {
-        parallelism,
+        max_tasks: config.max_tasks(),
         executor: config.executor.clone(),
         log_cap: runner::LogCap { lines: config.log_cap_lines, bytes: config.log_cap_mib << 20 },
         step_records,

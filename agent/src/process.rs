@@ -87,7 +87,7 @@ pub async fn run_step(
     };
     widen(&stdout);
     widen(&stderr);
-    let (mut out, mut err) = (LineBuffer::default(), LineBuffer::default());
+    let (mut out, mut err) = (LineBuffer::for_sink(sink), LineBuffer::for_sink(sink));
     let (mut out_block, mut err_block) = (vec![0u8; BLOCK_BYTES], vec![0u8; BLOCK_BYTES]);
     let (mut out_open, mut err_open) = (true, true);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);

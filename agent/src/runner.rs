@@ -1,5 +1,5 @@
 //! Runs pipelines (DESIGN §9): resolves a run's task DAG with petgraph, starts every ready
-//! task up to the agent's parallelism, runs each task's steps in order, applies the failure
+//! task while the agent has a free task slot (`--max-tasks`, over all its runs), runs each task's steps in order, applies the failure
 //! rules (a failed step fails its task; its remaining steps and every task depending on it
 //! stay `NotExecuted`), retries tasks by their policy, and reports statuses and log lines to
 //! the leader, fenced by the lease epoch the run was started under.
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xene_model::outputs::{
@@ -41,7 +42,9 @@ pub struct Runner {
     work_dir: PathBuf,
     leases: Arc<Leases>,
     outbox: Outbox,
-    parallelism: usize,
+    /// The agent's task slots, shared by all its runs (DESIGN §9.2: every ready task at once, up
+    /// to a per-agent limit): a task holds one while it runs.
+    slots: Arc<Semaphore>,
     /// The container executor, when the agent runs containers and Docker answered.
     docker: Option<DockerExecutor>,
     /// What the agent was asked to use: `docker` or `process`.
@@ -57,6 +60,8 @@ pub struct Runner {
     /// Runs being stopped because this agent no longer holds their pipeline: they end as
     /// `AgentLost`, not as cancelled by a user.
     lost: Mutex<BTreeSet<String>>,
+    /// Bumped to have every running run's status sent again ([`Runner::report_all`]).
+    resend: tokio::sync::watch::Sender<u64>,
 }
 
 /// The final statuses of the last [`Finished::KEPT`] runs this agent finished, by run.
@@ -103,8 +108,8 @@ struct Deferred {
 
 /// How a [`Runner`] runs tasks.
 pub struct RunnerOptions {
-    /// Tasks of one run at once.
-    pub parallelism: usize,
+    /// Tasks at once, over all of the agent's runs (`--max-tasks`).
+    pub max_tasks: usize,
     /// `docker` or `process`.
     pub executor: String,
     pub log_cap: LogCap,
@@ -126,7 +131,7 @@ impl Runner {
             work_dir,
             leases,
             outbox,
-            parallelism: options.parallelism.max(1),
+            slots: Arc::new(Semaphore::new(options.max_tasks.max(1))),
             docker,
             executor: options.executor,
             log_cap: options.log_cap,
@@ -136,7 +141,14 @@ impl Runner {
             deferred: Mutex::default(),
             finished: Mutex::default(),
             lost: Mutex::default(),
+            resend: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Sends every running run's status again (on a new session: the leader marked the runs
+    /// `Unknown` while this agent had none).
+    pub fn report_all(&self) {
+        self.resend.send_modify(|generation| *generation += 1);
     }
 
     /// The leader hands over a run to start under lease `epoch`.
@@ -348,7 +360,7 @@ impl Runner {
         let timed_out = CancellationToken::new();
         let step_cancel = CancellationToken::new();
         let shared = Arc::new(Mutex::new(run));
-        let reporter = StatusReporter::start(Arc::clone(&shared), self.outbox.clone(), epoch);
+        let reporter = StatusReporter::start(Arc::clone(&shared), self.outbox.clone(), epoch, self.resend.subscribe());
         // One copy of the pipeline for every task (a 1,000-task pipeline is not copied 1,000 times).
         let pipeline = Arc::new(pipeline);
         let mut done: BTreeSet<String> = BTreeSet::new();
@@ -359,8 +371,11 @@ impl Runner {
         let mut worker_tasks: HashMap<tokio::task::Id, String> = HashMap::new();
         // What went wrong in the agent itself, for the run's message.
         let mut broken: Vec<String> = Vec::new();
+        // A slot this run waited for and got, for its next task.
+        let mut spare: Option<OwnedSemaphorePermit> = None;
         loop {
-            // Start every ready task whose condition holds, up to the parallelism.
+            // Start every ready task whose condition holds, while the agent has free slots.
+            let mut waiting = false;
             let ready: Vec<String> =
                 graph.ready_tasks(&done).into_iter().filter(|t| !started.contains(*t)).map(String::from).collect();
             for task in ready {
@@ -382,9 +397,13 @@ impl Runner {
                         continue;
                     }
                 }
-                if workers.len() >= self.parallelism || cancel.is_cancelled() || timed_out.is_cancelled() {
+                if cancel.is_cancelled() || timed_out.is_cancelled() {
                     break;
                 }
+                let Some(slot) = spare.take().or_else(|| Arc::clone(&self.slots).try_acquire_owned().ok()) else {
+                    waiting = true;
+                    break;
+                };
                 started.insert(task.clone());
                 let context = TaskContext {
                     run: Arc::clone(&shared),
@@ -402,10 +421,13 @@ impl Runner {
                     log_cap: self.log_cap,
                     step_records: Arc::clone(&self.step_records),
                 };
-                let worker = workers.spawn(async move { context.run_task().await });
+                let worker = workers.spawn(async move {
+                    let _slot = slot;
+                    context.run_task().await
+                });
                 worker_tasks.insert(worker.id(), task);
             }
-            if workers.is_empty() {
+            if workers.is_empty() && !waiting {
                 break;
             }
             let sleep = async {
@@ -431,6 +453,7 @@ impl Runner {
                         }
                     }
                 }
+                slot = Arc::clone(&self.slots).acquire_owned(), if waiting => spare = slot.ok(),
                 _ = cancel.cancelled(), if !step_cancel.is_cancelled() => step_cancel.cancel(),
                 _ = sleep => {
                     timed_out.cancel();
@@ -624,7 +647,12 @@ struct StatusReporter {
 impl StatusReporter {
     const EVERY: Duration = Duration::from_millis(50);
 
-    fn start(run: Arc<Mutex<RunObject>>, outbox: Outbox, epoch: u64) -> Self {
+    fn start(
+        run: Arc<Mutex<RunObject>>,
+        outbox: Outbox,
+        epoch: u64,
+        mut resend: tokio::sync::watch::Receiver<u64>,
+    ) -> Self {
         let changed = Arc::new(tokio::sync::Notify::new());
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -634,6 +662,8 @@ impl StatusReporter {
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = changed.notified() => {}
+                        // A closed sender (the runner gone) just stops asking.
+                        Ok(()) = resend.changed() => {}
                     }
                     report(&outbox, epoch, &run.lock().unwrap_or_else(|p| p.into_inner()));
                     tokio::select! {
@@ -1263,6 +1293,10 @@ impl<'a> LogShipper<'a> {
 }
 
 impl StepOutput for LogShipper<'_> {
+    fn unsplittable(&self) -> &[String] {
+        &self.masks
+    }
+
     fn line(&mut self, stream: &'static str, text: &str, ts_ms: u64) {
         if !self.in_tail {
             let bytes = self.head_bytes + text.len() as u64;
@@ -1652,6 +1686,40 @@ mod tests {
         }
     }
 
+    /// A runner of `max_tasks` slots with the process executor under `dir`, holding pipeline
+    /// `w/p` of `manifest` at epoch 7, and the outbox it reports to.
+    fn process_runner(
+        dir: &std::path::Path,
+        max_tasks: usize,
+        manifest: &str,
+    ) -> (Arc<Runner>, tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage>) {
+        let workflow = xene_model::parse_manifest(manifest).expect("manifest");
+        let leases = Arc::new(Leases::default());
+        let (tx, outbox) = tokio::sync::mpsc::unbounded_channel();
+        let options = RunnerOptions {
+            max_tasks,
+            executor: "process".into(),
+            log_cap: LogCap::DEFAULT,
+            step_records: Arc::new(StepRecords::new(dir.join("steps"))),
+        };
+        let runner = Runner::new("a".into(), dir.join("work"), Arc::clone(&leases), tx, None, options);
+        let lease = crate::leases::HeldLease {
+            epoch: 7,
+            workflow_json: serde_json::to_string(&workflow).expect("json"),
+            workflow_revision: 3,
+            cron_since_ms: BTreeMap::new(),
+        };
+        leases.grant("w/p", lease);
+        (runner, outbox)
+    }
+
+    /// Starts run `id` of `w/p` at epoch 7.
+    fn start_run(runner: &Arc<Runner>, id: &str) {
+        let spec = xene_model::RunSpec { workflow: "w".into(), pipeline: "p".into(), ..Default::default() };
+        let json = serde_json::to_string(&RunObject::pending(id, spec)).expect("json");
+        runner.start(&json, 7, BTreeMap::new(), Vec::new());
+    }
+
     /// A run stopped because the agent lost its pipeline ends as `AgentLost`, not as cancelled
     /// by a user; one a user cancels ends `Cancelled` (a review found both reported as the
     /// latter, which the server stores when the lease has not moved yet).
@@ -1659,27 +1727,9 @@ mod tests {
     async fn a_run_stopped_by_a_lost_lease_is_agent_lost_and_a_cancelled_one_cancelled() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let manifest = "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {name: w}\nspec:\n  pipelines:\n    p:\n      tasks:\n        t: {steps: [{name: s, run: 'echo started; sleep 30'}]}\n";
-        let workflow = xene_model::parse_manifest(manifest).expect("manifest");
-        let leases = Arc::new(Leases::default());
-        let (tx, mut outbox) = tokio::sync::mpsc::unbounded_channel();
-        let options = RunnerOptions {
-            parallelism: 4,
-            executor: "process".into(),
-            log_cap: LogCap::DEFAULT,
-            step_records: Arc::new(StepRecords::new(dir.path().join("steps"))),
-        };
-        let runner = Runner::new("a".into(), dir.path().join("work"), Arc::clone(&leases), tx, None, options);
+        let (runner, mut outbox) = process_runner(dir.path(), 4, manifest);
         for (run, stop) in [("lost", true), ("cancelled", false)] {
-            let lease = crate::leases::HeldLease {
-                epoch: 7,
-                workflow_json: serde_json::to_string(&workflow).expect("json"),
-                workflow_revision: 3,
-                cron_since_ms: BTreeMap::new(),
-            };
-            leases.grant("w/p", lease);
-            let spec = xene_model::RunSpec { workflow: "w".into(), pipeline: "p".into(), ..Default::default() };
-            let json = serde_json::to_string(&RunObject::pending(run, spec)).expect("json");
-            runner.start(&json, 7, BTreeMap::new(), Vec::new());
+            start_run(&runner, run);
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while !runner.running_ids().contains(run) {
                 assert!(std::time::Instant::now() < deadline, "{run} never started");
@@ -1703,6 +1753,37 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+
+    /// The task limit is the agent's, not each run's (DESIGN §9.2): two runs of three
+    /// independent tasks on an agent of two slots never have more than two tasks running, and
+    /// every task still runs.
+    #[tokio::test]
+    async fn the_task_limit_holds_across_runs() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let journal = dir.path().join("journal");
+        // Each task notes its start and end, half a second apart: one line per event.
+        let step = format!("echo start >> {0}; sleep 0.5; echo end >> {0}", journal.display());
+        let manifest = format!(
+            "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {{name: w}}\nspec:\n  pipelines:\n    p:\n      tasks:\n{}",
+            ["a", "b", "c"].map(|t| format!("        {t}: {{steps: [{{name: s, run: {step:?}}}]}}\n")).concat()
+        );
+        let (runner, mut outbox) = process_runner(dir.path(), 2, &manifest);
+        for run in ["one", "two"] {
+            start_run(&runner, run);
+        }
+        for _ in 0..2 {
+            let done = final_report(&mut outbox).await;
+            assert_eq!(done.status.phase, RunPhase::Success, "{done:#?}");
+        }
+        let events = std::fs::read_to_string(&journal).expect("journal");
+        let (mut running, mut most) = (0i32, 0i32);
+        for event in events.lines() {
+            running += if event == "start" { 1 } else { -1 };
+            most = most.max(running);
+        }
+        assert_eq!(events.lines().filter(|e| *e == "start").count(), 6, "every task ran:\n{events}");
+        assert_eq!(most, 2, "at most two tasks at once, and two did run together:\n{events}");
     }
 
     #[test]

@@ -325,6 +325,9 @@ async fn once(
             return End::Retry("the session's send side closed".into());
         }
     }
+    // While the agent had no session its runs read `Unknown` on the servers: each running
+    // run's status goes out again, whether or not it changed meanwhile.
+    runner.report_all();
     let mut ticker = tokio::time::interval(heartbeat);
     let mut beats = Beats::default();
     loop {

@@ -216,8 +216,7 @@ pub async fn wait_run(
 
 /// Starts a run through the API (gRPC), returning its ID.
 pub async fn create_run(cluster: &TestCluster, workflow: &str, pipeline: &str) -> anyhow::Result<String> {
-    let request =
-        pb::CreateRunRequest { workflow: workflow.into(), pipeline: pipeline.into(), parameters: Default::default() };
+    let request = pb::CreateRunRequest { workflow: workflow.into(), pipeline: pipeline.into(), ..Default::default() };
     let reply = RunServiceClient::new(cluster.channel(0))
         .create(cluster.request(request))
         .await

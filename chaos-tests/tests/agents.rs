@@ -235,6 +235,41 @@ async fn wait_refused(agent: &mut xene_chaos_tests::agent_proc::AgentProc, reaso
     }
 }
 
+/// DESIGN §7.6: heartbeats are not Raft writes. With two agents heartbeating (every 500 ms at
+/// a TTL of 2 s) and nothing else happening, the leader's log does not grow: a window of 3 s
+/// (about 12 heartbeats) passes without a new entry. A few windows are allowed for the
+/// agents' joins and state changes to settle first; were heartbeats written, every window
+/// would grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_not_raft_writes() {
+    let cluster = cluster().await;
+    let token = join_token(&cluster, &[]);
+    let _one = cluster.start_agent("beat-one", "os=linux", &token);
+    let _two = cluster.start_agent("beat-two", "os=linux", &token);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let agents = String::from_utf8_lossy(&cluster.xenectl(&["agents"]).stdout).into_owned();
+        if agents.lines().filter(|l| l.contains(" Up ")).count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both agents up: {agents}\n{}", agent_logs(&cluster));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let last_index = || async { cluster.status(leader).await.expect("leader status").last_log_index };
+    let mut windows = Vec::new();
+    for _ in 0..4 {
+        let before = last_index().await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = last_index().await;
+        windows.push((before, after));
+        if before == after {
+            return;
+        }
+    }
+    panic!("the leader's log grew in every 3 s window while agents only heartbeat: {windows:?}\n{}", cluster.logs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_spread_follow_selectors_and_move_when_an_agent_dies() {
     let cluster = cluster().await;

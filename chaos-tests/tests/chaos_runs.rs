@@ -174,6 +174,7 @@ async fn api_load(channels: Vec<Channel>, token: String, mut rng: StdRng, stop: 
                 workflow: WORKFLOW.into(),
                 pipeline: API.into(),
                 parameters: [("CHAOS_FIRE".to_string(), fire.to_string())].into(),
+                ..Default::default()
             };
             let call = client.create(authorized(request, &token, ATTEMPT));
             let outcome = match tokio::time::timeout(ATTEMPT + Duration::from_millis(500), call).await {

@@ -221,6 +221,31 @@ async fn membership_changes_keep_the_cluster_serving() {
     assert!(rejoin.message().contains("never reused"), "{rejoin}");
 }
 
+/// DESIGN §4.7 across processes: once the leader's log no longer reaches back to the start
+/// (a snapshot every 20 entries, the log behind it purged), a new member catches up from a
+/// snapshot sent over the network in chunks, and holds every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_catches_up_from_a_snapshot_when_the_log_is_purged() {
+    let mut cluster = TestCluster::start(ClusterOptions { snapshot_logs: 20, ..ClusterOptions::default() }).await;
+    for n in 0..200 {
+        put_anywhere(&cluster, &format!("before/{n:03}"), &"v".repeat(200), Duration::from_secs(20)).await;
+    }
+    let via = cluster.servers[0].grpc.clone();
+    let fourth = cluster.add_server(4, Some(&via));
+    cluster.wait_voters(4, Duration::from_secs(60)).await;
+    put_anywhere(&cluster, "after", "x", Duration::from_secs(20)).await;
+    wait_value(&cluster, fourth, "after", "x", Duration::from_secs(20)).await;
+    let request =
+        cluster.request(pb::RangeRequest { key: b"before/".to_vec(), prefix: true, limit: 0, serializable: true });
+    let reply = cluster.kv(fourth).range(request).await.expect("range on the new member").into_inner();
+    assert_eq!(reply.kvs.len(), 200, "the new member holds every key written before it joined");
+    let log = cluster.servers[fourth].log_tail(100_000);
+    assert!(
+        log.contains("installing a snapshot received from the leader"),
+        "the new member caught up without a snapshot, so the test did not test it:\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_can_be_transferred() {
     let cluster = TestCluster::start(ClusterOptions::default()).await;

@@ -260,6 +260,15 @@ async fn xenectl_validates_before_sending_and_shows_workflows() {
     let fan =
         String::from_utf8_lossy(&cluster.xenectl(&["describe", "workflow", "fan-out-fan-in"]).stdout).into_owned();
     assert!(fan.contains("(see above)"), "a fan-in task shows once and is referred to after:\n{fan}");
+    let mistaken = cluster.xenectl(&["describe", "workflow", "ping-ci/build"]);
+    let stderr = String::from_utf8_lossy(&mistaken.stderr);
+    assert!(
+        !mistaken.status.success() && stderr.contains("xenectl describe pipeline ping-ci/build"),
+        "a pipeline's name given as a workflow's says what to ask for: {stderr}"
+    );
+    let both = cluster.xenectl(&["get", "workflows", "hello", "-l", "team=infra"]);
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(!both.status.success() && stderr.contains("cannot be used with"), "NAME and -l: {stderr}");
 
     let deleted = cluster.xenectl(&["delete", "workflow", "hello"]);
     assert!(String::from_utf8_lossy(&deleted.stdout).contains("workflow/hello deleted"));

@@ -202,6 +202,7 @@ async fn start_in(cluster: &TestCluster, workflow: &str, pipeline: &str, params:
         workflow: workflow.into(),
         pipeline: pipeline.into(),
         parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
     };
     RunServiceClient::new(cluster.channel(1))
         .create(cluster.request(request))
@@ -300,9 +301,75 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
     wait_run(&cluster, &_agent, &rest_id, |r| r.status.phase == RunPhase::Success).await;
     let (status, body) = http_post(rest, "/api/v1/workflows/demo/pipelines/dag/runs", None, "").await;
     assert_eq!(status, 401, "{body}");
+
+    // An idempotency key makes a retried start answer the run the first one made (DESIGN
+    // §4.4), through REST and gRPC and on any server; another pipeline's key space is its own.
+    let bearer = format!("Bearer {}", cluster.token);
+    let keyed = [("Authorization", bearer.as_str()), ("Idempotency-Key", "deploy-2026-11-28")];
+    let mut made = Vec::new();
+    for server in [0, 2] {
+        let path = "/api/v1/workflows/demo/pipelines/dag/runs";
+        let (status, body) = http_post_with(&cluster.servers[server].http, path, &keyed, "").await;
+        assert_eq!(status, 202, "{body}");
+        let value: serde_json::Value = serde_json::from_str(&body).expect("json");
+        made.push(value["runs"][0].as_str().expect("run id").to_string());
+    }
+    let grpc = |pipeline: &str| pb::CreateRunRequest {
+        workflow: "demo".into(),
+        pipeline: pipeline.into(),
+        idempotency_key: "deploy-2026-11-28".into(),
+        ..Default::default()
+    };
+    let again = RunServiceClient::new(cluster.channel(1)).create(cluster.request(grpc("dag"))).await.expect("create");
+    made.push(again.into_inner().id);
+    assert!(made.iter().all(|id| *id == made[0]), "one run for one key: {made:?}");
+    let other =
+        RunServiceClient::new(cluster.channel(1)).create(cluster.request(grpc("failing"))).await.expect("create");
+    assert_ne!(other.into_inner().id, made[0], "the same key on another pipeline is another request");
+    let bad = [("Authorization", bearer.as_str()), ("Idempotency-Key", "")];
+    let (status, body) = http_post_with(rest, "/api/v1/workflows/demo/pipelines/dag/runs", &bad, "").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("idempotency key \\\"\\\": use 1 to 200 printable ASCII characters"), "{body}");
     let (status, body) = http_post(rest, "/api/v1/workflows/demo/pipelines/nope/runs", Some(&cluster.token), "").await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("no pipeline \\\"nope\\\""), "{body}");
+
+    // DESIGN §13: the leader counts agents, leases, runs by phase, step durations and log bytes.
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http_get(&cluster.servers[leader].http, "/metrics").await;
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(-1.0)
+        };
+        let figures = [
+            value("xene_agents_connected"),
+            value("xene_leases"),
+            value("xene_runs{phase=\"Success\"}"),
+            value("xene_step_duration_seconds_count"),
+            value("xene_log_bytes_total"),
+            value("xene_raft_committed_index"),
+        ];
+        if figures[0] == 1.0 && figures[1] >= 10.0 && figures[2] >= 2.0 && figures[3..].iter().all(|f| *f > 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leader metrics {figures:?}:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET; the body.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
 }
 
 /// A workflow applied again reaches the agent holding its pipelines without moving their
@@ -370,6 +437,57 @@ async fn a_run_cancelled_before_its_agent_reported_stops_on_the_agent() {
     assert_eq!(after.status.phase, RunPhase::Cancelled, "the agent's reports changed nothing: {after:#?}");
 }
 
+/// DESIGN §7.4: a run whose agent dies mid-run reads `Unknown` while the agent is out of
+/// touch, and once its lease moves it starts again from the beginning, as the pipeline's retry
+/// policy allows (here once), on the pipeline's next holder: the same agent, back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_run_is_unknown_then_started_again_as_the_pipeline_retries_say() {
+    let (cluster, mut agent) = setup().await;
+    let marker = tempfile::tempdir().expect("temp dir");
+    let mark = marker.path().join("first-attempt");
+    // The first attempt marks the host and hangs; the second finds the mark and ends.
+    let manifest = format!(
+        "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {{name: again}}\nspec:\n  pipelines:\n    flaky:\n      retries: {{limit: 1}}\n      tasks:\n        work:\n          steps:\n            - {{name: go, run: 'if [ -e {0} ]; then echo second; else touch {0}; echo first; sleep 60; fi'}}\n",
+        mark.display()
+    );
+    ObjectServiceClient::new(cluster.channel(0))
+        .apply(cluster.request(pb::ApplyRequest { manifest }))
+        .await
+        .expect("apply");
+    let id = start_in(&cluster, "again", "flaky", &[]).await;
+    let first = wait_run(&cluster, &agent, &id, |r| r.status.phase == RunPhase::Running && mark.exists()).await;
+    assert_eq!(first.spec.agent_retries, 0);
+
+    agent.kill();
+    // Out of touch, not yet past its TTL (2 s): Unknown.
+    let unknown =
+        wait_run_for(&cluster, &agent, &id, Duration::from_secs(2), |r| r.status.phase == RunPhase::Unknown).await;
+    assert!(unknown.status.message.as_deref().is_some_and(|m| m.contains("out of touch")), "{unknown:#?}");
+    // Past it, the lease is revoked (no other agent) and the run waits to start again.
+    let again = wait_run(&cluster, &agent, &id, |r| r.spec.agent_retries == 1).await;
+    assert_eq!(again.status.phase, RunPhase::Pending, "{again:#?}");
+    assert!(again.status.tasks.is_empty() && again.status.agent.is_none(), "a fresh start: {again:#?}");
+    assert!(again.status.message.as_deref().is_some_and(|m| m.contains("started again (1 of 1)")), "{again:#?}");
+
+    agent.restart();
+    let done = wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
+    assert_eq!(done.status.phase, RunPhase::Success, "{done:#?}");
+    assert_eq!(done.spec.agent_retries, 1);
+    let lines = logs(&cluster, &id).await;
+    assert!(lines.iter().any(|l| l.text == "second"), "the second attempt ran: {lines:?}");
+}
+
+/// A finished run shows no task or step still running (DESIGN §9.1: a task's status follows
+/// its steps), however it ended.
+fn assert_nothing_running(run: &RunObject) {
+    for (name, task) in &run.status.tasks {
+        assert_ne!(task.status, StepStatus::Running, "task {name} of a finished run: {run:#?}");
+        for step in &task.steps {
+            assert_ne!(step.status, StepStatus::Running, "step {name}/{} of a finished run: {run:#?}", step.name);
+        }
+    }
+}
+
 /// Deleting a workflow cancels its unfinished runs (DESIGN §6.3): a running one stops on its
 /// agent (a review found it ended as `AgentLost`, and a `Pending` one stayed so for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,6 +506,7 @@ async fn deleting_a_workflow_cancels_its_runs() {
     let run = wait_run(&cluster, &agent, &running, |r| r.status.phase.is_terminal()).await;
     assert_eq!(run.status.phase, RunPhase::Cancelled, "{run:#?}");
     assert_eq!(run.status.message.as_deref(), Some("workflow \"demo\" was deleted"));
+    assert_nothing_running(&run);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let left = leftovers(&running);
@@ -422,7 +541,7 @@ async fn following_logs_survives_the_death_of_the_server_followed() {
         .create(cluster.request(pb::CreateRunRequest {
             workflow: "ticker".into(),
             pipeline: "tick".into(),
-            parameters: Default::default(),
+            ..Default::default()
         }))
         .await
         .expect("create run")
@@ -472,11 +591,17 @@ fn logs_write(chunk: &LogChunk, epoch: u64, first_seq: u64) -> pb::AgentMessage 
 }
 
 async fn http_post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    http_post_with(addr, path, &headers, body).await
+}
+
+async fn http_post_with(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("send");
@@ -667,6 +792,19 @@ async fn executor_behaviour(executor: &str) {
     assert!(logs_missing(&cluster, &failing).await, "its logs went with it");
     let listed = String::from_utf8_lossy(&cluster.xenectl(&["runs", "demo"]).stdout).into_owned();
     assert!(listed.contains("Error") && listed.contains("Cancelled") && listed.contains("Success"), "{listed}");
+    let errors = String::from_utf8_lossy(&cluster.xenectl(&["runs", "demo", "--phase", "error"]).stdout).into_owned();
+    assert!(errors.contains("Error") && !errors.contains("Success"), "a phase in any case filters:\n{errors}");
+
+    // A typo is an error, not an empty table.
+    for (args, expected) in [
+        (&["runs", "--phase", "Sucess"][..], "unknown run phase \"Sucess\"; did you mean Success?"),
+        (&["runs", "dmeo"][..], "workflow \"dmeo\" not found, and no runs of it are kept"),
+        (&["runs", "demo/failng"][..], "workflow \"demo\" has no pipeline \"failng\""),
+    ] {
+        let refused = cluster.xenectl(args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
 
 /// 100,000 lines: `logs -f` during the run and `logs` after both give every line once, in order;
@@ -807,6 +945,8 @@ async fn a_stale_lease_epoch_is_fenced_off() {
     let lost = wait_run(&cluster, &agent, &long, |r| r.status.phase.is_terminal()).await;
     assert_eq!(lost.status.phase, RunPhase::Error);
     assert_eq!(lost.status.reason, Some(ErrorReason::AgentLost));
+    assert_nothing_running(&lost);
+    assert_eq!(lost.status.tasks["forever"].reason, Some(ErrorReason::AgentLost), "{lost:#?}");
 
     // The agent's credential replays a write under its old epoch: refused.
     let mut stale = running.clone();
@@ -930,6 +1070,23 @@ async fn secrets_reach_steps_masked_and_never_come_back() {
     let listed = String::from_utf8_lossy(&cluster.xenectl(&["secret", "list"]).stdout).into_owned();
     assert!(listed.contains("api-token") && listed.contains("value"), "{listed}");
     assert!(!listed.contains("s3cret-value"), "values are never returned: {listed}");
+    // Nor through the raw store's API, which an admin token may use: the key is there, its
+    // value reads as empty, and comparing the value with guesses is refused.
+    let raw = cluster.xenectl(&["kv", "get", "/xene/secrets/", "--prefix"]);
+    let raw_out = String::from_utf8_lossy(&raw.stdout);
+    assert!(raw.status.success() && raw_out.contains("/xene/secrets/api-token"), "{raw_out}");
+    assert!(!raw_out.contains("s3cret-value"), "the raw store returned a secret's value: {raw_out}");
+    let guess = pb::Compare {
+        key: b"/xene/secrets/api-token".to_vec(),
+        result: pb::compare::Result::Greater as i32,
+        target: Some(pb::compare::Target::Value(b"{\"value\":\"s".to_vec())),
+    };
+    let guessed = xene_proto::kv_service_client::KvServiceClient::new(cluster.channel(0))
+        .txn(cluster.request(pb::TxnRequest { compare: vec![guess], ..Default::default() }))
+        .await
+        .expect_err("a secret's value cannot be compared");
+    assert_eq!(guessed.code(), tonic::Code::InvalidArgument, "{guessed:?}");
+    assert!(guessed.message().contains("secret values are never read back"), "{guessed:?}");
 
     let id = start(&cluster, "secretive", &[]).await;
     let run = wait_run(&cluster, &agent, &id, |r| r.status.phase.is_terminal()).await;
@@ -969,11 +1126,8 @@ async fn a_dag_runs_in_containers_sharing_the_run_workspace() {
         assert!(Instant::now() < deadline, "not placed: {}", agent.log_tail(20));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let request = pb::CreateRunRequest {
-        workflow: "fan-out-fan-in".into(),
-        pipeline: "shards".into(),
-        parameters: Default::default(),
-    };
+    let request =
+        pb::CreateRunRequest { workflow: "fan-out-fan-in".into(), pipeline: "shards".into(), ..Default::default() };
     let id = RunServiceClient::new(cluster.channel(0))
         .create(cluster.request(request))
         .await

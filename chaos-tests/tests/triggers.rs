@@ -391,8 +391,7 @@ spec:
 "#;
 
 async fn start(cluster: &TestCluster, pipeline: &str) -> String {
-    let request =
-        pb::CreateRunRequest { workflow: "policies".into(), pipeline: pipeline.into(), parameters: Default::default() };
+    let request = pb::CreateRunRequest { workflow: "policies".into(), pipeline: pipeline.into(), ..Default::default() };
     RunServiceClient::new(cluster.channel(0))
         .create(cluster.request(request))
         .await

@@ -154,6 +154,9 @@ impl Cluster {
         let text = with_causes(status.message().to_string(), std::error::Error::source(status));
         let hint = if !server.is_tls() && text.contains("h2 protocol error") {
             " (a server that serves TLS answers plain gRPC so: write it as https://HOST:PORT)"
+        } else if !server.is_tls() && text.contains("connection closed") {
+            // Which of the two a plain client sees depends on timing.
+            " (a server that serves TLS may close a plain gRPC connection so: if it does, write it as https://HOST:PORT)"
         } else if server.is_tls() && text.contains("CertificateRequired") {
             " (the server requires a client certificate: pass --tls-cert and --tls-key)"
         } else if server.is_tls() && (text.contains("UnknownCA") || text.contains("BadCertificate")) {

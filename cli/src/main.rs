@@ -66,8 +66,8 @@ enum Command {
         name: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: objects::Output,
-        /// Only objects whose labels match, e.g. team=infra,tier!=db.
-        #[arg(short = 'l', long, default_value = "")]
+        /// Only objects whose labels match, e.g. team=infra,tier!=db (not with NAME).
+        #[arg(short = 'l', long, default_value = "", conflicts_with = "name")]
         selector: String,
     },
     /// Show a workflow (pipelines, status, triggers, task tree) or a pipeline WORKFLOW/PIPELINE
@@ -399,6 +399,7 @@ async fn kv_command(cluster: &Cluster, command: KvCommand) -> Result<()> {
             println!("deleted {}", reply.deleted);
         }
         KvCommand::Watch { key, prefix, rev } => {
+            let key_shown = key.clone();
             let message = pb::WatchRequest { key: key.into_bytes(), prefix, start_revision: rev };
             let mut stream = cluster
                 .call(|ch| {
@@ -407,8 +408,18 @@ async fn kv_command(cluster: &Cluster, command: KvCommand) -> Result<()> {
                 })
                 .await?
                 .into_inner();
+            // The revision to go on from, should the stream break.
+            let mut next = rev;
             while let Some(response) = stream.next().await {
-                let response = response.map_err(|s| anyhow!("watch ended: {}", s.message()))?;
+                let response = response.map_err(|s| {
+                    let resume = if next > 0 { format!(" --rev {next}") } else { String::new() };
+                    anyhow!(
+                        "the watch ended ({:?}: {}); to go on without missing an event, run xenectl kv watch{}{resume} {key_shown} again",
+                        s.code(),
+                        s.message(),
+                        if prefix { " --prefix" } else { "" },
+                    )
+                })?;
                 if response.compact_revision != 0 {
                     bail!(
                         "revision {rev} is compacted (events up to {} are gone); watch from a later revision",
@@ -418,6 +429,7 @@ async fn kv_command(cluster: &Cluster, command: KvCommand) -> Result<()> {
                 for event in response.events {
                     let kv = event.kv.unwrap_or_default();
                     let kind = if event.r#type == pb::event::EventType::Delete as i32 { "DELETE" } else { "PUT" };
+                    next = next.max(kv.mod_revision + 1);
                     println!(
                         "{} {kind} {}={}",
                         kv.mod_revision,

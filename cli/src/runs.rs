@@ -39,9 +39,13 @@ pub async fn run(cluster: &Cluster, target: &str, params: &[String], watch: bool
         let (key, value) = param.split_once('=').ok_or_else(|| anyhow!("--param {param:?}: write it as key=value"))?;
         parameters.insert(key.to_string(), value.to_string());
     }
-    let message = pb::CreateRunRequest { workflow: workflow.into(), pipeline: pipeline.into(), parameters };
+    // One key for every try of this command: a try whose answer was lost (its server died
+    // after the run was made) is answered, on the next server, with the same run.
+    let idempotency_key = format!("xenectl-{:032x}", rand::random::<u128>());
+    let message =
+        pb::CreateRunRequest { workflow: workflow.into(), pipeline: pipeline.into(), parameters, idempotency_key };
     let created = cluster
-        .call_once("the run may have been created all the same: see xenectl runs before starting it again", |ch| {
+        .call(|ch| {
             let message = message.clone();
             async move { RunServiceClient::new(ch).create(cluster.request(message)).await }
         })
@@ -186,7 +190,12 @@ pub async fn logs(cluster: &Cluster, id: &str, task: &str, step: &str, follow: b
         };
         let passing = matches!(broke.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
         if !passing || breaks >= MAX_STREAM_BREAKS {
-            bail!("log stream ended: {}", broke.message());
+            let again = if breaks >= MAX_STREAM_BREAKS {
+                format!("it broke {MAX_STREAM_BREAKS} times in a row without a line; check the servers (xenectl cluster status)")
+            } else {
+                format!("run xenectl logs {id} again to read what is stored")
+            };
+            bail!("the log stream of run {id} ended ({:?}: {}); {again}", broke.code(), broke.message());
         }
         breaks += 1;
         eprintln!("xenectl: the log stream broke ({}); going on through another server", broke.message());

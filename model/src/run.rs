@@ -41,9 +41,17 @@ pub struct RunSpec {
     /// on an agent holding that workflow or one applied later (0: any).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub workflow_revision: u64,
+    /// How many times the run was started again because the agent running it was lost
+    /// (DESIGN §7.4): at most the pipeline's `retries.limit`.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub agent_retries: u32,
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
@@ -107,6 +115,45 @@ pub struct StepRunStatus {
     pub finished: Option<DateTime<Utc>>,
 }
 
+impl RunStatus {
+    /// A run not started yet, saying `message`.
+    pub fn pending(message: Option<String>) -> Self {
+        RunStatus {
+            phase: RunPhase::Pending,
+            reason: None,
+            message,
+            agent: None,
+            lease_epoch: None,
+            started: None,
+            finished: None,
+            tasks: BTreeMap::new(),
+        }
+    }
+
+    /// Ends the run from outside its agent (cancelled with its workflow, its agent lost): the
+    /// phase, reason and message, and every task and step still `Running` becomes `Error`
+    /// with the same reason and finish time, so that a task's status follows its steps and a
+    /// finished run shows nothing running (DESIGN §9.1). Steps not started stay `NotExecuted`.
+    pub fn end(&mut self, phase: RunPhase, reason: ErrorReason, message: String, at: DateTime<Utc>) {
+        self.phase = phase;
+        self.reason = Some(reason);
+        self.message = Some(message);
+        self.finished = Some(at);
+        for task in self.tasks.values_mut() {
+            if task.status != StepStatus::Running {
+                continue;
+            }
+            task.status = StepStatus::Error;
+            task.reason = Some(reason);
+            for step in task.steps.iter_mut().filter(|step| step.status == StepStatus::Running) {
+                step.status = StepStatus::Error;
+                step.reason = Some(reason);
+                step.finished = Some(at);
+            }
+        }
+    }
+}
+
 impl RunObject {
     /// A new pending run.
     pub fn pending(id: &str, spec: RunSpec) -> Self {
@@ -118,16 +165,7 @@ impl RunObject {
             kind: RUN_KIND.into(),
             metadata: Metadata { name: id.into(), labels, ..Metadata::default() },
             spec,
-            status: RunStatus {
-                phase: RunPhase::Pending,
-                reason: None,
-                message: None,
-                agent: None,
-                lease_epoch: None,
-                started: None,
-                finished: None,
-                tasks: BTreeMap::new(),
-            },
+            status: RunStatus::pending(None),
         }
     }
 }
@@ -219,5 +257,63 @@ impl LogChunk {
     pub fn valid_execution(execution: &str) -> bool {
         (1..=Self::MAX_EXECUTION_LEN).contains(&execution.len())
             && execution.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, status: StepStatus) -> StepRunStatus {
+        StepRunStatus { name: name.into(), status, exit_code: None, reason: None, started: None, finished: None }
+    }
+
+    fn task(status: StepStatus, steps: Vec<StepRunStatus>) -> TaskRunStatus {
+        TaskRunStatus { status, reason: None, attempt: 1, execution: String::new(), steps, outputs: BTreeMap::new() }
+    }
+
+    /// A run ended from outside shows nothing running: running tasks and steps take the run's
+    /// reason, finished ones keep theirs, steps not started stay `NotExecuted`.
+    #[test]
+    fn ending_a_run_closes_what_was_running() {
+        let spec = RunSpec { workflow: "w".into(), pipeline: "p".into(), ..RunSpec::default() };
+        let mut run = RunObject::pending("w.p.1", spec);
+        run.status.phase = RunPhase::Running;
+        run.status.tasks.insert(
+            "build".into(),
+            task(
+                StepStatus::Running,
+                vec![
+                    step("fetch", StepStatus::Success),
+                    step("make", StepStatus::Running),
+                    step("pack", StepStatus::NotExecuted),
+                ],
+            ),
+        );
+        run.status.tasks.insert("lint".into(), task(StepStatus::Success, vec![step("vet", StepStatus::Success)]));
+        run.status
+            .tasks
+            .insert("test".into(), task(StepStatus::NotExecuted, vec![step("go", StepStatus::NotExecuted)]));
+        let at = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z").expect("time").with_timezone(&Utc);
+
+        run.status.end(RunPhase::Error, ErrorReason::AgentLost, "agent a lost the lease".into(), at);
+
+        assert_eq!(
+            (run.status.phase, run.status.reason, run.status.finished),
+            (RunPhase::Error, Some(ErrorReason::AgentLost), Some(at))
+        );
+        let build = &run.status.tasks["build"];
+        assert_eq!((build.status, build.reason), (StepStatus::Error, Some(ErrorReason::AgentLost)));
+        let states: Vec<_> = build.steps.iter().map(|s| (s.status, s.reason, s.finished)).collect();
+        assert_eq!(
+            states,
+            [
+                (StepStatus::Success, None, None),
+                (StepStatus::Error, Some(ErrorReason::AgentLost), Some(at)),
+                (StepStatus::NotExecuted, None, None)
+            ]
+        );
+        assert_eq!(run.status.tasks["lint"].status, StepStatus::Success);
+        assert_eq!(run.status.tasks["test"].status, StepStatus::NotExecuted);
     }
 }

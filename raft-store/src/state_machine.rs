@@ -329,6 +329,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let shared = Arc::clone(&self.shared);
         let meta = meta.clone();
         let data = snapshot.into_inner();
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "installing a snapshot received from the leader");
         blocking::run(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, move || {
             shared.install(meta, data)
         })

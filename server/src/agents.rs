@@ -68,19 +68,26 @@ struct Session {
     last_heartbeat_ms: u64,
     /// Leases this session was told about, by pipeline.
     told: BTreeMap<String, Told>,
-    /// Runs this session was told to start, and to cancel.
-    runs_told: std::collections::BTreeSet<String>,
+    /// Runs this session was told to start, with the lease epoch they were started under (a
+    /// run started again after its agent was lost is told again under the new epoch), and
+    /// runs it was told to cancel.
+    runs_told: std::collections::BTreeSet<(String, u64)>,
     cancels_told: std::collections::BTreeSet<String>,
     /// Ends the session's tasks, and so its stream: on a newer session of the same agent, and
     /// when this server stops leading (the agent must then find the new leader).
     stop: tokio_util::sync::CancellationToken,
+    /// Whether its stream is open (a closed one is kept until the agent's TTL runs out).
+    open: bool,
 }
 
 /// A copy of one session's state for the scheduler.
 #[derive(Debug, Clone)]
 pub struct SessionView {
     pub name: String,
+    /// Heard from within the TTL.
     pub alive: bool,
+    /// Its stream is open.
+    pub connected: bool,
     pub labels: BTreeMap<String, String>,
     pub capacity: u32,
     pub last_heartbeat_ms: u64,
@@ -139,6 +146,7 @@ impl AgentHub {
             runs_told: Default::default(),
             cancels_told: Default::default(),
             stop: tokio_util::sync::CancellationToken::new(),
+            open: true,
         };
         let stop = session.stop.clone();
         if let Some(older) = self.lock().insert(name.to_string(), session) {
@@ -160,6 +168,7 @@ impl AgentHub {
     /// (DESIGN §7.2, §7.4); a closed stream alone does not move its leases.
     pub fn unregister(&self, name: &str, serial: u64) {
         if let Some(session) = self.lock().get_mut(name).filter(|s| s.serial == serial) {
+            session.open = false;
             session.told.clear();
             session.runs_told.clear();
             session.cancels_told.clear();
@@ -181,6 +190,7 @@ impl AgentHub {
             .map(|(name, s)| SessionView {
                 name: name.clone(),
                 alive: now.duration_since(s.last_heartbeat) <= self.ttl,
+                connected: s.open,
                 labels: s.labels.clone(),
                 capacity: s.capacity,
                 last_heartbeat_ms: s.last_heartbeat_ms,
@@ -207,18 +217,23 @@ impl AgentHub {
         let mut sessions = self.lock();
         let Some(session) = sessions.get_mut(name) else { return false };
         if !session.told.get(pipeline).is_some_and(|told| told.epoch == needs.epoch && told.workflow >= needs.workflow)
-            || session.runs_told.contains(run)
+            || session.runs_told.contains(&(run.to_string(), needs.epoch))
             || session.tx.try_send(Ok(message)).is_err()
         {
             return false;
         }
-        session.runs_told.insert(run.to_string());
+        session.runs_told.insert((run.to_string(), needs.epoch));
         true
     }
 
-    /// Whether `name`'s current session was already told to start `run`.
-    pub fn was_told_run(&self, name: &str, run: &str) -> bool {
-        self.lock().get(name).is_some_and(|s| s.runs_told.contains(run))
+    /// Whether `name` has an open session now (the scheduler's views are a pass old).
+    pub fn connected(&self, name: &str) -> bool {
+        self.lock().get(name).is_some_and(|s| s.open)
+    }
+
+    /// Whether `name`'s current session was already told to start `run` under `epoch`.
+    pub fn was_told_run(&self, name: &str, run: &str, epoch: u64) -> bool {
+        self.lock().get(name).is_some_and(|s| s.runs_told.contains(&(run.to_string(), epoch)))
     }
 
     /// Sends a message to a connected agent, if it is connected.

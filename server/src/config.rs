@@ -30,7 +30,8 @@ pub struct Flags {
     /// variables override it.
     #[arg(long, env = "XENE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This server's Raft node ID (1 or more; never reuse an ID).
+    /// This server's Raft node ID (1 or more; never reuse an ID). Recorded in the data
+    /// directory on first start; later starts may leave it out, and must not change it.
     #[arg(long, env = "XENE_NODE_ID")]
     pub node_id: Option<u64>,
     /// Directory for the database, the admin token and other state.
@@ -52,8 +53,10 @@ pub struct Flags {
     #[arg(long, env = "XENE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// Start a new cluster with this server as its first member (fresh data directory only).
-    #[arg(long, env = "XENE_BOOTSTRAP")]
-    pub bootstrap: bool,
+    /// `--bootstrap=false` (or XENE_BOOTSTRAP=false) overrides the config file.
+    #[arg(long, env = "XENE_BOOTSTRAP", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub bootstrap: Option<bool>,
     /// Join the cluster through any of these members' gRPC addresses (fresh data directory only).
     #[arg(long, env = "XENE_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
@@ -178,15 +181,10 @@ impl ServerConfig {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let node_id = flags.node_id.or(file.node_id).ok_or_else(|| {
-            ConfigError::Invalid("--node-id is required (or XENE_NODE_ID, or node_id in --config)".into())
-        })?;
-        if node_id == 0 {
-            return Err(ConfigError::Invalid("--node-id must be 1 or more".into()));
-        }
         let data_dir = flags.data_dir.or(file.data_dir).ok_or_else(|| {
             ConfigError::Invalid("--data-dir is required (or XENE_DATA_DIR, or data_dir in --config)".into())
         })?;
+        let node_id = node_id(flags.node_id.or(file.node_id), &data_dir)?;
         let cluster_secret = flags.cluster_secret.or(file.cluster_secret).ok_or_else(|| {
             ConfigError::Invalid(
                 "--cluster-secret is required (or XENE_CLUSTER_SECRET, or cluster_secret in --config)".into(),
@@ -195,9 +193,27 @@ impl ServerConfig {
         if cluster_secret.len() < 8 {
             return Err(ConfigError::Invalid("--cluster-secret must be at least 8 characters".into()));
         }
+        // It travels in a gRPC header between the servers.
+        if !cluster_secret.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(ConfigError::Invalid(
+                "--cluster-secret must be printable ASCII (letters, digits, punctuation, spaces), without newlines or other control characters".into(),
+            ));
+        }
         let grpc_addr = flags.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:7400".into());
         let http_addr = flags.http_addr.or(file.http_addr).unwrap_or_else(|| "127.0.0.1:7401".into());
-        let bootstrap = flags.bootstrap || file.bootstrap.unwrap_or(false);
+        let advertise_grpc_addr = advertised(
+            "--advertise-grpc-addr",
+            "--grpc-addr",
+            flags.advertise_grpc_addr.or(file.advertise_grpc_addr),
+            &grpc_addr,
+        )?;
+        let advertise_http_addr = advertised(
+            "--advertise-http-addr",
+            "--http-addr",
+            flags.advertise_http_addr.or(file.advertise_http_addr),
+            &http_addr,
+        )?;
+        let bootstrap = flags.bootstrap.or(file.bootstrap).unwrap_or(false);
         let join = if flags.join.is_empty() { file.join.unwrap_or_default() } else { flags.join };
         if bootstrap && !join.is_empty() {
             return Err(ConfigError::Invalid(
@@ -249,14 +265,8 @@ impl ServerConfig {
         Ok(ServerConfig {
             node_id,
             tls,
-            advertise_grpc_addr: flags
-                .advertise_grpc_addr
-                .or(file.advertise_grpc_addr)
-                .unwrap_or_else(|| grpc_addr.clone()),
-            advertise_http_addr: flags
-                .advertise_http_addr
-                .or(file.advertise_http_addr)
-                .unwrap_or_else(|| http_addr.clone()),
+            advertise_grpc_addr,
+            advertise_http_addr,
             data_dir,
             grpc_addr,
             http_addr,
@@ -265,10 +275,105 @@ impl ServerConfig {
             join,
             heartbeat,
             election_timeout,
-            snapshot_logs: flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(DEFAULT_SNAPSHOT_LOGS).max(1),
+            snapshot_logs: at_least(
+                "--snapshot-logs",
+                flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(DEFAULT_SNAPSHOT_LOGS),
+                1,
+            )?,
             log_format,
-            run_history: flags.run_history.or(file.run_history).unwrap_or(100).max(1),
-            agent_ttl: Duration::from_millis(flags.agent_ttl_ms.or(file.agent_ttl_ms).unwrap_or(10_000).max(200)),
+            run_history: at_least("--run-history", flags.run_history.or(file.run_history).unwrap_or(100) as u64, 1)?
+                as usize,
+            agent_ttl: Duration::from_millis(at_least(
+                "--agent-ttl-ms",
+                flags.agent_ttl_ms.or(file.agent_ttl_ms).unwrap_or(10_000),
+                MIN_AGENT_TTL_MS,
+            )?),
         })
     }
+}
+
+/// The smallest `--agent-ttl-ms`: an agent heartbeats at a third of it.
+const MIN_AGENT_TTL_MS: u64 = 200;
+
+/// `value` of `flag`, refused below `least`.
+fn at_least(flag: &str, value: u64, least: u64) -> Result<u64, ConfigError> {
+    if value < least {
+        return Err(ConfigError::Invalid(format!("{flag} is {value}; it must be at least {least}")));
+    }
+    Ok(value)
+}
+
+/// The file in the data directory that records the node ID it was first used with.
+pub const NODE_ID_FILE: &str = "node-id";
+
+/// This server's node ID: the one given, checked against the one its data directory records,
+/// or the recorded one when none is given. A data directory belongs to one Raft member for
+/// good: the log and vote in it are that member's, and another ID on them would break the
+/// cluster's safety, so a mismatch is refused.
+fn node_id(given: Option<u64>, data_dir: &Path) -> Result<u64, ConfigError> {
+    if given == Some(0) {
+        return Err(ConfigError::Invalid("--node-id must be 1 or more".into()));
+    }
+    let path = data_dir.join(NODE_ID_FILE);
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{} does not hold a node ID ({:?}); write this server's ID there, as a number",
+                path.display(),
+                text.trim()
+            ))
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(ConfigError::Read { path: path.display().to_string(), source }),
+    };
+    match (given, recorded) {
+        (Some(given), Some(recorded)) if given != recorded => Err(ConfigError::Invalid(format!(
+            "--node-id is {given}, but the data directory {} belongs to node {recorded} ({}); give --node-id {recorded}, or a data directory of its own to node {given} (if this one never joined a cluster, remove it)",
+            data_dir.display(),
+            path.display()
+        ))),
+        (Some(id), _) | (None, Some(id)) => Ok(id),
+        (None, None) => Err(ConfigError::Invalid(format!(
+            "--node-id is required (or XENE_NODE_ID, or node_id in --config): the data directory {} has none recorded yet",
+            data_dir.display()
+        ))),
+    }
+}
+
+/// Records `node_id` in `data_dir` if it is not there yet (written to a temporary file, then
+/// renamed, so a crash leaves the whole ID or none). [`ServerConfig::resolve`] checks it on
+/// every later start.
+pub fn record_node_id(data_dir: &Path, node_id: u64) -> std::io::Result<()> {
+    let path = data_dir.join(NODE_ID_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let temporary = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
+    std::fs::write(&temporary, format!("{node_id}\n"))?;
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// The address `flag` advertises: the one given, else the listener's (`listen_flag`, `listen`).
+/// Others dial it, so it must be HOST:PORT with a host they can reach: `0.0.0.0` would have
+/// them dial themselves.
+fn advertised(flag: &str, listen_flag: &str, given: Option<String>, listen: &str) -> Result<String, ConfigError> {
+    let (address, source) = match given {
+        Some(address) => (address, flag.to_string()),
+        None => (listen.to_string(), format!("{listen_flag} (which {flag} defaults to)")),
+    };
+    let host_port = address.rsplit_once(':').filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    let Some((host, _)) = host_port.filter(|_| !address.contains("://") && !address.contains('/')) else {
+        return Err(ConfigError::Invalid(format!(
+            "{source} is {address:?}; write HOST:PORT, the address the other servers and agents reach this server at"
+        )));
+    };
+    let unspecified = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+    if unspecified.is_ok_and(|ip| ip.is_unspecified()) {
+        return Err(ConfigError::Invalid(format!(
+            "{source} is {address}, which others cannot dial; when listening on every interface, give {flag} with this host's name or address"
+        )));
+    }
+    Ok(address)
 }

@@ -5,11 +5,21 @@ use xene_proto as pb;
 use xene_raft_store::{Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, Op, OpResult, Txn};
 
 use crate::error::{Result, ServerError};
+use crate::keys;
 
+/// Whether `key` holds a secret's values, which no read returns (DESIGN §6.3).
+fn is_secret(key: &[u8]) -> bool {
+    key.starts_with(keys::SECRETS.as_bytes())
+}
+
+/// A key-value pair as the raw store's API answers it: a secret's values read as empty, so
+/// that an admin token's `kv get /xene/secrets/ --prefix` (or a watch, or a write's previous
+/// value) shows which secrets exist and when they changed, never what they hold.
 pub fn kv_to_pb(kv: KeyValue) -> pb::KeyValue {
+    let value = if is_secret(&kv.key) { Vec::new() } else { kv.value };
     pb::KeyValue {
         key: kv.key,
-        value: kv.value,
+        value,
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
@@ -41,6 +51,13 @@ pub fn compare_from_pb(compare: pb::Compare, path: &str) -> Result<Compare> {
         Some(pb::compare::Target::Version(v)) => CompareTarget::Version(v),
         Some(pb::compare::Target::CreateRevision(r)) => CompareTarget::CreateRevision(r),
         Some(pb::compare::Target::ModRevision(r)) => CompareTarget::ModRevision(r),
+        // Comparing a secret's value with guesses would read it, a bit at a time.
+        Some(pb::compare::Target::Value(_)) if is_secret(&compare.key) => {
+            return Err(ServerError::InvalidArgument(format!(
+                "{path}: the value of {:?} cannot be compared: secret values are never read back; compare its mod_revision or version instead",
+                String::from_utf8_lossy(&compare.key)
+            )))
+        }
         Some(pb::compare::Target::Value(v)) => CompareTarget::Value(v),
         None => {
             return Err(ServerError::InvalidArgument(format!(

@@ -52,7 +52,8 @@ struct RunBody {
 }
 
 /// `POST /api/v1/workflows/{workflow}/pipelines/{pipeline}/runs` with an admin bearer token
-/// (DESIGN §8.1): 202 with the run ID.
+/// (DESIGN §8.1): 202 with the run ID. With an `Idempotency-Key` header, the same request sent
+/// again answers the run the first one made.
 async fn create_run(
     State(state): State<RestState>,
     Path((workflow, pipeline)): Path<(String, String)>,
@@ -74,7 +75,13 @@ async fn create_run(
                 ))
             })?
         };
-        crate::runs::create(&state.node, &workflow, &pipeline, "api", body.parameters).await
+        let key = match headers.get("idempotency-key") {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                ServerError::InvalidArgument("the Idempotency-Key header must be printable ASCII".into())
+            })?),
+        };
+        crate::runs::create(&state.node, &workflow, &pipeline, "api", body.parameters, key).await
     }
     .await;
     match result {

@@ -96,6 +96,13 @@ pub fn cron_cursors_of(workflow: &str, pipeline: &str) -> String {
     format!("{CRON}{workflow}/{pipeline}/")
 }
 
+/// Runs started through the API with an idempotency key, kept beside webhook deliveries (and
+/// forgotten with them after 7 days): `/xene/deliveries/<workflow>/api.<pipeline>/<key>`. No
+/// trigger is named `api.…` (names have no dots). Keys that are not plain are hashed.
+pub fn api_request(workflow: &str, pipeline: &str, key: &str) -> String {
+    delivery(workflow, &format!("api.{pipeline}"), &crate::triggers::webhook::key_safe(key))
+}
+
 pub fn delivery(workflow: &str, trigger: &str, id: &str) -> String {
     format!("{DELIVERIES}{workflow}/{trigger}/{id}")
 }

@@ -1,5 +1,7 @@
-//! Prometheus metrics (DESIGN §13): Raft term, log and apply index, leadership, proposal
-//! latency, and API request counts and latencies by method and status.
+//! Prometheus metrics (DESIGN §13): Raft term, log, commit and apply index, leadership,
+//! proposal latency, API request counts and latencies by method and status; and, on the
+//! leader (which holds the agents' sessions and runs the scheduler), agents connected, leases,
+//! runs by phase, step durations and log bytes stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -13,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use xene_model::status::RunPhase;
 use xene_raft_store::Raft;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +27,11 @@ pub struct MethodLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodOnly {
     pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -45,6 +53,16 @@ pub struct Metrics {
     pub forward_batch_requests: Histogram,
     pub api_requests: Family<MethodLabels, Counter>,
     pub api_seconds: Family<MethodOnly, Histogram, fn() -> Histogram>,
+    /// The leader's commit index (0 on other servers: openraft 0.9 tells only the leader).
+    pub raft_committed_index: Gauge,
+    /// Leader only, as of its scheduler's last pass; 0 elsewhere.
+    pub agents_connected: Gauge,
+    pub leases: Gauge,
+    pub runs: Family<PhaseLabel, Gauge>,
+    /// Steps that ended, by how long they ran (observed by the leader as agents report them).
+    pub step_seconds: Histogram,
+    /// Bytes of log chunks the leader stored for agents.
+    pub log_bytes: Counter,
     last_leader: AtomicU64,
 }
 
@@ -62,6 +80,13 @@ impl Metrics {
             forward_batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             api_requests: Family::default(),
             api_seconds: Family::new_with_constructor(latency_histogram),
+            raft_committed_index: Gauge::default(),
+            agents_connected: Gauge::default(),
+            leases: Gauge::default(),
+            runs: Family::default(),
+            // 0.1 s to about 55 minutes.
+            step_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 16)),
+            log_bytes: Counter::default(),
             last_leader: AtomicU64::new(0),
         };
         {
@@ -92,8 +117,40 @@ impl Metrics {
             );
             r.register("api_requests", "gRPC requests by method and status code", metrics.api_requests.clone());
             r.register("api_request_duration_seconds", "gRPC request latency by method", metrics.api_seconds.clone());
+            r.register(
+                "raft_committed_index",
+                "Index of the last committed entry (on the leader; 0 on other servers)",
+                metrics.raft_committed_index.clone(),
+            );
+            r.register(
+                "agents_connected",
+                "Agents with an open session (on the leader; 0 on other servers)",
+                metrics.agents_connected.clone(),
+            );
+            r.register("leases", "Pipeline leases held by agents (on the leader)", metrics.leases.clone());
+            r.register("runs", "Runs kept, by phase (on the leader)", metrics.runs.clone());
+            r.register(
+                "step_duration_seconds",
+                "How long steps ran, as agents reported them",
+                metrics.step_seconds.clone(),
+            );
+            r.register("log_bytes", "Bytes of step output stored, as agents sent it", metrics.log_bytes.clone());
         }
         metrics
+    }
+
+    /// What the leader's scheduler saw in its last pass.
+    pub fn observe_scheduler(&self, agents_connected: usize, leases: usize, runs: &[(RunPhase, usize)]) {
+        self.agents_connected.set(agents_connected as i64);
+        self.leases.set(leases as i64);
+        for (phase, count) in runs {
+            self.runs.get_or_create(&PhaseLabel { phase: phase.as_str() }).set(*count as i64);
+        }
+    }
+
+    /// This server stopped leading: the figures only the leader knows are no longer its.
+    pub fn clear_scheduler(&self) {
+        self.observe_scheduler(0, 0, &RunPhase::ALL.iter().map(|phase| (*phase, 0)).collect::<Vec<_>>());
     }
 
     /// Copies the Raft metrics into the gauges; called before each scrape.
@@ -103,6 +160,7 @@ impl Metrics {
         self.raft_last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
         self.raft_applied_index.set(m.last_applied.map_or(0, |id| id.index) as i64);
         self.raft_is_leader.set(i64::from(m.state == openraft::ServerState::Leader));
+        self.raft_committed_index.set(committed_index(&m).unwrap_or(0) as i64);
         let leader = m.current_leader.unwrap_or(0);
         if leader != 0 && self.last_leader.swap(leader, Ordering::Relaxed) != leader {
             self.raft_leader_changes.inc();
@@ -118,6 +176,22 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The leader's commit index: the highest index a majority of the voters has (the leader's
+/// own log counts as matched up to its last entry). `None` on other servers.
+fn committed_index(m: &openraft::RaftMetrics<xene_raft_store::NodeId, xene_raft_store::NodeInfo>) -> Option<u64> {
+    let replication = m.replication.as_ref()?;
+    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    let mut matched: Vec<u64> = voters
+        .iter()
+        .map(|id| match *id == m.id {
+            true => m.last_log_index.unwrap_or(0),
+            false => replication.get(id).copied().flatten().map_or(0, |log_id| log_id.index),
+        })
+        .collect();
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched.get(voters.len() / 2).copied()
 }
 
 impl Default for Metrics {

@@ -221,6 +221,9 @@ pub async fn apply(node: &ClusterNode, manifest: &str) -> Result<(ApplyResult, S
 
 fn object_key(kind: Kind, name: &str) -> Result<String> {
     match kind {
+        Kind::Workflow if name.contains('/') => Err(ServerError::InvalidArgument(format!(
+            "workflow name {name:?} has a '/', which no workflow name has; for the pipeline {name}, ask for kind pipeline (xenectl describe pipeline {name})"
+        ))),
         Kind::Workflow => Ok(keys::workflow(name)),
         Kind::Pipeline => {
             let (workflow, pipeline) = name.split_once('/').ok_or_else(|| {

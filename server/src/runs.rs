@@ -6,7 +6,7 @@
 use chrono::Utc;
 use rand::RngCore;
 use xene_model::status::{ErrorReason, RunPhase};
-use xene_model::{LogChunk, LogChunkView, RunObject, RunSpec, Workflow};
+use xene_model::{LogChunk, LogChunkView, RunObject, RunSpec, RunStatus, Workflow};
 use xene_raft_store::{Compare, KeyValue, Op, Txn};
 
 use crate::error::{Result, ServerError};
@@ -99,6 +99,7 @@ pub fn pending(
             parameters,
             cancel_requested: false,
             workflow_revision: spec_revision,
+            agent_retries: 0,
         },
     );
     run.metadata.creation_timestamp = Some(Utc::now());
@@ -107,18 +108,72 @@ pub fn pending(
 }
 
 /// Creates a pending run of `workflow/pipeline` (the API trigger, DESIGN §8.1).
+///
+/// With an `idempotency_key` (DESIGN §4.4: a retried write is applied once), the first request
+/// records the run it made under the key, in the same write, and a request with the same key
+/// for the same pipeline within 7 days answers that run instead of making another.
 pub async fn create(
     node: &ClusterNode,
     workflow: &str,
     pipeline: &str,
     trigger: &str,
     parameters: std::collections::BTreeMap<String, String>,
+    idempotency_key: Option<&str>,
 ) -> Result<StoredRun> {
+    let record_key = match idempotency_key {
+        Some(key) if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => {
+            return Err(ServerError::InvalidArgument(format!(
+                "idempotency key {key:?}: use 1 to 200 printable ASCII characters, e.g. a UUID"
+            )));
+        }
+        Some(key) => Some(keys::api_request(workflow, pipeline, key)),
+        None => None,
+    };
     node.read_barrier().await?;
+    if let Some(record_key) = &record_key {
+        if let Some(made) = made_by(node, record_key).await? {
+            return Ok(made);
+        }
+    }
     let (spec, spec_revision) = self::workflow(node, workflow).await?;
     let new = pending(&spec, spec_revision, pipeline, trigger, parameters)?;
-    let revision = node.create(new.key.clone(), new.value.clone(), "run").await?;
-    Ok(new.created(revision))
+    let Some(record_key) = record_key else {
+        let revision = node.create(new.key.clone(), new.value.clone(), "run").await?;
+        return Ok(new.created(revision));
+    };
+    let record = crate::triggers::webhook::DeliveryRecord::new(vec![new.run.metadata.name.clone()]);
+    let response = node
+        .txn(Txn {
+            compare: vec![Compare::absent(new.key.clone()), Compare::absent(record_key.clone())],
+            success: vec![
+                Op::Put { key: new.key.clone().into_bytes(), value: new.value.clone() },
+                Op::Put { key: record_key.clone().into_bytes(), value: serde_json::to_vec(&record).map_err(internal)? },
+            ],
+            failure: vec![],
+        })
+        .await?;
+    if response.succeeded {
+        return Ok(new.created(response.revision));
+    }
+    // The same request reached another server first.
+    node.read_barrier().await?;
+    match made_by(node, &record_key).await? {
+        Some(made) => Ok(made),
+        None => Err(ServerError::Internal("run ID collision; retry".into())),
+    }
+}
+
+/// The run an earlier request with the same idempotency key made, if there was one.
+async fn made_by(node: &ClusterNode, record_key: &str) -> Result<Option<StoredRun>> {
+    let Some(record) = crate::triggers::webhook::remembered(node, record_key).await? else { return Ok(None) };
+    let Some(id) = record.runs.first() else { return Ok(None) };
+    match get_local(node, id).await {
+        Ok(run) => Ok(Some(run)),
+        Err(ServerError::NotFound(_)) => Err(ServerError::FailedPrecondition(format!(
+            "this idempotency key already made run {id}, which is no longer kept (run history); use a new key to start another run"
+        ))),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads one run (linearizably).
@@ -138,9 +193,30 @@ async fn get_local(node: &ClusterNode, id: &str) -> Result<StoredRun> {
 }
 
 /// Every run, oldest first, optionally of one workflow/pipeline and in one phase.
+/// A phase that names none, or no run found of a workflow or pipeline that does not exist
+/// (a typo), is an error rather than an empty list; runs kept of a deleted one are listed.
 pub async fn list(node: &ClusterNode, workflow: &str, pipeline: &str, phase: &str) -> Result<Vec<StoredRun>> {
+    if !phase.is_empty() {
+        RunPhase::from_name(phase).map_err(ServerError::InvalidArgument)?;
+    }
     node.read_barrier().await?;
-    list_local(node, workflow, pipeline, phase).await
+    let runs = list_local(node, workflow, pipeline, phase).await?;
+    if runs.is_empty() && !workflow.is_empty() {
+        let (spec, _) = self::workflow(node, workflow).await.map_err(|e| match e {
+            ServerError::NotFound(_) => ServerError::NotFound(format!(
+                "workflow {workflow:?} not found, and no runs of it are kept; see xenectl get workflows"
+            )),
+            other => other,
+        })?;
+        if !pipeline.is_empty() && !spec.spec.pipelines.contains_key(pipeline) {
+            let names: Vec<&str> = spec.spec.pipelines.keys().map(String::as_str).collect();
+            return Err(ServerError::NotFound(format!(
+                "workflow {workflow:?} has no pipeline {pipeline:?} (its pipelines: {}), and no runs of one are kept",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(runs)
 }
 
 /// Like [`list`], from this server's applied state (the leader's own reads).
@@ -200,10 +276,12 @@ pub async fn cancel_all(node: &ClusterNode, workflow: &str) -> Result<(Vec<Compa
         }
         let key = keys::run(&stored.run.metadata.name);
         stored.run.spec.cancel_requested = true;
-        stored.run.status.phase = RunPhase::Cancelled;
-        stored.run.status.reason = Some(ErrorReason::Cancelled);
-        stored.run.status.message = Some(format!("workflow {workflow:?} was deleted"));
-        stored.run.status.finished = Some(Utc::now());
+        stored.run.status.end(
+            RunPhase::Cancelled,
+            ErrorReason::Cancelled,
+            format!("workflow {workflow:?} was deleted"),
+            Utc::now(),
+        );
         stored.run.metadata.resource_version = None;
         compare.push(Compare::mod_revision(key.clone(), stored.revision));
         ops.push(Op::Put { key: key.into_bytes(), value: serde_json::to_vec(&stored.run).map_err(internal)? });
@@ -290,10 +368,29 @@ pub async fn agent_update(node: &ClusterNode, agent: &str, epoch: u64, reported:
         next.status.lease_epoch = Some(epoch);
         let fenced = fence(&current.run.spec.workflow, &current.run.spec.pipeline, epoch);
         if put_if(node, &next, current.revision, vec![fenced]).await?.is_some() {
+            for seconds in steps_ended(&current.run, &next) {
+                node.metrics.step_seconds.observe(seconds);
+            }
             return Ok(());
         }
     }
     Err(Refused::Other(ServerError::unavailable("the run kept changing; retry")))
+}
+
+/// How long each step that ended between `before` and `after` ran, in seconds (DESIGN §13).
+fn steps_ended(before: &RunObject, after: &RunObject) -> Vec<f64> {
+    let mut ended = Vec::new();
+    for (name, task) in &after.status.tasks {
+        for step in &task.steps {
+            let (Some(started), Some(finished)) = (step.started, step.finished) else { continue };
+            let known = before.status.tasks.get(name).and_then(|t| t.steps.iter().find(|s| s.name == step.name));
+            if known.is_some_and(|s| s.finished == step.finished) {
+                continue;
+            }
+            ended.push((finished - started).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+    }
+    ended
 }
 
 /// Stores a chunk of log lines, fenced by the lease epoch of the run's pipeline
@@ -303,6 +400,7 @@ pub async fn agent_update(node: &ClusterNode, agent: &str, epoch: u64, reported:
 /// checked to be a [`xene_model::LogLine`] (readers parse the stored bytes as a `LogChunk`).
 pub async fn agent_logs(
     node: &ClusterNode,
+    agent: &str,
     pipeline: (&str, &str),
     epoch: u64,
     first_seq: u64,
@@ -324,6 +422,16 @@ pub async fn agent_logs(
         );
         return Err(Refused::Other(ServerError::InvalidArgument(what)));
     }
+    // Grants of one scheduling pass share an epoch: the lease must be this agent's. The
+    // record read at `epoch` is the one the write's compare below finds, or the write fails.
+    let lease_key = keys::lease(&format!("{}/{}", pipeline.0, pipeline.1));
+    let lease = node.reader.range(lease_key.into_bytes(), false, 0).await.map_err(ServerError::from)?;
+    if !holds(lease.kvs.first(), agent, epoch) {
+        return Err(Refused::StaleEpoch(format!(
+            "agent {agent} does not hold {}/{} at epoch {epoch}",
+            pipeline.0, pipeline.1
+        )));
+    }
     let key = keys::log_chunk(&chunk.run, &chunk.task, &chunk.step, &chunk.execution, first_seq);
     let response = node
         .txn(Txn {
@@ -333,6 +441,7 @@ pub async fn agent_logs(
         })
         .await?;
     if response.succeeded {
+        node.metrics.log_bytes.inc_by(json.len() as u64);
         Ok(())
     } else {
         Err(Refused::StaleEpoch(format!("the lease of run {} is no longer at epoch {epoch}", chunk.run)))
@@ -365,22 +474,48 @@ pub struct LogPage {
     pub revision: u64,
 }
 
-/// Marks a run whose agent lost its lease as failed with `AgentLost` (DESIGN §7.4).
-pub async fn agent_lost(node: &ClusterNode, current: &StoredRun) -> Result<()> {
+/// A run whose agent lost its lease while the run was in flight (DESIGN §7.4): started again
+/// from the beginning on the pipeline's next holder while the pipeline's retry policy allows
+/// (`retries.limit` such restarts), else failed with `AgentLost`.
+pub async fn agent_lost(node: &ClusterNode, current: &StoredRun, retry_limit: u32) -> Result<()> {
     let mut next = current.run.clone();
-    next.status.phase = RunPhase::Error;
-    next.status.reason = Some(ErrorReason::AgentLost);
+    let agent = current.run.status.agent.as_deref().unwrap_or("?");
+    if current.run.spec.agent_retries < retry_limit && !current.run.spec.cancel_requested {
+        next.spec.agent_retries += 1;
+        next.status = RunStatus::pending(Some(format!(
+            "started again ({} of {retry_limit}) after agent {agent} lost the pipeline's lease while the run was in flight",
+            next.spec.agent_retries
+        )));
+        tracing::info!(run = %next.metadata.name, agent, retry = next.spec.agent_retries, "the run's agent was lost: starting it again");
+    } else {
+        let message = format!("agent {agent} lost the pipeline's lease while the run was in flight");
+        next.status.end(RunPhase::Error, ErrorReason::AgentLost, message, Utc::now());
+        tracing::info!(run = %next.metadata.name, agent, "the run's agent was lost: AgentLost");
+    }
+    leader_put(node, next, current.revision).await
+}
+
+/// Marks a run in flight as `Unknown`: its agent, which still holds the pipeline, has no
+/// session with the leader (DESIGN §9.1). The agent's next report of the run, when it is back,
+/// says where the run is.
+pub async fn agent_unreachable(node: &ClusterNode, current: &StoredRun) -> Result<()> {
+    let mut next = current.run.clone();
+    next.status.phase = RunPhase::Unknown;
     next.status.message = Some(format!(
-        "agent {} lost the pipeline's lease while the run was in flight",
+        "agent {} is out of touch; the run goes on if it is back within its TTL",
         current.run.status.agent.as_deref().unwrap_or("?")
     ));
-    next.status.finished = Some(Utc::now());
+    leader_put(node, next, current.revision).await
+}
+
+/// The scheduler's write of `next` over the run read at `revision`: never forwarded, so a
+/// deposed leader's pass stops here; a run changed since is left for the next pass.
+async fn leader_put(node: &ClusterNode, mut next: RunObject, revision: u64) -> Result<()> {
     next.metadata.resource_version = None;
-    // The scheduler's write: never forwarded, so a deposed leader's pass stops here.
     let key = keys::run(&next.metadata.name);
     let value = serde_json::to_vec(&next).map_err(internal)?;
     node.leader_txn(Txn {
-        compare: vec![Compare::mod_revision(key.clone(), current.revision)],
+        compare: vec![Compare::mod_revision(key.clone(), revision)],
         success: vec![Op::Put { key: key.into_bytes(), value }],
         failure: vec![],
     })

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use openraft::{RaftMetrics, ServerState};
 use tokio_util::sync::CancellationToken;
-use xene_model::status::PipelinePhase;
+use xene_model::status::{PipelinePhase, RunPhase};
 use xene_model::{PipelineObject, Workflow, REASON_NO_AGENTS};
 use xene_proto::{server_message, LeaseGrant, LeaseRevoke, ServerMessage};
 use xene_raft_store::{Compare, NodeId, NodeInfo, Op, Txn, Watcher};
@@ -81,6 +81,7 @@ pub async fn run(node: Arc<ClusterNode>, hub: Arc<AgentHub>, run_history: usize,
             );
         } else {
             tracing::info!(node = node.id, term, "no longer leading: the scheduler stops and agents reconnect");
+            node.metrics.clear_scheduler();
         }
         hub.clear();
     }
@@ -370,6 +371,11 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
     //    lease that moved has lost its agent (DESIGN §7.4). Keep the last `run_history`
     //    finished runs of each pipeline, with their logs (DESIGN §9.7).
     let all_runs = crate::runs::list_local(node, "", "", "").await?;
+    let by_phase: Vec<(RunPhase, usize)> = RunPhase::ALL
+        .iter()
+        .map(|phase| (*phase, all_runs.iter().filter(|stored| stored.run.status.phase == *phase).count()))
+        .collect();
+    node.metrics.observe_scheduler(sessions.values().filter(|s| s.connected).count(), leases.len(), &by_phase);
     let mut finished: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for stored in &all_runs {
         if stored.run.status.phase.is_terminal() {
@@ -411,15 +417,36 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         for stored in runs {
             let started_under = stored.run.status.lease_epoch;
             if started_under.is_some() && started_under != lease.map(|l| l.revision) && grace_over {
-                tracing::info!(run = %stored.run.metadata.name, "the run's agent lost its lease: AgentLost");
-                crate::runs::agent_lost(node, &stored).await?;
+                // Started again as the pipeline's retry policy allows, else AgentLost; a run
+                // started again is handed over by a later pass, as `Pending`.
+                let retry_limit = workflows
+                    .get(&stored.run.spec.workflow)
+                    .and_then(|w| w.value.spec.pipelines.get(&stored.run.spec.pipeline))
+                    .and_then(|p| p.retries.as_ref())
+                    .map_or(0, |retries| retries.limit);
+                crate::runs::agent_lost(node, &stored, retry_limit).await?;
             } else {
                 live.push(stored);
             }
         }
         let Some(lease) = lease else { continue };
         let agent = &lease.value.agent;
-        if !sessions.get(agent).is_some_and(|s| s.alive) {
+        let session = sessions.get(agent);
+        if grace_over && !session.is_some_and(|s| s.connected) {
+            // The holder has no session (a new leader waits one TTL for sessions first): its
+            // runs in flight are `Unknown` until it reports them again, or until its lease
+            // moves and they are started again or fail as `AgentLost`.
+            for stored in &live {
+                let phase = stored.run.status.phase;
+                let in_flight = matches!(phase, RunPhase::StartingUp | RunPhase::Running | RunPhase::ShuttingDown);
+                // Checked again now: a session opened since the pass began has the agent
+                // report its runs, which this write must not follow.
+                if in_flight && stored.run.status.lease_epoch == Some(lease.revision) && !hub.connected(agent) {
+                    crate::runs::agent_unreachable(node, stored).await?;
+                }
+            }
+        }
+        if !session.is_some_and(|s| s.alive) {
             continue;
         }
         let concurrency = workflows
@@ -427,7 +454,8 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
             .and_then(|w| w.value.spec.pipelines.get(&lease.value.pipeline))
             .and_then(|p| p.concurrency.clone())
             .unwrap_or_default();
-        let admission = admit(&concurrency, &live, |run| hub.was_told_run(agent, run), grace_over);
+        let epoch = lease.revision;
+        let admission = admit(&concurrency, &live, |run| hub.was_told_run(agent, run, epoch), grace_over);
         for name in &admission.cancel {
             tracing::info!(run = %name, pipeline = %pipeline, "concurrency policy Replace: cancelling");
             crate::runs::cancel(node, name).await?;
@@ -435,7 +463,7 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         for stored in &live {
             let run = &stored.run;
             let name = &run.metadata.name;
-            if admission.start.contains(name) && !hub.was_told_run(agent, name) {
+            if admission.start.contains(name) && !hub.was_told_run(agent, name, epoch) {
                 hand_over(node, hub, &workflows, run, agent, lease.revision).await?;
             }
             if run.spec.cancel_requested {

@@ -276,7 +276,7 @@ async fn apply_write(
                 ))),
                 (Ok((workflow, pipeline)), Ok(chunk)) => {
                     let (epoch, first) = (batch.epoch, batch.first_seq);
-                    runs::agent_logs(node, (&workflow, &pipeline), epoch, first, &chunk, &batch.chunk_json).await
+                    runs::agent_logs(node, name, (&workflow, &pipeline), epoch, first, &chunk, &batch.chunk_json).await
                 }
                 (Err(e), _) => Err(Refused::Other(e)),
                 (_, Err(e)) => Err(Refused::Other(ServerError::InvalidArgument(format!("log batch: {e}")))),

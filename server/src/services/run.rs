@@ -48,7 +48,8 @@ impl RunService for RunApi {
         self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let create = request.into_inner();
         let parameters: BTreeMap<String, String> = create.parameters.into_iter().collect();
-        let stored = runs::create(&self.node, &create.workflow, &create.pipeline, "api", parameters).await?;
+        let key = Some(create.idempotency_key.as_str()).filter(|key| !key.is_empty());
+        let stored = runs::create(&self.node, &create.workflow, &create.pipeline, "api", parameters, key).await?;
         Ok(Response::new(to_pb(&stored)))
     }
 

@@ -84,9 +84,16 @@ pub enum Accepted {
 
 /// A delivery ID as remembered.
 #[derive(Debug, Serialize, Deserialize)]
-struct DeliveryRecord {
-    runs: Vec<String>,
+pub(crate) struct DeliveryRecord {
+    pub(crate) runs: Vec<String>,
     received: DateTime<Utc>,
+}
+
+impl DeliveryRecord {
+    /// The record of a delivery (or an API request with an idempotency key) received now.
+    pub(crate) fn new(runs: Vec<String>) -> Self {
+        DeliveryRecord { runs, received: Utc::now() }
+    }
 }
 
 /// Receives one delivery of `trigger` of `workflow`.
@@ -211,7 +218,7 @@ pub async fn receive(
 }
 
 /// The record of a delivery, from this server's applied state (callers pass a read barrier).
-async fn remembered(node: &ClusterNode, key: &str) -> Result<Option<DeliveryRecord>, ServerError> {
+pub(crate) async fn remembered(node: &ClusterNode, key: &str) -> Result<Option<DeliveryRecord>, ServerError> {
     let found = node.reader.range(key.as_bytes().to_vec(), false, 0).await?;
     Ok(found.kvs.first().and_then(|kv| serde_json::from_slice(&kv.value).ok()))
 }
@@ -362,7 +369,7 @@ pub fn delivery_id(provider: WebhookProvider, headers: &HeaderMap) -> Option<Str
 }
 
 /// A delivery ID as a key segment: as sent when it is short and plain, else its SHA-256.
-fn key_safe(id: &str) -> String {
+pub(crate) fn key_safe(id: &str) -> String {
     if id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
         id.to_string()
     } else {
