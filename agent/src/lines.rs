@@ -75,7 +75,7 @@ pub struct LineBuffer {
 
 impl LineBuffer {
     /// A buffer for `sink`'s output: a long line is cut into pieces so that none of the sink's
-    /// [`StepOutput::unsplittable`] texts of up to half a piece is split between two pieces
+    /// [`StepOutput::unsplittable`] texts of up to a quarter of a piece is split between pieces
     /// (DESIGN §9.7: a secret split across writes is still masked).
     pub fn for_sink(sink: &impl StepOutput) -> Self {
         LineBuffer { partial: Vec::new(), unsplittable: sink.unsplittable().to_vec() }
@@ -145,23 +145,30 @@ impl LineBuffer {
 
     /// `cut`, or earlier so that the piece does not end with the start of one of the
     /// unsplittable texts (which then starts the next piece, and fits in it whole). Texts longer
-    /// than half a piece are not guarded, so a piece keeps about half its length at least and
-    /// output always moves on.
+    /// than a quarter of a piece are not guarded, and the cut moves back at most half a piece,
+    /// so output always moves on.
     fn before_unsplittable(&self, cut: usize) -> usize {
-        let piece = &self.partial[..cut];
         let mut safe = cut;
-        for text in &self.unsplittable {
-            let text = text.as_bytes();
-            if text.len() < 2 || text.len() > MAX_LINE / 2 {
-                continue;
+        // Moving the cut back for one text may put it inside another: again until it stays.
+        loop {
+            let piece = &self.partial[..safe];
+            let mut earlier = safe;
+            for text in &self.unsplittable {
+                let text = text.as_bytes();
+                if text.len() < 2 || text.len() > MAX_LINE / 4 {
+                    continue;
+                }
+                // The longest start of `text` the piece ends with, short of all of it.
+                if let Some(k) = (1..text.len()).rev().find(|&k| piece.ends_with(&text[..k])) {
+                    earlier = earlier.min(safe - k);
+                }
             }
-            // The longest start of `text` the piece ends with, short of all of it.
-            let longest = (1..text.len()).rev().find(|&k| piece.ends_with(&text[..k]));
-            if let Some(k) = longest {
-                safe = safe.min(cut - k);
+            if earlier == safe || cut - earlier > MAX_LINE / 2 {
+                break;
             }
+            safe = earlier;
         }
-        // Back to a character boundary (the text starts on one; `safe` is at most `cut`).
+        // Back to a character boundary (the texts start on one; `safe` is at most `cut`).
         while safe > 0 && safe < cut && self.partial[safe] & 0xC0 == 0x80 {
             safe -= 1;
         }
@@ -237,6 +244,19 @@ mod tests {
             );
             assert_eq!(out.concat().len(), text.len() - 1, "nothing lost or doubled");
         }
+        // Moving the cut back for one secret must not put it inside another.
+        let chained = LineBuffer { partial: Vec::new(), unsplittable: vec!["hunter2".into(), "2fa-code".into()] };
+        let mut text = vec![b'x'; MAX_LINE - 8];
+        text.extend_from_slice(b"hunter2fa-code and more\n");
+        let mut guarded = LineBuffer { partial: Vec::new(), unsplittable: chained.unsplittable };
+        let mut out = Vec::new();
+        guarded.push(&text, |piece| out.push(piece.to_string()));
+        assert!(
+            out.iter().any(|piece| piece.contains("hunter2")),
+            "{:?}",
+            out.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(out.concat().len(), text.len() - 1);
         // Only a start of it at the cut: the piece ends before that start, and the rest follows.
         let mut text = vec![b'x'; MAX_LINE - 3];
         text.extend_from_slice(b"s3cXYZ\n");

@@ -294,6 +294,9 @@ impl Runner {
             );
         }
         report(&self.outbox, epoch, &run);
+        // Until the run's status reporter starts (once the run is `Running`), a new session's
+        // call for every status is answered with this one.
+        let starting = ResendWhileStarting::start(run.clone(), self.outbox.clone(), epoch, self.resend.subscribe());
         let workspace = self.work_dir.join(&id);
         if let Err(e) = std::fs::create_dir_all(&workspace) {
             return self.fail(
@@ -352,6 +355,7 @@ impl Runner {
         } else {
             None
         };
+        drop(starting);
         run.status.phase = RunPhase::Running;
         report(&self.outbox, epoch, &run);
 
@@ -461,6 +465,8 @@ impl Runner {
                 }
             }
         }
+        // A slot got for a task that never started goes back before the clean-up.
+        drop(spare);
         // Stopped first, so that no status of its can follow the ones below.
         reporter.stop().await;
         let mut run = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -690,6 +696,26 @@ impl Drop for StatusReporter {
     /// A run abandoned half-way (its future dropped) stops its reporter too.
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Sends a run's `StartingUp` status again whenever [`Runner::report_all`] asks, until
+/// dropped (the run's [`StatusReporter`] takes over from `Running`).
+struct ResendWhileStarting(tokio::task::JoinHandle<()>);
+
+impl ResendWhileStarting {
+    fn start(run: RunObject, outbox: Outbox, epoch: u64, mut resend: tokio::sync::watch::Receiver<u64>) -> Self {
+        ResendWhileStarting(tokio::spawn(async move {
+            while resend.changed().await.is_ok() {
+                report(&outbox, epoch, &run);
+            }
+        }))
+    }
+}
+
+impl Drop for ResendWhileStarting {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -326,6 +326,17 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
     let other =
         RunServiceClient::new(cluster.channel(1)).create(cluster.request(grpc("failing"))).await.expect("create");
     assert_ne!(other.into_inner().id, made[0], "the same key on another pipeline is another request");
+    let mut changed = grpc("dag");
+    changed.parameters.insert("WHO".into(), "someone else".into());
+    let refused = RunServiceClient::new(cluster.channel(0))
+        .create(cluster.request(changed))
+        .await
+        .expect_err("the same key with other parameters");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!("already started run {} with other parameters", made[0])),
+        "{refused:?}"
+    );
     let bad = [("Authorization", bearer.as_str()), ("Idempotency-Key", "")];
     let (status, body) = http_post_with(rest, "/api/v1/workflows/demo/pipelines/dag/runs", &bad, "").await;
     assert_eq!(status, 400, "{body}");
@@ -463,8 +474,13 @@ async fn a_lost_run_is_unknown_then_started_again_as_the_pipeline_retries_say() 
     let unknown =
         wait_run_for(&cluster, &agent, &id, Duration::from_secs(2), |r| r.status.phase == RunPhase::Unknown).await;
     assert!(unknown.status.message.as_deref().is_some_and(|m| m.contains("out of touch")), "{unknown:#?}");
-    // Past it, the lease is revoked (no other agent) and the run waits to start again.
+    // Past it, the lease is revoked (no other agent): the run stays Unknown while the lost
+    // agent's steps may still be stopping, then waits to start again.
+    let waiting = wait_run(&cluster, &agent, &id, |r| r.status.agent_lost_at.is_some()).await;
+    assert_eq!((waiting.status.phase, waiting.spec.agent_retries), (RunPhase::Unknown, 0), "{waiting:#?}");
     let again = wait_run(&cluster, &agent, &id, |r| r.spec.agent_retries == 1).await;
+    let lost_at = waiting.status.agent_lost_at.expect("lost at");
+    assert!(chrono::Utc::now() - lost_at >= chrono::TimeDelta::seconds(10), "started again too soon after {lost_at}");
     assert_eq!(again.status.phase, RunPhase::Pending, "{again:#?}");
     assert!(again.status.tasks.is_empty() && again.status.agent.is_none(), "a fresh start: {again:#?}");
     assert!(again.status.message.as_deref().is_some_and(|m| m.contains("started again (1 of 1)")), "{again:#?}");

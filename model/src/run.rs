@@ -75,6 +75,10 @@ pub struct RunStatus {
     pub finished: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tasks: BTreeMap<String, TaskRunStatus>,
+    /// When the leader found the run's lease gone from its agent mid-run, while the run waits
+    /// (as `Unknown`) for that agent's steps to have stopped before it starts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_lost_at: Option<DateTime<Utc>>,
 }
 
 /// A task's status follows its steps (DESIGN §9.1).
@@ -127,6 +131,7 @@ impl RunStatus {
             started: None,
             finished: None,
             tasks: BTreeMap::new(),
+            agent_lost_at: None,
         }
     }
 

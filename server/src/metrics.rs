@@ -178,20 +178,27 @@ impl Metrics {
     }
 }
 
-/// The leader's commit index: the highest index a majority of the voters has (the leader's
-/// own log counts as matched up to its last entry). `None` on other servers.
+/// The leader's commit index, as openraft 0.9 decides it: the highest log ID a majority of
+/// every voter configuration (both of a joint one) has flushed, if it is of the leader's own
+/// term; else what it has applied, which is committed. `None` on other servers.
 fn committed_index(m: &openraft::RaftMetrics<xene_raft_store::NodeId, xene_raft_store::NodeInfo>) -> Option<u64> {
     let replication = m.replication.as_ref()?;
-    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-    let mut matched: Vec<u64> = voters
-        .iter()
-        .map(|id| match *id == m.id {
-            true => m.last_log_index.unwrap_or(0),
-            false => replication.get(id).copied().flatten().map_or(0, |log_id| log_id.index),
-        })
-        .collect();
-    matched.sort_unstable_by(|a, b| b.cmp(a));
-    matched.get(voters.len() / 2).copied()
+    let applied = m.last_applied.map_or(0, |log_id| log_id.index);
+    // The leader's own flushed position is in the map; were it not, applied is below it.
+    let matched = |id: &u64| replication.get(id).copied().flatten().or(if *id == m.id { m.last_applied } else { None });
+    let configs = m.membership_config.membership().get_joint_config();
+    let mut agreed = None;
+    for (n, config) in configs.iter().enumerate() {
+        let mut ids: Vec<Option<openraft::LogId<xene_raft_store::NodeId>>> = config.iter().map(matched).collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let majority = ids.get(config.len() / 2).copied().flatten();
+        // `None` (nothing agreed) is the least of all.
+        agreed = if n == 0 { majority } else { agreed.min(majority) };
+    }
+    match agreed {
+        Some(log_id) if log_id.leader_id.term == m.current_term => Some(log_id.index.max(applied)),
+        _ => Some(applied),
+    }
 }
 
 impl Default for Metrics {

@@ -131,17 +131,17 @@ pub async fn create(
     };
     node.read_barrier().await?;
     if let Some(record_key) = &record_key {
-        if let Some(made) = made_by(node, record_key).await? {
+        if let Some(made) = made_by(node, record_key, &parameters).await? {
             return Ok(made);
         }
     }
     let (spec, spec_revision) = self::workflow(node, workflow).await?;
-    let new = pending(&spec, spec_revision, pipeline, trigger, parameters)?;
+    let new = pending(&spec, spec_revision, pipeline, trigger, parameters.clone())?;
     let Some(record_key) = record_key else {
         let revision = node.create(new.key.clone(), new.value.clone(), "run").await?;
         return Ok(new.created(revision));
     };
-    let record = crate::triggers::webhook::DeliveryRecord::new(vec![new.run.metadata.name.clone()]);
+    let record = crate::triggers::webhook::DeliveryRecord::api_request(new.run.metadata.name.clone(), &parameters);
     let response = node
         .txn(Txn {
             compare: vec![Compare::absent(new.key.clone()), Compare::absent(record_key.clone())],
@@ -157,16 +157,26 @@ pub async fn create(
     }
     // The same request reached another server first.
     node.read_barrier().await?;
-    match made_by(node, &record_key).await? {
+    match made_by(node, &record_key, &parameters).await? {
         Some(made) => Ok(made),
         None => Err(ServerError::Internal("run ID collision; retry".into())),
     }
 }
 
-/// The run an earlier request with the same idempotency key made, if there was one.
-async fn made_by(node: &ClusterNode, record_key: &str) -> Result<Option<StoredRun>> {
+/// The run an earlier request with the same idempotency key made, if there was one; an error
+/// if that request had other parameters.
+async fn made_by(
+    node: &ClusterNode,
+    record_key: &str,
+    parameters: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<StoredRun>> {
     let Some(record) = crate::triggers::webhook::remembered(node, record_key).await? else { return Ok(None) };
     let Some(id) = record.runs.first() else { return Ok(None) };
+    if record.parameters.is_some_and(|digest| digest != crate::triggers::webhook::parameters_digest(parameters)) {
+        return Err(ServerError::InvalidArgument(format!(
+            "this idempotency key already started run {id} with other parameters; use a new key for a new run"
+        )));
+    }
     match get_local(node, id).await {
         Ok(run) => Ok(Some(run)),
         Err(ServerError::NotFound(_)) => Err(ServerError::FailedPrecondition(format!(
@@ -474,25 +484,62 @@ pub struct LogPage {
     pub revision: u64,
 }
 
-/// A run whose agent lost its lease while the run was in flight (DESIGN §7.4): started again
-/// from the beginning on the pipeline's next holder while the pipeline's retry policy allows
-/// (`retries.limit` such restarts), else failed with `AgentLost`.
-pub async fn agent_lost(node: &ClusterNode, current: &StoredRun, retry_limit: u32) -> Result<()> {
+/// How long a run whose lease moved waits before it starts again elsewhere: its old agent
+/// stops a run within the grace between SIGTERM and SIGKILL (5 s) of learning its lease is
+/// gone, or of its own TTL without a confirmed leader, which the lease's move already waited
+/// out. Until then the run is `Unknown`, so one attempt never runs on two agents at once
+/// (DESIGN §7.5).
+pub const RESTART_AFTER_AGENT_LOST: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A run whose agent lost its lease while the run was in flight (DESIGN §7.4): with retries
+/// left under the pipeline's policy (`retries.limit`), `Unknown` for
+/// [`RESTART_AFTER_AGENT_LOST`] and then `Pending` again from the beginning, for the
+/// pipeline's next holder (the run so made is returned); without, ended `AgentLost` (or
+/// `Cancelled`, when someone had asked to cancel it).
+pub async fn agent_lost(
+    node: &ClusterNode,
+    current: &StoredRun,
+    retry_limit: u32,
+    now: chrono::DateTime<Utc>,
+) -> Result<Option<StoredRun>> {
     let mut next = current.run.clone();
     let agent = current.run.status.agent.as_deref().unwrap_or("?");
-    if current.run.spec.agent_retries < retry_limit && !current.run.spec.cancel_requested {
-        next.spec.agent_retries += 1;
-        next.status = RunStatus::pending(Some(format!(
-            "started again ({} of {retry_limit}) after agent {agent} lost the pipeline's lease while the run was in flight",
-            next.spec.agent_retries
-        )));
-        tracing::info!(run = %next.metadata.name, agent, retry = next.spec.agent_retries, "the run's agent was lost: starting it again");
-    } else {
+    let retries = current.run.spec.agent_retries;
+    if current.run.spec.cancel_requested {
+        let message = format!("cancelled; agent {agent} lost the pipeline's lease before it confirmed");
+        next.status.end(RunPhase::Cancelled, ErrorReason::Cancelled, message, now);
+    } else if retries >= retry_limit {
         let message = format!("agent {agent} lost the pipeline's lease while the run was in flight");
-        next.status.end(RunPhase::Error, ErrorReason::AgentLost, message, Utc::now());
+        next.status.end(RunPhase::Error, ErrorReason::AgentLost, message, now);
         tracing::info!(run = %next.metadata.name, agent, "the run's agent was lost: AgentLost");
+    } else {
+        match current.run.status.agent_lost_at {
+            None => {
+                next.status.phase = RunPhase::Unknown;
+                next.status.agent_lost_at = Some(now);
+                next.status.message = Some(format!(
+                    "agent {agent} lost the pipeline's lease while the run was in flight; the run starts again ({} of {retry_limit}) once its steps there have had time to stop",
+                    retries + 1
+                ));
+            }
+            Some(lost_at)
+                if now - lost_at < chrono::TimeDelta::from_std(RESTART_AFTER_AGENT_LOST).unwrap_or_default() =>
+            {
+                return Ok(None);
+            }
+            Some(_) => {
+                next.spec.agent_retries += 1;
+                next.status = RunStatus::pending(Some(format!(
+                    "started again ({} of {retry_limit}) after agent {agent} lost the pipeline's lease while the run was in flight",
+                    next.spec.agent_retries
+                )));
+                tracing::info!(run = %next.metadata.name, agent, retry = next.spec.agent_retries, "the run's agent was lost: starting it again");
+                return leader_put(node, next, current.revision).await;
+            }
+        }
     }
-    leader_put(node, next, current.revision).await
+    leader_put(node, next, current.revision).await?;
+    Ok(None)
 }
 
 /// Marks a run in flight as `Unknown`: its agent, which still holds the pipeline, has no
@@ -505,22 +552,28 @@ pub async fn agent_unreachable(node: &ClusterNode, current: &StoredRun) -> Resul
         "agent {} is out of touch; the run goes on if it is back within its TTL",
         current.run.status.agent.as_deref().unwrap_or("?")
     ));
-    leader_put(node, next, current.revision).await
+    leader_put(node, next, current.revision).await.map(|_| ())
 }
 
-/// The scheduler's write of `next` over the run read at `revision`: never forwarded, so a
-/// deposed leader's pass stops here; a run changed since is left for the next pass.
-async fn leader_put(node: &ClusterNode, mut next: RunObject, revision: u64) -> Result<()> {
+/// The scheduler's write of `next` over the run read at `revision`, returned as stored: never
+/// forwarded, so a deposed leader's pass stops here; a run changed since is left for the next
+/// pass (`None`).
+async fn leader_put(node: &ClusterNode, mut next: RunObject, revision: u64) -> Result<Option<StoredRun>> {
     next.metadata.resource_version = None;
     let key = keys::run(&next.metadata.name);
     let value = serde_json::to_vec(&next).map_err(internal)?;
-    node.leader_txn(Txn {
-        compare: vec![Compare::mod_revision(key.clone(), revision)],
-        success: vec![Op::Put { key: key.into_bytes(), value }],
-        failure: vec![],
-    })
-    .await?;
-    Ok(())
+    let response = node
+        .leader_txn(Txn {
+            compare: vec![Compare::mod_revision(key.clone(), revision)],
+            success: vec![Op::Put { key: key.into_bytes(), value }],
+            failure: vec![],
+        })
+        .await?;
+    if !response.succeeded {
+        return Ok(None);
+    }
+    next.metadata.resource_version = Some(response.revision);
+    Ok(Some(StoredRun { run: next, revision: response.revision }))
 }
 
 #[cfg(test)]

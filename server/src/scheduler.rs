@@ -417,14 +417,17 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         for stored in runs {
             let started_under = stored.run.status.lease_epoch;
             if started_under.is_some() && started_under != lease.map(|l| l.revision) && grace_over {
-                // Started again as the pipeline's retry policy allows, else AgentLost; a run
-                // started again is handed over by a later pass, as `Pending`.
+                // Started again as the pipeline's retry policy allows (once its old agent has
+                // had time to stop it), else AgentLost. One started again now is `Pending`,
+                // and takes its place among the pipeline's runs in this pass.
                 let retry_limit = workflows
                     .get(&stored.run.spec.workflow)
                     .and_then(|w| w.value.spec.pipelines.get(&stored.run.spec.pipeline))
                     .and_then(|p| p.retries.as_ref())
                     .map_or(0, |retries| retries.limit);
-                crate::runs::agent_lost(node, &stored, retry_limit).await?;
+                if let Some(pending) = crate::runs::agent_lost(node, &stored, retry_limit, chrono::Utc::now()).await? {
+                    live.push(pending);
+                }
             } else {
                 live.push(stored);
             }

@@ -87,13 +87,30 @@ pub enum Accepted {
 pub(crate) struct DeliveryRecord {
     pub(crate) runs: Vec<String>,
     received: DateTime<Utc>,
+    /// For an API request with an idempotency key: a digest of its parameters, so that the
+    /// key sent again with other parameters is refused rather than answered with a run that
+    /// does not have them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) parameters: Option<String>,
 }
 
 impl DeliveryRecord {
-    /// The record of a delivery (or an API request with an idempotency key) received now.
-    pub(crate) fn new(runs: Vec<String>) -> Self {
-        DeliveryRecord { runs, received: Utc::now() }
+    /// The record of an API request with an idempotency key, received now, that made `run`.
+    pub(crate) fn api_request(run: String, parameters: &BTreeMap<String, String>) -> Self {
+        DeliveryRecord { runs: vec![run], received: Utc::now(), parameters: Some(parameters_digest(parameters)) }
     }
+}
+
+/// A digest of run parameters (keys and values, in key order).
+pub(crate) fn parameters_digest(parameters: &BTreeMap<String, String>) -> String {
+    let mut digest = Sha256::new();
+    for (key, value) in parameters {
+        for part in [key, value] {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part.as_bytes());
+        }
+    }
+    hex::encode(digest.finalize())
 }
 
 /// Receives one delivery of `trigger` of `workflow`.
@@ -188,8 +205,11 @@ pub async fn receive(
     }
     let mut compare = vec![Compare::mod_revision(keys::workflow(workflow), spec_revision)];
     if let Some(key) = &delivery_key {
-        let record =
-            DeliveryRecord { runs: made.iter().map(|n| n.run.metadata.name.clone()).collect(), received: Utc::now() };
+        let record = DeliveryRecord {
+            runs: made.iter().map(|n| n.run.metadata.name.clone()).collect(),
+            received: Utc::now(),
+            parameters: None,
+        };
         let value = serde_json::to_vec(&record).map_err(|e| ServerError::Internal(e.to_string()))?;
         compare.push(Compare::absent(key.clone()));
         ops.push(Op::Put { key: key.clone().into_bytes(), value });
