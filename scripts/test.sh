@@ -13,6 +13,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries the process tests start)"
@@ -30,5 +31,9 @@ cargo nextest run --workspace --locked --no-fail-fast --no-tests=fail --profile 
 echo "== heavy tests, one at a time"
 cargo nextest run --workspace --locked --no-fail-fast --no-tests=fail --profile ci -E "$heavy" --test-threads 1 \
   || status=$?
+# Coverage-guided fuzzing of the parsers of outside input, briefly (DESIGN §14); longer runs:
+# scripts/fuzz.sh TARGET SECONDS. The corpus kept in the cache directory grows run by run.
+echo "== fuzzing, ${XENE_FUZZ_SECONDS:-20} s per target"
+XENE_FUZZ_SECONDS="${XENE_FUZZ_SECONDS:-20}" ./scripts/fuzz.sh || status=$?
 [ "$status" -eq 0 ] || exit "$status"
 echo "== done in $(( $(date +%s) - start )) s"
