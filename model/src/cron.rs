@@ -225,6 +225,22 @@ mod tests {
         assert_eq!(with_seconds.next_after(at("2024-01-10T12:00:00Z")), Some(at("2024-01-10T12:00:30Z")));
     }
 
+    /// DESIGN §8.3: across daylight-saving changes a daily schedule fires once a day, never
+    /// twice and never not at all. Europe/Berlin springs forward at 02:00 on 2026-03-29 (02:30
+    /// does not exist that day) and falls back at 03:00 on 2026-10-25 (02:30 comes twice).
+    #[test]
+    fn daylight_saving_changes_neither_skip_nor_double_a_daily_fire() {
+        let nightly = CronSchedule::new("30 2 * * *", Some("Europe/Berlin")).unwrap();
+        // Spring: the day before at 02:30 CET (01:30 UTC); that day's fire comes at the first
+        // valid time after the gap, 03:00 CEST (01:00 UTC); then 02:30 CEST (00:30 UTC).
+        let fires = nightly.missed(at("2026-03-27T12:00:00Z"), at("2026-03-30T12:00:00Z"), 10);
+        assert_eq!(fires, [at("2026-03-28T01:30:00Z"), at("2026-03-29T01:00:00Z"), at("2026-03-30T00:30:00Z")]);
+        // Autumn: 02:30 CEST (00:30 UTC) the day before; on the day with two 02:30s one fire,
+        // at the first (CEST, 00:30 UTC); then 02:30 CET (01:30 UTC).
+        let fires = nightly.missed(at("2026-10-23T12:00:00Z"), at("2026-10-26T12:00:00Z"), 10);
+        assert_eq!(fires, [at("2026-10-24T00:30:00Z"), at("2026-10-25T00:30:00Z"), at("2026-10-26T01:30:00Z")]);
+    }
+
     #[test]
     fn finds_missed_fires_latest_first_within_the_limit() {
         let every_second = CronSchedule::new("* * * * * *", None).unwrap();
