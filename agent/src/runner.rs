@@ -265,6 +265,7 @@ impl Runner {
         run.status.phase = RunPhase::StartingUp;
         run.status.agent = Some(self.agent.clone());
         run.status.lease_epoch = Some(epoch);
+        run.status.agent_lost_at = None;
         let pipeline = match serde_json::from_str::<Workflow>(workflow_json)
             .ok()
             .and_then(|w| w.spec.pipelines.get(&run.spec.pipeline).cloned())
@@ -355,7 +356,8 @@ impl Runner {
         } else {
             None
         };
-        drop(starting);
+        // Stopped and waited for: a StartingUp it was sending must not follow Running.
+        starting.stop().await;
         run.status.phase = RunPhase::Running;
         report(&self.outbox, epoch, &run);
 
@@ -700,22 +702,33 @@ impl Drop for StatusReporter {
 }
 
 /// Sends a run's `StartingUp` status again whenever [`Runner::report_all`] asks, until
-/// dropped (the run's [`StatusReporter`] takes over from `Running`).
-struct ResendWhileStarting(tokio::task::JoinHandle<()>);
+/// stopped (the run's [`StatusReporter`] takes over from `Running`) or dropped (the run
+/// failed before it ran: a late `StartingUp` after its end is refused by the leader).
+struct ResendWhileStarting(Option<tokio::task::JoinHandle<()>>);
 
 impl ResendWhileStarting {
     fn start(run: RunObject, outbox: Outbox, epoch: u64, mut resend: tokio::sync::watch::Receiver<u64>) -> Self {
-        ResendWhileStarting(tokio::spawn(async move {
+        ResendWhileStarting(Some(tokio::spawn(async move {
             while resend.changed().await.is_ok() {
                 report(&outbox, epoch, &run);
             }
-        }))
+        })))
+    }
+
+    /// Stops it once it has sent what it was sending.
+    async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for ResendWhileStarting {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 

@@ -196,7 +196,10 @@ fn committed_index(m: &openraft::RaftMetrics<xene_raft_store::NodeId, xene_raft_
         agreed = if n == 0 { majority } else { agreed.min(majority) };
     }
     match agreed {
-        Some(log_id) if log_id.leader_id.term == m.current_term => Some(log_id.index.max(applied)),
+        // An entry of this leader's own (openraft commits only those directly).
+        Some(log_id) if log_id.leader_id.term == m.current_term && log_id.leader_id.node_id == m.id => {
+            Some(log_id.index.max(applied))
+        }
         _ => Some(applied),
     }
 }

@@ -372,10 +372,18 @@ pub async fn agent_update(node: &ClusterNode, agent: &str, epoch: u64, reported:
                 current.run.status.phase.as_str()
             )));
         }
+        if current.run.status.agent_lost_at.is_some() {
+            // Waiting to start again elsewhere: no agent runs it now.
+            return Err(Refused::StaleEpoch(format!(
+                "run {} waits to start again after its agent was lost",
+                reported.metadata.name
+            )));
+        }
         let mut next = current.run.clone();
         next.status = reported.status.clone();
         next.status.agent = Some(agent.to_string());
         next.status.lease_epoch = Some(epoch);
+        next.status.agent_lost_at = None;
         let fenced = fence(&current.run.spec.workflow, &current.run.spec.pipeline, epoch);
         if put_if(node, &next, current.revision, vec![fenced]).await?.is_some() {
             for seconds in steps_ended(&current.run, &next) {
@@ -494,8 +502,9 @@ pub const RESTART_AFTER_AGENT_LOST: std::time::Duration = std::time::Duration::f
 /// A run whose agent lost its lease while the run was in flight (DESIGN §7.4): with retries
 /// left under the pipeline's policy (`retries.limit`), `Unknown` for
 /// [`RESTART_AFTER_AGENT_LOST`] and then `Pending` again from the beginning, for the
-/// pipeline's next holder (the run so made is returned); without, ended `AgentLost` (or
-/// `Cancelled`, when someone had asked to cancel it).
+/// pipeline's next holder; without, ended `AgentLost` (or `Cancelled`, when someone had asked
+/// to cancel it). Returns the run as it now stands while it is not finished (waiting, or
+/// `Pending` again), for the pipeline's concurrency policy to count.
 pub async fn agent_lost(
     node: &ClusterNode,
     current: &StoredRun,
@@ -505,41 +514,41 @@ pub async fn agent_lost(
     let mut next = current.run.clone();
     let agent = current.run.status.agent.as_deref().unwrap_or("?");
     let retries = current.run.spec.agent_retries;
-    if current.run.spec.cancel_requested {
-        let message = format!("cancelled; agent {agent} lost the pipeline's lease before it confirmed");
-        next.status.end(RunPhase::Cancelled, ErrorReason::Cancelled, message, now);
-    } else if retries >= retry_limit {
-        let message = format!("agent {agent} lost the pipeline's lease while the run was in flight");
-        next.status.end(RunPhase::Error, ErrorReason::AgentLost, message, now);
-        tracing::info!(run = %next.metadata.name, agent, "the run's agent was lost: AgentLost");
-    } else {
-        match current.run.status.agent_lost_at {
-            None => {
-                next.status.phase = RunPhase::Unknown;
-                next.status.agent_lost_at = Some(now);
-                next.status.message = Some(format!(
-                    "agent {agent} lost the pipeline's lease while the run was in flight; the run starts again ({} of {retry_limit}) once its steps there have had time to stop",
-                    retries + 1
-                ));
-            }
-            Some(lost_at)
-                if now - lost_at < chrono::TimeDelta::from_std(RESTART_AFTER_AGENT_LOST).unwrap_or_default() =>
-            {
-                return Ok(None);
-            }
-            Some(_) => {
-                next.spec.agent_retries += 1;
-                next.status = RunStatus::pending(Some(format!(
-                    "started again ({} of {retry_limit}) after agent {agent} lost the pipeline's lease while the run was in flight",
-                    next.spec.agent_retries
-                )));
-                tracing::info!(run = %next.metadata.name, agent, retry = next.spec.agent_retries, "the run's agent was lost: starting it again");
-                return leader_put(node, next, current.revision).await;
-            }
+    if current.run.spec.cancel_requested || retries >= retry_limit {
+        if current.run.spec.cancel_requested {
+            let message = format!("cancelled; agent {agent} lost the pipeline's lease before it confirmed");
+            next.status.end(RunPhase::Cancelled, ErrorReason::Cancelled, message, now);
+        } else {
+            let message = format!("agent {agent} lost the pipeline's lease while the run was in flight");
+            next.status.end(RunPhase::Error, ErrorReason::AgentLost, message, now);
+            tracing::info!(run = %next.metadata.name, agent, "the run's agent was lost: AgentLost");
+        }
+        leader_put(node, next, current.revision).await?;
+        return Ok(None);
+    }
+    match current.run.status.agent_lost_at {
+        None => {
+            next.status.phase = RunPhase::Unknown;
+            next.status.agent_lost_at = Some(now);
+            next.status.message = Some(format!(
+                "agent {agent} lost the pipeline's lease while the run was in flight; the run starts again ({} of {retry_limit}) once its steps there have had time to stop",
+                retries + 1
+            ));
+            leader_put(node, next, current.revision).await
+        }
+        Some(lost_at) if now - lost_at < chrono::TimeDelta::from_std(RESTART_AFTER_AGENT_LOST).unwrap_or_default() => {
+            Ok(Some(current.clone()))
+        }
+        Some(_) => {
+            next.spec.agent_retries += 1;
+            next.status = RunStatus::pending(Some(format!(
+                "started again ({} of {retry_limit}) after agent {agent} lost the pipeline's lease while the run was in flight",
+                next.spec.agent_retries
+            )));
+            tracing::info!(run = %next.metadata.name, agent, retry = next.spec.agent_retries, "the run's agent was lost: starting it again");
+            leader_put(node, next, current.revision).await
         }
     }
-    leader_put(node, next, current.revision).await?;
-    Ok(None)
 }
 
 /// Marks a run in flight as `Unknown`: its agent, which still holds the pipeline, has no

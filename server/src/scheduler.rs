@@ -418,15 +418,18 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
             let started_under = stored.run.status.lease_epoch;
             if started_under.is_some() && started_under != lease.map(|l| l.revision) && grace_over {
                 // Started again as the pipeline's retry policy allows (once its old agent has
-                // had time to stop it), else AgentLost. One started again now is `Pending`,
-                // and takes its place among the pipeline's runs in this pass.
+                // had time to stop it), else AgentLost. One waiting or `Pending` again keeps its
+                // place among the pipeline's runs: it counts for the concurrency policy, and is
+                // handed over only once `Pending` (below).
                 let retry_limit = workflows
                     .get(&stored.run.spec.workflow)
                     .and_then(|w| w.value.spec.pipelines.get(&stored.run.spec.pipeline))
                     .and_then(|p| p.retries.as_ref())
                     .map_or(0, |retries| retries.limit);
-                if let Some(pending) = crate::runs::agent_lost(node, &stored, retry_limit, chrono::Utc::now()).await? {
-                    live.push(pending);
+                if let Some(unfinished) =
+                    crate::runs::agent_lost(node, &stored, retry_limit, chrono::Utc::now()).await?
+                {
+                    live.push(unfinished);
                 }
             } else {
                 live.push(stored);
@@ -466,7 +469,11 @@ pub async fn reconcile(node: &ClusterNode, hub: &AgentHub, leader_since: Instant
         for stored in &live {
             let run = &stored.run;
             let name = &run.metadata.name;
-            if admission.start.contains(name) && !hub.was_told_run(agent, name, epoch) {
+            // Never a run started under another lease (a new leader's first TTL, before the
+            // branch above acts), nor one waiting for its lost agent's steps to stop.
+            let handable =
+                run.status.lease_epoch.is_none_or(|started| started == epoch) && run.status.agent_lost_at.is_none();
+            if handable && admission.start.contains(name) && !hub.was_told_run(agent, name, epoch) {
                 hand_over(node, hub, &workflows, run, agent, lease.revision).await?;
             }
             if run.spec.cancel_requested {
