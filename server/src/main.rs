@@ -20,7 +20,14 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    limit_malloc_arenas();
+    // Threads of the blocking pool (RocksDB reads) go after 2 s idle rather than tokio's 10 s,
+    // giving back their stacks and caches soon after a burst (PERF W8).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("xene-server: starting the async runtime: {e}");
@@ -58,5 +65,18 @@ async fn wait_for_signal() {
             // Without signal handlers the process can still be stopped with SIGKILL.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// glibc gives each thread that allocates while the others do an arena of its own, up to eight
+/// per core, and keeps every arena's free memory; the server's dozen threads (tokio's workers,
+/// its blocking pool, RocksDB's, the log writer) then hold memory apart. Two arenas, one per
+/// core, measured (PERF W8, `dist` build): 0.2 to 0.4 MB less resident when idle after start,
+/// 6 to 7 MB less after 100,000 writes.
+fn limit_malloc_arenas() {
+    // SAFETY: `mallopt` sets a parameter of the C allocator; it is called here before any
+    // thread but this one exists, and has no other effect.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
