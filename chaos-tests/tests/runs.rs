@@ -493,6 +493,60 @@ async fn a_lost_run_is_unknown_then_started_again_as_the_pipeline_retries_say() 
     assert!(lines.iter().any(|l| l.text == "second"), "the second attempt ran: {lines:?}");
 }
 
+/// DESIGN §7.5 for a run started again: when the lease moves away from an agent that is alive
+/// and connected (its pipeline's selector no longer matches it), the run starts on the new
+/// holder only after the old holder's execution ended, never beside it. Every execution notes
+/// its start and end, with the agent's name and the time, in a ledger on the host; the old one
+/// takes 2 s to end after SIGTERM (within the agent's 5 s grace), so a run started again at
+/// once would overlap it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_moved_off_a_live_agent_starts_again_only_after_its_old_execution_ended() {
+    let (cluster, runner) = setup().await;
+    let token = |cluster: &TestCluster| {
+        String::from_utf8_lossy(&cluster.xenectl(&["token", "create", "--kind", "agent"]).stdout).trim().to_string()
+    };
+    let (b_name, c_name) = (unique_agent_name("pool-b"), unique_agent_name("pool-c"));
+    let _b = cluster.start_agent_with(&b_name, "os=linux,pool=b", &token(&cluster), "process");
+    let _c = cluster.start_agent_with(&c_name, "os=linux,pool=c", &token(&cluster), "process");
+    let ledger_dir = tempfile::tempdir().expect("temp dir");
+    let ledger = ledger_dir.path().join("ledger");
+    let manifest = |pool: &str| {
+        format!(
+            "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {{name: moving}}\nspec:\n  pipelines:\n    p:\n      agentSelector: {{pool: {pool}}}\n      retries: {{limit: 1}}\n      tasks:\n        work:\n          steps:\n            - {{name: go, run: 'note() {{ echo \"$1 $XENE_AGENT $(date +%s%N)\" >> {0}; }}; note start; trap \"sleep 2; note end; exit 143\" TERM; i=0; while [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; note end'}}\n",
+            ledger.display()
+        )
+    };
+    let apply = |manifest: String| {
+        let channel = cluster.channel(0);
+        let request = cluster.request(pb::ApplyRequest { manifest });
+        async move { ObjectServiceClient::new(channel).apply(request).await.expect("apply") }
+    };
+    apply(manifest("b")).await;
+    let id = start_in(&cluster, "moving", "p", &[]).await;
+    let first = wait_run(&cluster, &runner, &id, |r| r.status.phase == RunPhase::Running).await;
+    assert_eq!(first.status.agent.as_deref(), Some(b_name.as_str()), "{first:#?}");
+    // The selector no longer matches the holder: the lease moves to the other agent.
+    apply(manifest("c")).await;
+    let done = wait_run_for(&cluster, &runner, &id, Duration::from_secs(60), |r| r.status.phase.is_terminal()).await;
+    assert_eq!(done.status.phase, RunPhase::Success, "{done:#?}");
+    assert_eq!((done.spec.agent_retries, done.status.agent.as_deref()), (1, Some(c_name.as_str())), "{done:#?}");
+
+    let text = std::fs::read_to_string(&ledger).expect("ledger");
+    let events: Vec<(&str, &str, u128)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            Some((parts.next()?, parts.next()?, parts.next()?.parse().ok()?))
+        })
+        .collect();
+    let at = |what: &str, agent: &str| events.iter().find(|(w, a, _)| *w == what && *a == agent).map(|(_, _, t)| *t);
+    let (Some(b_end), Some(c_start)) = (at("end", &b_name), at("start", &c_name)) else {
+        panic!("the ledger lacks the old execution's end or the new one's start:\n{text}");
+    };
+    assert!(c_start > b_end, "the new execution started before the old one ended:\n{text}");
+    assert_eq!(events.iter().filter(|(w, _, _)| *w == "start").count(), 2, "two executions:\n{text}");
+}
+
 /// A finished run shows no task or step still running (DESIGN §9.1: a task's status follows
 /// its steps), however it ended.
 fn assert_nothing_running(run: &RunObject) {
