@@ -36,6 +36,28 @@ const PIPE_BYTES: i32 = 1 << 20;
 /// The most read from a pipe at once.
 const BLOCK_BYTES: usize = 256 * 1024;
 
+/// What a step's reads start with: most steps print a few lines, and a thousand one-line
+/// tasks should not each zero two blocks of [`BLOCK_BYTES`] (PERF W5). A read that fills the
+/// buffer doubles it, up to [`BLOCK_BYTES`].
+const FIRST_BLOCK_BYTES: usize = 8 * 1024;
+
+/// A buffer for a pipe's reads, reused for the whole step, that grows while reads fill it.
+struct Block(Vec<u8>);
+
+impl Block {
+    fn new() -> Self {
+        Block(vec![0; FIRST_BLOCK_BYTES])
+    }
+
+    /// After a read of `n` bytes: a full buffer means more is waiting, so the next read may
+    /// take more.
+    fn read(&mut self, n: usize) {
+        if n == self.0.len() && n < BLOCK_BYTES {
+            self.0.resize((n * 2).min(BLOCK_BYTES), 0);
+        }
+    }
+}
+
 /// How long a step runs before its group is noted on disk for an agent started after a crash
 /// ([`StepRecords`]): most steps end sooner, and a file written and removed for each of a
 /// thousand one-line tasks cost a 1,000-task DAG a tenth of its time (PERF W5).
@@ -88,7 +110,7 @@ pub async fn run_step(
     widen(&stdout);
     widen(&stderr);
     let (mut out, mut err) = (LineBuffer::for_sink(sink), LineBuffer::for_sink(sink));
-    let (mut out_block, mut err_block) = (vec![0u8; BLOCK_BYTES], vec![0u8; BLOCK_BYTES]);
+    let (mut out_block, mut err_block) = (Block::new(), Block::new());
     let (mut out_open, mut err_open) = (true, true);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let sleep_until = async move {
@@ -112,18 +134,20 @@ pub async fn run_step(
     // so is waiting for the child.
     while status.is_none() || out_open || err_open {
         tokio::select! {
-            read = stdout.read(&mut out_block), if out_open => match read {
+            read = stdout.read(&mut out_block.0), if out_open => match read {
                 Ok(0) | Err(_) => out_open = false,
                 Ok(n) => {
                     let ts = now_ms();
-                    out.push_to(&out_block[..n], "stdout", ts, sink);
+                    out.push_to(&out_block.0[..n], "stdout", ts, sink);
+                    out_block.read(n);
                 }
             },
-            read = stderr.read(&mut err_block), if err_open => match read {
+            read = stderr.read(&mut err_block.0), if err_open => match read {
                 Ok(0) | Err(_) => err_open = false,
                 Ok(n) => {
                     let ts = now_ms();
-                    err.push_to(&err_block[..n], "stderr", ts, sink);
+                    err.push_to(&err_block.0[..n], "stderr", ts, sink);
+                    err_block.read(n);
                 }
             },
             exited = child.wait(), if status.is_none() => {

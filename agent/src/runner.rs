@@ -369,9 +369,10 @@ impl Runner {
         let reporter = StatusReporter::start(Arc::clone(&shared), self.outbox.clone(), epoch, self.resend.subscribe());
         // One copy of the pipeline for every task (a 1,000-task pipeline is not copied 1,000 times).
         let pipeline = Arc::new(pipeline);
-        let mut done: BTreeSet<String> = BTreeSet::new();
+        let facts = Arc::new(RunFacts::of(&shared.lock().unwrap_or_else(|p| p.into_inner())));
+        // The tasks whose dependencies have all ended, kept as tasks end.
+        let mut walk = graph.walk();
         let mut failed: BTreeSet<String> = BTreeSet::new();
-        let mut started: BTreeSet<String> = BTreeSet::new();
         let mut workers = tokio::task::JoinSet::new();
         // Which task each worker runs, kept outside it: a worker that panicked returns nothing.
         let mut worker_tasks: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -382,24 +383,22 @@ impl Runner {
         loop {
             // Start every ready task whose condition holds, while the agent has free slots.
             let mut waiting = false;
-            let ready: Vec<String> =
-                graph.ready_tasks(&done).into_iter().filter(|t| !started.contains(*t)).map(String::from).collect();
-            for task in ready {
-                let dependency_failed = graph.dependencies(&task).iter().any(|d| failed.contains(*d));
-                let when = pipeline.tasks.get(&task).and_then(|t| t.when.as_ref());
+            while let Some(task) = walk.next_ready() {
+                let dependency_failed = graph.dependencies(task).iter().any(|d| failed.contains(*d));
+                let when = pipeline.tasks.get(task).and_then(|t| t.when.as_ref());
                 match decide(when, dependency_failed) {
                     Decision::Run => {}
                     Decision::SkipAfterFailure => {
                         // Stays NotExecuted, and so do the tasks after it that need success.
-                        started.insert(task.clone());
-                        done.insert(task.clone());
-                        failed.insert(task);
+                        walk.take();
+                        walk.ended(task);
+                        failed.insert(task.to_string());
                         continue;
                     }
                     Decision::SkipUnmet => {
                         // Stays NotExecuted; nothing went wrong, so the tasks after it run.
-                        started.insert(task.clone());
-                        done.insert(task);
+                        walk.take();
+                        walk.ended(task);
                         continue;
                     }
                 }
@@ -410,9 +409,11 @@ impl Runner {
                     waiting = true;
                     break;
                 };
-                started.insert(task.clone());
+                walk.take();
+                let task = task.to_string();
                 let context = TaskContext {
                     run: Arc::clone(&shared),
+                    facts: Arc::clone(&facts),
                     pipeline: Arc::clone(&pipeline),
                     task: task.clone(),
                     workspace: workspace.clone(),
@@ -445,7 +446,7 @@ impl Runner {
             tokio::select! {
                 Some(joined) = workers.join_next_with_id() => {
                     if let Some((task, ended)) = task_ended(&shared, &mut worker_tasks, joined) {
-                        done.insert(task.clone());
+                        walk.ended(&task);
                         match ended {
                             TaskEnd::Succeeded => {}
                             TaskEnd::Failed => {
@@ -732,9 +733,33 @@ impl Drop for ResendWhileStarting {
     }
 }
 
+/// What a run's steps are told of it that does not change while it runs: taken once per run,
+/// not copied out of the run's whole status for each task (a 1,000-task run copied its status
+/// of 1,000 tasks once per task; PERF W5).
+struct RunFacts {
+    name: String,
+    workflow: String,
+    pipeline: String,
+    agent: String,
+    parameters: BTreeMap<String, String>,
+}
+
+impl RunFacts {
+    fn of(run: &RunObject) -> Self {
+        RunFacts {
+            name: run.metadata.name.clone(),
+            workflow: run.spec.workflow.clone(),
+            pipeline: run.spec.pipeline.clone(),
+            agent: run.status.agent.clone().unwrap_or_default(),
+            parameters: run.spec.parameters.clone(),
+        }
+    }
+}
+
 /// Everything one task needs.
 struct TaskContext {
     run: Arc<Mutex<RunObject>>,
+    facts: Arc<RunFacts>,
     pipeline: Arc<Pipeline>,
     task: String,
     workspace: PathBuf,
@@ -835,13 +860,13 @@ impl TaskContext {
                 *step = not_executed(&step.name);
             }
         });
-        let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let run = &self.facts;
         // One container per task attempt, from the task's image (the pipeline's by default).
         let container = match (&self.containers, self.pipeline.executor_for(task)) {
             (Some((docker, resources)), Some(Executor::Container(spec))) => {
                 let credentials = match self.pull_credentials(spec) {
                     Ok(credentials) => credentials,
-                    Err(message) => return self.infrastructure_error(task, &run.metadata.name, &execution, message),
+                    Err(message) => return self.infrastructure_error(task, &run.name, &execution, message),
                 };
                 let task_spec = TaskSpec {
                     task: self.task.clone(),
@@ -860,7 +885,7 @@ impl TaskContext {
                     started = docker.start_task(resources, &task_spec) => started,
                     _ = self.cancel.cancelled() => {
                         let message = format!("the task was stopped while its container was starting (image {})", spec.image);
-                        return self.not_started(task, &run.metadata.name, &execution, ErrorReason::Cancelled, message);
+                        return self.not_started(task, &run.name, &execution, ErrorReason::Cancelled, message);
                     }
                 };
                 match started {
@@ -868,16 +893,16 @@ impl TaskContext {
                         tracing::info!(task = %self.task, attempt, container = container.name(), id = container.id(), "task container started");
                         Some((docker.clone(), container))
                     }
-                    Err(e) => return self.infrastructure_error(task, &run.metadata.name, &execution, e.to_string()),
+                    Err(e) => return self.infrastructure_error(task, &run.name, &execution, e.to_string()),
                 }
             }
             (Some(_), None) => {
                 let message = "this agent runs containers, and the task names no image: set executor: {type: container, image: ...} or {type: process}";
-                return self.infrastructure_error(task, &run.metadata.name, &execution, message.into());
+                return self.infrastructure_error(task, &run.name, &execution, message.into());
             }
             _ => None,
         };
-        let outcome = self.steps(task, &run, &execution, container.as_ref()).await;
+        let outcome = self.steps(task, &execution, container.as_ref()).await;
         if let Some((docker, container)) = container {
             if let Err(e) = docker.stop_task(container).await {
                 tracing::warn!(task = %self.task, error = %e, "removing the task's container failed");
@@ -943,8 +968,7 @@ impl TaskContext {
     fn before_any_attempt(&self) -> (String, String) {
         let execution = new_execution_id();
         self.update(|s| s.execution = execution.clone());
-        let run = self.run.lock().unwrap_or_else(|p| p.into_inner()).metadata.name.clone();
-        (run, execution)
+        (self.facts.name.clone(), execution)
     }
 
     /// Ships `message` as the only line of the task's first step under `execution`.
@@ -999,7 +1023,6 @@ impl TaskContext {
     async fn steps(
         &self,
         task: &xene_model::Task,
-        run: &RunObject,
         execution: &str,
         container: Option<&(DockerExecutor, TaskContainer)>,
     ) -> Option<ErrorReason> {
@@ -1013,28 +1036,31 @@ impl TaskContext {
         }
         // What the steps leave in the background is stopped when this returns.
         let mut groups = self.step_records.task();
+        let run = &self.facts;
         // The outputs of the tasks it depends on, as they ended (DESIGN §10).
-        let inputs: Vec<(String, String)> = task
-            .dependencies
-            .iter()
-            .filter_map(|dependency| run.status.tasks.get(dependency).map(|status| (dependency, status)))
-            .flat_map(|(dependency, status)| {
-                status.outputs.iter().map(move |(key, value)| (input_variable(dependency, key), value.clone()))
-            })
-            .collect();
+        let inputs: Vec<(String, String)> = {
+            let status = self.run.lock().unwrap_or_else(|p| p.into_inner());
+            task.dependencies
+                .iter()
+                .filter_map(|dependency| status.status.tasks.get(dependency).map(|status| (dependency, status)))
+                .flat_map(|(dependency, status)| {
+                    status.outputs.iter().map(move |(key, value)| (input_variable(dependency, key), value.clone()))
+                })
+                .collect()
+        };
         let output_path = match container {
             Some(_) => crate::docker::OUTPUT_PATH.to_string(),
             None => {
                 if let Err(e) = reset_outputs_file(&self.outputs_file) {
                     let message = format!("creating the outputs file {}: {e}", self.outputs_file.display());
-                    return self.infrastructure_error(task, &run.metadata.name, execution, message);
+                    return self.infrastructure_error(task, &run.name, execution, message);
                 }
                 self.outputs_file.display().to_string()
             }
         };
         for (index, step) in task.steps.iter().enumerate() {
             let mut env = BTreeMap::new();
-            for (key, value) in run.spec.parameters.iter() {
+            for (key, value) in run.parameters.iter() {
                 env.insert(key.clone(), value.clone());
             }
             let mut missing = None;
@@ -1067,10 +1093,10 @@ impl TaskContext {
             }
             env.extend(inputs.iter().cloned());
             env.insert(OUTPUT_VARIABLE.into(), output_path.clone());
-            env.insert("XENE_WORKFLOW".into(), run.spec.workflow.clone());
-            env.insert("XENE_PIPELINE".into(), run.spec.pipeline.clone());
-            env.insert("XENE_RUN_ID".into(), run.metadata.name.clone());
-            env.insert("XENE_AGENT".into(), run.status.agent.clone().unwrap_or_default());
+            env.insert("XENE_WORKFLOW".into(), run.workflow.clone());
+            env.insert("XENE_PIPELINE".into(), run.pipeline.clone());
+            env.insert("XENE_RUN_ID".into(), run.name.clone());
+            env.insert("XENE_AGENT".into(), run.agent.clone());
             env.insert("XENE_LEASE_EPOCH".into(), self.epoch.to_string());
             env.insert("XENE_TASK".into(), self.task.clone());
             env.insert("XENE_STEP".into(), step.name.clone());
@@ -1091,7 +1117,7 @@ impl TaskContext {
                 s.steps[index].status = StepStatus::Running;
                 s.steps[index].started = Some(started);
             });
-            let target = ChunkTarget { run: &run.metadata.name, task: &self.task, execution, step: &step.name };
+            let target = ChunkTarget { run: &run.name, task: &self.task, execution, step: &step.name };
             let mut shipper = LogShipper::new(&self.outbox, self.epoch, target, &self.secrets, self.log_cap);
             let end = if let Some(message) = missing {
                 shipper.note(&message);

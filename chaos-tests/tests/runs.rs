@@ -347,27 +347,65 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
 
     // DESIGN §13: the leader counts agents, leases, runs by phase, step durations and log bytes.
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = http_get(&cluster.servers[leader].http, "/metrics").await;
-        let value = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-                .unwrap_or(-1.0)
-        };
-        let figures = [
-            value("xene_agents_connected"),
-            value("xene_leases"),
-            value("xene_runs{phase=\"Success\"}"),
-            value("xene_step_duration_seconds_count"),
-            value("xene_log_bytes_total"),
-            value("xene_raft_committed_index"),
-        ];
-        if figures[0] == 1.0 && figures[1] >= 10.0 && figures[2] >= 2.0 && figures[3..].iter().all(|f| *f > 0.0) {
-            break;
+    let names = [
+        "xene_agents_connected",
+        "xene_leases",
+        "xene_runs{phase=\"Success\"}",
+        "xene_raft_committed_index",
+        "xene_step_duration_seconds_count",
+        "xene_log_bytes_total",
+    ];
+    wait_metrics(&cluster, leader, &names, |f| {
+        f[0] == 1.0 && f[1] >= 10.0 && f[2] >= 2.0 && f[3..].iter().all(|f| *f > 0.0)
+    })
+    .await;
+
+    // When the leader changes, the new one counts what the scheduler sees (the agent, once it
+    // has a session with it; the leases and runs from the store) and the old one, still up,
+    // no longer reports them. Step durations and log bytes count what each server applied as
+    // leader, so the new leader's start from nothing.
+    cluster.servers[leader].pause();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let next = loop {
+        let mut found = None;
+        for other in (0..cluster.servers.len()).filter(|i| *i != leader) {
+            if cluster.status(other).await.is_some_and(|s| s.state == "leader") {
+                found = Some(other);
+            }
         }
-        assert!(Instant::now() < deadline, "leader metrics {figures:?}:\n{metrics}");
+        if let Some(next) = found {
+            break next;
+        }
+        assert!(Instant::now() < deadline, "no new leader with server {leader} paused:\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_metrics(&cluster, next, &names[..4], |f| f[0] == 1.0 && f[1] >= 10.0 && f[2] >= 2.0 && f[3] > 0.0).await;
+    cluster.servers[leader].resume();
+    wait_metrics(&cluster, leader, &["xene_raft_is_leader", names[0], names[1], names[2], names[3]], |f| {
+        f.iter().all(|f| *f == 0.0)
+    })
+    .await;
+}
+
+/// Waits up to 20 s until server `index`'s figures named `names` (`-1` for one it lacks) pass
+/// `good`.
+async fn wait_metrics(cluster: &TestCluster, index: usize, names: &[&str], good: impl Fn(&[f64]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = http_get(&cluster.servers[index].http, "/metrics").await;
+        let figures: Vec<f64> = names
+            .iter()
+            .map(|name| {
+                metrics
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                    .unwrap_or(-1.0)
+            })
+            .collect();
+        if good(&figures) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server {index}: {names:?} = {figures:?}:\n{metrics}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -95,7 +95,7 @@ mod workflow;
 pub use concurrency::{Concurrency, ConcurrencyPolicy};
 pub use cpu::{Cpu, CpuError};
 pub use cron::{CronSchedule, ScheduleError};
-pub use dag::{DagError, TaskGraph};
+pub use dag::{DagError, TaskGraph, Walk};
 pub use duration::{Duration, DurationError};
 pub use env::{Env, EnvValue, SecretKeyRef};
 pub use error::{ProblemKind, ValidationError, ValidationErrors};

@@ -60,6 +60,73 @@ fn ready_tasks_follow_the_finished_set() {
 }
 
 #[test]
+fn a_walk_makes_a_task_ready_once_its_last_dependency_ended() {
+    let graph = diamond();
+    let mut walk = graph.walk();
+    assert_eq!(walk.next_ready(), Some("prepare"));
+    assert_eq!(walk.take(), Some("prepare"));
+    assert_eq!(walk.next_ready(), None, "taken, and nothing else is ready before it ends");
+    walk.ended("prepare");
+    let mut taken = Vec::new();
+    while let Some(task) = walk.take() {
+        taken.push(task);
+    }
+    assert_eq!(taken, ["a", "b", "c"]);
+    walk.ended("a");
+    walk.ended("a");
+    walk.ended("nope");
+    walk.ended("c");
+    assert_eq!(walk.next_ready(), None, "report still waits for b, however often a ended");
+    walk.ended("b");
+    assert_eq!(walk.take(), Some("report"));
+    walk.ended("report");
+    assert_eq!(walk.take(), None);
+}
+
+/// The walk answers what `ready_tasks` answers, at every point of a run of W5's shape (10
+/// layers of 10, each task after two of the layer before, one listed twice) whose tasks end in
+/// a scrambled order.
+#[test]
+fn a_walk_agrees_with_ready_tasks_whatever_the_order_tasks_end_in() {
+    let name = |layer: usize, i: usize| format!("t{layer}-{i}");
+    let mut spec: Vec<(String, Vec<String>)> = Vec::new();
+    for layer in 0..10 {
+        for i in 0..10 {
+            let dependencies = match layer {
+                0 => vec![],
+                _ if i == 3 => vec![name(layer - 1, 3), name(layer - 1, 3)],
+                _ => vec![name(layer - 1, i), name(layer - 1, (i + 1) % 10)],
+            };
+            spec.push((name(layer, i), dependencies));
+        }
+    }
+    let borrowed: Vec<(&str, Vec<&str>)> =
+        spec.iter().map(|(n, d)| (n.as_str(), d.iter().map(String::as_str).collect())).collect();
+    let spec: Vec<(&str, &[&str])> = borrowed.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    let graph = TaskGraph::new(&tasks(&spec)).unwrap();
+    for seed in [1u64, 7, 1234] {
+        let mut walk = graph.walk();
+        let (mut ended, mut running): (BTreeSet<&str>, Vec<&str>) = (BTreeSet::new(), Vec::new());
+        let mut state = seed;
+        while ended.len() < graph.len() {
+            let expected: Vec<&str> = graph.ready_tasks(&ended).into_iter().filter(|t| !running.contains(t)).collect();
+            let mut ready = Vec::new();
+            while let Some(task) = walk.take() {
+                ready.push(task);
+            }
+            assert_eq!(ready, expected, "seed {seed}, after {} ended", ended.len());
+            running.extend(ready);
+            // End one running task picked by a small linear congruential generator.
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let task = running.swap_remove((state >> 33) as usize % running.len());
+            walk.ended(task);
+            ended.insert(task);
+        }
+        assert_eq!(walk.take(), None);
+    }
+}
+
+#[test]
 fn downstream_tasks_are_the_ones_a_failure_skips() {
     let graph = diamond();
     assert_eq!(graph.downstream("prepare"), ["a", "b", "c", "report"]);
