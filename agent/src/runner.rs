@@ -29,6 +29,7 @@ use crate::chunk::ChunkJson;
 use crate::docker::{DockerExecutor, RegistryCredentials, RunResources, StepCommand, TaskContainer, TaskSpec};
 use crate::leases::Leases;
 use crate::lines::{now_ms, StepOutput};
+use crate::outputs::{read_outputs_file, OutputFile, OutputFiles, OUTPUTS_DIR};
 use crate::process::{run_step, StepEnd, StepRecords};
 use crate::tail::Tail;
 
@@ -51,6 +52,8 @@ pub struct Runner {
     executor: String,
     log_cap: LogCap,
     step_records: Arc<StepRecords>,
+    /// The process executor's outputs files, reused across tasks and runs.
+    outputs: Arc<OutputFiles>,
     tasks: TaskTracker,
     running: Mutex<HashMap<String, (String, u64, CancellationToken)>>,
     /// Starts under a newer epoch of runs still stopping under an older one, by run.
@@ -126,6 +129,7 @@ impl Runner {
         docker: Option<DockerExecutor>,
         options: RunnerOptions,
     ) -> Arc<Self> {
+        let outputs = OutputFiles::new(work_dir.join(OUTPUTS_DIR));
         Arc::new(Runner {
             agent,
             work_dir,
@@ -136,6 +140,7 @@ impl Runner {
             executor: options.executor,
             log_cap: options.log_cap,
             step_records: options.step_records,
+            outputs,
             tasks: TaskTracker::new(),
             running: Mutex::default(),
             deferred: Mutex::default(),
@@ -307,16 +312,6 @@ impl Runner {
                 &format!("creating the workspace {}: {e}", workspace.display()),
             );
         }
-        // The process executor's outputs files beside the workspace too, one per task.
-        let outputs_dir = self.work_dir.join(format!("{id}.outputs"));
-        if let Err(e) = std::fs::create_dir_all(&outputs_dir) {
-            return self.fail(
-                run,
-                epoch,
-                ErrorReason::InfrastructureError,
-                &format!("creating the outputs directory {}: {e}", outputs_dir.display()),
-            );
-        }
         // The webhook payload beside the workspace, not in it: a step may clone into an empty
         // workspace.
         let event_file = self.work_dir.join(format!("{id}.event.json"));
@@ -417,7 +412,7 @@ impl Runner {
                     pipeline: Arc::clone(&pipeline),
                     task: task.clone(),
                     workspace: workspace.clone(),
-                    outputs_file: outputs_dir.join(&task),
+                    outputs: Arc::clone(&self.outputs),
                     outbox: self.outbox.clone(),
                     changed: Arc::clone(&reporter.changed),
                     epoch,
@@ -476,7 +471,6 @@ impl Runner {
         run.status.phase = RunPhase::ShuttingDown;
         report(&self.outbox, epoch, &run);
         let _ = tokio::fs::remove_dir_all(&workspace).await;
-        let _ = tokio::fs::remove_dir_all(&outputs_dir).await;
         if event.is_some() {
             let _ = tokio::fs::remove_file(&event_file).await;
         }
@@ -763,8 +757,8 @@ struct TaskContext {
     pipeline: Arc<Pipeline>,
     task: String,
     workspace: PathBuf,
-    /// Where the process executor's steps write their outputs (`$XENE_OUTPUT`).
-    outputs_file: PathBuf,
+    /// The process executor's outputs files (`$XENE_OUTPUT`).
+    outputs: Arc<OutputFiles>,
     outbox: Outbox,
     /// Tells the run's [`StatusReporter`] that the status changed.
     changed: Arc<tokio::sync::Notify>,
@@ -986,6 +980,7 @@ impl TaskContext {
     async fn read_outputs(
         &self,
         container: Option<&(DockerExecutor, TaskContainer)>,
+        file: Option<&OutputFile>,
         shipper: &LogShipper<'_>,
     ) -> Result<BTreeMap<String, String>, (ErrorReason, String)> {
         let text = match container {
@@ -995,7 +990,7 @@ impl TaskContext {
                 .map_err(|e| (ErrorReason::InfrastructureError, e.to_string()))?
                 .map_err(|message| (ErrorReason::Failed, message))?,
             None => {
-                let path = self.outputs_file.clone();
+                let path = file.map(|f| f.path().to_path_buf()).unwrap_or_default();
                 tokio::task::spawn_blocking(move || read_outputs_file(&path, MAX_OUTPUT_BYTES))
                     .await
                     .map_err(|e| (ErrorReason::InfrastructureError, format!("reading the outputs file: {e}")))??
@@ -1034,9 +1029,21 @@ impl TaskContext {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             tracing::warn!(error = %e, "creating the working directory");
         }
+        let run = &self.facts;
+        // Held until the attempt ends, then reused by another: declared before `groups`, so
+        // that what the steps left in the background is stopped before the file is given back.
+        let outputs_file = match container {
+            Some(_) => None,
+            None => match self.outputs.take() {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    let message = format!("making an outputs file in {}: {e}", self.outputs.dir().display());
+                    return self.infrastructure_error(task, &run.name, execution, message);
+                }
+            },
+        };
         // What the steps leave in the background is stopped when this returns.
         let mut groups = self.step_records.task();
-        let run = &self.facts;
         // The outputs of the tasks it depends on, as they ended (DESIGN §10).
         let inputs: Vec<(String, String)> = {
             let status = self.run.lock().unwrap_or_else(|p| p.into_inner());
@@ -1048,15 +1055,9 @@ impl TaskContext {
                 })
                 .collect()
         };
-        let output_path = match container {
-            Some(_) => crate::docker::OUTPUT_PATH.to_string(),
-            None => {
-                if let Err(e) = reset_outputs_file(&self.outputs_file) {
-                    let message = format!("creating the outputs file {}: {e}", self.outputs_file.display());
-                    return self.infrastructure_error(task, &run.name, execution, message);
-                }
-                self.outputs_file.display().to_string()
-            }
+        let output_path = match &outputs_file {
+            Some(file) => file.path().display().to_string(),
+            None => crate::docker::OUTPUT_PATH.to_string(),
         };
         for (index, step) in task.steps.iter().enumerate() {
             let mut env = BTreeMap::new();
@@ -1144,7 +1145,7 @@ impl TaskContext {
             // `on_failure`); a file that cannot be read fails a step that succeeded.
             let outputs_problem = match end {
                 StepEnd::NotStarted => None,
-                _ => match self.read_outputs(container, &shipper).await {
+                _ => match self.read_outputs(container, outputs_file.as_ref(), &shipper).await {
                     Ok(outputs) => {
                         self.update(|s| s.outputs = outputs);
                         None
@@ -1183,51 +1184,6 @@ impl TaskContext {
         self.update(|s| s.status = StepStatus::Success);
         None
     }
-}
-
-/// The process executor's outputs file, at most `limit + 1` bytes of it (so that more is seen
-/// as too much); empty when the step removed it. Anything but a regular file (a directory, a
-/// symlink, a FIFO a step made in its place) is refused rather than followed or waited on.
-fn read_outputs_file(path: &std::path::Path, limit: usize) -> Result<Vec<u8>, (ErrorReason, String)> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let failed = |what: String| (ErrorReason::Failed, format!("$XENE_OUTPUT ({}): {what}", path.display()));
-    let file =
-        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(path);
-    let file = match file {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(failed("a step replaced it with a symbolic link; append to the file instead".into()))
-        }
-        Err(e) => return Err((ErrorReason::InfrastructureError, format!("reading {}: {e}", path.display()))),
-    };
-    match file.metadata() {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => {
-            return Err(failed(
-                "a step replaced it with something other than a file; append to the file instead".into(),
-            ))
-        }
-        Err(e) => return Err((ErrorReason::InfrastructureError, format!("reading {}: {e}", path.display()))),
-    }
-    let mut text = Vec::new();
-    file.take(limit as u64 + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| (ErrorReason::InfrastructureError, format!("reading {}: {e}", path.display())))?;
-    Ok(text)
-}
-
-/// A fresh outputs file at `path` for an attempt: what was there is removed first, so that a
-/// symbolic link or directory an earlier attempt left is replaced rather than followed.
-fn reset_outputs_file(path: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path)?,
-        Ok(_) => std::fs::remove_file(path)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::fs::OpenOptions::new().write(true).create_new(true).open(path).map(|_| ())
 }
 
 /// Outputs from the text of an outputs file, with secret values masked in the whole text
@@ -1658,36 +1614,6 @@ mod tests {
     /// A task whose worker panics is failed with `InfrastructureError` (so its run cannot end
     /// `Success` and its dependents stay `NotExecuted`), its running step with it, and the
     /// message says the agent's worker panicked.
-    #[test]
-    fn the_outputs_file_is_read_as_a_plain_file_only_and_replaced_fresh() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("task");
-        assert_eq!(read_outputs_file(&path, 64), Ok(Vec::new()), "removed by a step: nothing written");
-        std::fs::write(&path, vec![b'x'; 100]).expect("write");
-        assert_eq!(read_outputs_file(&path, 10).map(|t| t.len()), Ok(11), "at most limit + 1 bytes");
-
-        // A symbolic link or a directory a step put in its place is refused, not followed,
-        // and the next attempt's fresh file replaces it without touching what it pointed to.
-        let target = dir.path().join("precious");
-        std::fs::write(&target, "keep me").expect("write");
-        std::fs::remove_file(&path).expect("remove");
-        std::os::unix::fs::symlink(&target, &path).expect("symlink");
-        let (reason, message) = read_outputs_file(&path, 64).expect_err("a link");
-        assert_eq!(reason, ErrorReason::Failed);
-        assert!(message.contains("symbolic link"), "{message}");
-        reset_outputs_file(&path).expect("reset over a link");
-        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep me");
-        assert_eq!(std::fs::read(&path).expect("read"), b"");
-
-        std::fs::remove_file(&path).expect("remove");
-        std::fs::create_dir(&path).expect("dir");
-        let (reason, message) = read_outputs_file(&path, 64).expect_err("a directory");
-        assert_eq!(reason, ErrorReason::Failed);
-        assert!(message.contains("something other than a file"), "{message}");
-        reset_outputs_file(&path).expect("reset over a directory");
-        assert!(std::fs::metadata(&path).expect("stat").is_file());
-    }
-
     #[test]
     fn secrets_are_masked_in_the_whole_outputs_text() {
         let masks = masks(&BTreeMap::from([("db/url".to_string(), "user=pw@db".to_string())]));

@@ -193,6 +193,12 @@ struct Link<'a> {
     pacer: &'a mut Pacer,
 }
 
+/// How long opening a session may take, from the call to the welcome. A live leader answers
+/// within milliseconds; a server that hangs (stopped, or its machine stalled) still accepts the
+/// connection, and without this bound held the agent until HTTP/2 keep-alive gave up (10 s and
+/// more, longer than a TTL) while another server led.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How many writes may wait for the leader's acknowledgement; the leader's queue per session
 /// holds as many, so its reading side never blocks behind writes.
 const WINDOW: usize = 1024;
@@ -286,7 +292,12 @@ async fn once(
         Err(_) => return End::Fatal("the stored credential is not valid text".into()),
     }
     let asked_at = Instant::now();
-    let mut inbound = match AgentServiceClient::new(channel).session(request).await {
+    let opened_by = asked_at + OPEN_TIMEOUT;
+    let answer = match tokio::time::timeout_at(opened_by, AgentServiceClient::new(channel).session(request)).await {
+        Ok(answer) => answer,
+        Err(_) => return End::Retry(format!("{server} did not answer within {} s", OPEN_TIMEOUT.as_secs())),
+    };
+    let mut inbound = match answer {
         Ok(response) => response.into_inner(),
         Err(status) => {
             let leader =
@@ -307,7 +318,7 @@ async fn once(
         }
     };
     // The welcome says how often to heartbeat and how long silence means a broken link.
-    let (heartbeat, ttl) = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
+    let (heartbeat, ttl) = match tokio::time::timeout_at(opened_by, inbound.next()).await {
         Ok(Some(Ok(pb::ServerMessage { body: Some(server_message::Body::Welcome(welcome)) }))) => {
             tracing::info!(server = %server, agent = %welcome.agent, "session open");
             (Duration::from_millis(welcome.heartbeat_ms.max(50)), Duration::from_millis(welcome.ttl_ms.max(200)))

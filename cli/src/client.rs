@@ -154,8 +154,11 @@ impl Cluster {
         let text = with_causes(status.message().to_string(), std::error::Error::source(status));
         let hint = if !server.is_tls() && text.contains("h2 protocol error") {
             " (a server that serves TLS answers plain gRPC so: write it as https://HOST:PORT)"
-        } else if !server.is_tls() && text.contains("connection closed") {
-            // Which of the two a plain client sees depends on timing.
+        } else if !server.is_tls()
+            && ["connection closed", "broken pipe", "connection reset"].iter().any(|closed| text.contains(closed))
+        {
+            // Which of these a plain client sees depends on timing: the server may close the
+            // connection before, while or after the client writes its request.
             " (a server that serves TLS may close a plain gRPC connection so: if it does, write it as https://HOST:PORT)"
         } else if server.is_tls() && text.contains("CertificateRequired") {
             " (the server requires a client certificate: pass --tls-cert and --tls-key)"

@@ -1,0 +1,202 @@
+//! The process executor's outputs files (`$XENE_OUTPUT`, DESIGN §10): one per task attempt,
+//! empty when the attempt starts, read after each of its steps.
+//!
+//! The files are kept in `work/.outputs` and reused, emptied in place: a task attempt takes
+//! one and gives it back when it ends, so an agent has at most as many as it runs tasks at once.
+//! Making a new file costs far more than emptying one on a file system that looks past its
+//! recently deleted inodes to allocate another (ext4 without a journal, as on the benchmark
+//! machine): a 1,000-task run that made and removed a file per task spent three quarters of
+//! its agent's time there (PERF W5).
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use xene_model::status::ErrorReason;
+
+/// The directory of the outputs files in the agent's `work`; [`crate::data_dir::sweep_work`]
+/// leaves it alone.
+pub const OUTPUTS_DIR: &str = ".outputs";
+
+/// The agent's outputs files, the free ones ready to be taken.
+pub struct OutputFiles {
+    dir: PathBuf,
+    free: Mutex<Vec<PathBuf>>,
+    /// Files named so far (named `0`, `1`, ...).
+    named: AtomicUsize,
+}
+
+/// An empty outputs file held by one task attempt; back to its pool when dropped.
+pub struct OutputFile {
+    path: PathBuf,
+    pool: Arc<OutputFiles>,
+}
+
+impl OutputFiles {
+    pub fn new(dir: PathBuf) -> Arc<Self> {
+        Arc::new(OutputFiles { dir, free: Mutex::default(), named: AtomicUsize::new(0) })
+    }
+
+    /// Where the files are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// An empty outputs file for one task attempt: a free one emptied, or a new one. Files a
+    /// previous agent left in the directory are taken over by name.
+    pub fn take(self: &Arc<Self>) -> std::io::Result<OutputFile> {
+        let free = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let path = match free {
+            Some(path) => path,
+            None => {
+                std::fs::create_dir_all(&self.dir)?;
+                self.dir.join(self.named.fetch_add(1, Ordering::Relaxed).to_string())
+            }
+        };
+        // A file that cannot be emptied is not given back: the next attempt gets another name.
+        empty_outputs_file(&path)?;
+        Ok(OutputFile { path, pool: Arc::clone(self) })
+    }
+}
+
+impl OutputFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for OutputFile {
+    fn drop(&mut self) {
+        let path = std::mem::take(&mut self.path);
+        self.pool.free.lock().unwrap_or_else(|p| p.into_inner()).push(path);
+    }
+}
+
+/// Makes `path` an empty regular file. A regular file with no other name is emptied in place;
+/// anything else a step may have left there (a symbolic link, a hard link to another file, a
+/// directory, a FIFO) is removed, never followed or emptied, and a new file made.
+fn empty_outputs_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() && meta.nlink() == 1 => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+                .open(path);
+            // Checked again on what was opened: the name may have changed in between.
+            if let Ok(file) = file {
+                let opened = file.metadata()?;
+                if opened.is_file() && opened.nlink() == 1 && opened.ino() == meta.ino() {
+                    return file.set_len(0);
+                }
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path)?,
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new().write(true).create_new(true).open(path).map(|_| ())
+}
+
+/// The outputs file at `path`, at most `limit + 1` bytes of it (so that more is seen as too
+/// much); empty when the step removed it. Anything but a regular file (a directory, a symlink,
+/// a FIFO a step made in its place) is refused rather than followed or waited on.
+pub fn read_outputs_file(path: &Path, limit: usize) -> Result<Vec<u8>, (ErrorReason, String)> {
+    let failed = |what: String| (ErrorReason::Failed, format!("$XENE_OUTPUT ({}): {what}", path.display()));
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(path);
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(failed("a step replaced it with a symbolic link; append to the file instead".into()))
+        }
+        Err(e) => return Err((ErrorReason::InfrastructureError, format!("reading {}: {e}", path.display()))),
+    };
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(failed(
+                "a step replaced it with something other than a file; append to the file instead".into(),
+            ))
+        }
+        Err(e) => return Err((ErrorReason::InfrastructureError, format!("reading {}: {e}", path.display()))),
+    }
+    let mut text = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| (ErrorReason::InfrastructureError, format!("reading {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outputs_file_is_read_as_a_plain_file_only_and_replaced_fresh() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("task");
+        assert_eq!(read_outputs_file(&path, 64), Ok(Vec::new()), "removed by a step: nothing written");
+        std::fs::write(&path, vec![b'x'; 100]).expect("write");
+        assert_eq!(read_outputs_file(&path, 10).map(|t| t.len()), Ok(11), "at most limit + 1 bytes");
+
+        // A symbolic link or a directory a step put in its place is refused, not followed,
+        // and the next attempt's fresh file replaces it without touching what it pointed to.
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me").expect("write");
+        std::fs::remove_file(&path).expect("remove");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        let (reason, message) = read_outputs_file(&path, 64).expect_err("a link");
+        assert_eq!(reason, ErrorReason::Failed);
+        assert!(message.contains("symbolic link"), "{message}");
+        empty_outputs_file(&path).expect("reset over a link");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep me");
+        assert_eq!(std::fs::read(&path).expect("read"), b"");
+
+        // A hard link to another file is replaced too, not emptied.
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::hard_link(&target, &path).expect("hard link");
+        empty_outputs_file(&path).expect("reset over a hard link");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep me");
+        assert_eq!(std::fs::read(&path).expect("read"), b"");
+
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::create_dir(&path).expect("dir");
+        let (reason, message) = read_outputs_file(&path, 64).expect_err("a directory");
+        assert_eq!(reason, ErrorReason::Failed);
+        assert!(message.contains("something other than a file"), "{message}");
+        empty_outputs_file(&path).expect("reset over a directory");
+        assert!(std::fs::metadata(&path).expect("stat").is_file());
+    }
+
+    /// A file given back is emptied in place for the next attempt (the same inode, no new
+    /// file), and attempts at once hold files of their own.
+    #[test]
+    fn outputs_files_are_reused_emptied_and_never_shared() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pool = OutputFiles::new(dir.path().join(OUTPUTS_DIR));
+        let first = pool.take().expect("take");
+        let second = pool.take().expect("take");
+        assert_ne!(first.path(), second.path());
+        std::fs::write(first.path(), "x=1\n").expect("write");
+        let (path, inode) = (first.path().to_path_buf(), std::fs::metadata(first.path()).expect("stat").ino());
+        drop(first);
+        let again = pool.take().expect("take");
+        assert_eq!(again.path(), path);
+        assert_eq!(std::fs::metadata(again.path()).expect("stat").ino(), inode, "emptied in place");
+        assert_eq!(std::fs::read(again.path()).expect("read"), b"", "empty when the attempt starts");
+        assert_eq!(std::fs::read_dir(dir.path().join(OUTPUTS_DIR)).expect("dir").count(), 2);
+
+        // A new pool (an agent started again) takes over what the last one left, emptied.
+        std::fs::write(again.path(), "left=over\n").expect("write");
+        drop((again, second));
+        let pool = OutputFiles::new(dir.path().join(OUTPUTS_DIR));
+        let taken = pool.take().expect("take");
+        assert_eq!(taken.path(), path);
+        assert_eq!(std::fs::read(taken.path()).expect("read"), b"");
+    }
+}
