@@ -2,8 +2,9 @@
 //! `DATA_DIR/agent.lock` for the life of the process, so a second agent started on the same
 //! directory stops at once, before it can stop the first one's steps or sweep its workspaces.
 //! [`sweep_work`] then removes what a previous run of the agent left in `DATA_DIR/work`:
-//! the workspaces, outputs directories and webhook payloads of runs it never finished, and
-//! nothing else (`work` may be a link to a disk shared with other things).
+//! the workspaces, outputs directories and webhook payloads of runs it never finished, and the
+//! process executor's outputs files (`work/.outputs`), and nothing else (`work` may be a link
+//! to a disk shared with other things).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+
+use crate::outputs::OUTPUTS_DIR;
 
 /// The lock file's name in the data directory.
 const LOCK_FILE: &str = "agent.lock";
@@ -87,7 +90,8 @@ fn is_run_artefact(name: &str) -> bool {
     }
 }
 
-/// Removes the runs' workspaces, outputs directories and payloads in `work`, and says how many
+/// Removes the runs' workspaces, outputs directories and payloads in `work`, and the outputs
+/// files of the process executor ([`OUTPUTS_DIR`]), and says how many
 /// entries went; call it with the lock held and after the leftover steps were stopped, before
 /// any run starts. Anything else there is left alone. A failure to remove one entry is logged
 /// and the rest still go.
@@ -95,7 +99,7 @@ pub fn sweep_work(work: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(work) else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
-        if !entry.file_name().to_str().is_some_and(is_run_artefact) {
+        if !entry.file_name().to_str().is_some_and(|name| is_run_artefact(name) || name == OUTPUTS_DIR) {
             continue;
         }
         let path = entry.path();
@@ -143,6 +147,8 @@ mod tests {
         std::fs::write(work.join(run).join("src").join("main.c"), "int main;").expect("write");
         std::fs::create_dir_all(work.join(format!("{run}.outputs"))).expect("mkdir");
         std::fs::write(work.join(format!("{run}.event.json")), "{}").expect("write");
+        std::fs::create_dir_all(work.join(OUTPUTS_DIR)).expect("mkdir");
+        std::fs::write(work.join(OUTPUTS_DIR).join("0"), "token=left over\n").expect("write");
         std::fs::create_dir_all(&outside).expect("mkdir");
         std::fs::write(outside.join("keep"), "mine").expect("write");
         std::os::unix::fs::symlink(&outside, work.join("ci.deploy.20261127003044ef7656")).expect("symlink");
@@ -150,7 +156,7 @@ mod tests {
             std::fs::write(work.join(other), "not a run's").expect("write");
         }
 
-        assert_eq!(sweep_work(&work), 4);
+        assert_eq!(sweep_work(&work), 5);
         let mut left: Vec<String> = std::fs::read_dir(&work)
             .expect("read")
             .flatten()

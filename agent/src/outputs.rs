@@ -2,7 +2,11 @@
 //! empty when the attempt starts, read after each of its steps.
 //!
 //! The files are kept in `work/.outputs` and reused, emptied in place: a task attempt takes
-//! one and gives it back when it ends, so an agent has at most as many as it runs tasks at once.
+//! one and gives it back, emptied, when it ends (after what its steps left running was
+//! stopped), so an agent has at most as many as it runs tasks at once, and what a step wrote
+//! stays on disk no longer than its attempt. A file found written to while it was free (by a
+//! process that escaped its step's group) is not given out again. The agent's start-up sweep
+//! removes the directory ([`crate::data_dir::sweep_work`]).
 //! Making a new file costs far more than emptying one on a file system that looks past its
 //! recently deleted inodes to allocate another (ext4 without a journal, as on the benchmark
 //! machine): a 1,000-task run that made and removed a file per task spent three quarters of
@@ -16,8 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use xene_model::status::ErrorReason;
 
-/// The directory of the outputs files in the agent's `work`; [`crate::data_dir::sweep_work`]
-/// leaves it alone.
+/// The directory of the outputs files in the agent's `work`.
 pub const OUTPUTS_DIR: &str = ".outputs";
 
 /// The agent's outputs files, the free ones ready to be taken.
@@ -44,21 +47,43 @@ impl OutputFiles {
         &self.dir
     }
 
-    /// An empty outputs file for one task attempt: a free one emptied, or a new one. Files a
-    /// previous agent left in the directory are taken over by name.
+    /// An empty outputs file for one task attempt: a free one, or a new one. A free file that
+    /// is no longer empty, or no longer there as it was left, is dropped for a new name; only
+    /// a failure to make a new file is an error.
     pub fn take(self: &Arc<Self>) -> std::io::Result<OutputFile> {
         let free = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let path = match free {
-            Some(path) => path,
-            None => {
-                std::fs::create_dir_all(&self.dir)?;
-                self.dir.join(self.named.fetch_add(1, Ordering::Relaxed).to_string())
+        if let Some(path) = free {
+            match still_empty(&path) {
+                Ok(true) => return Ok(OutputFile { path, pool: Arc::clone(self) }),
+                Ok(false) => tracing::warn!(
+                    path = %path.display(),
+                    "an outputs file was written to while no task held it (a process a step left \
+                     running outside its group?); it is not used again"
+                ),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "an outputs file is gone; making another"),
             }
-        };
-        // A file that cannot be emptied is not given back: the next attempt gets another name.
+        }
+        // The directory itself, never a link to one that a step put in its place.
+        match std::fs::symlink_metadata(&self.dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                std::fs::remove_file(&self.dir)?;
+                std::fs::create_dir_all(&self.dir)?;
+            }
+            Err(_) => std::fs::create_dir_all(&self.dir)?,
+        }
+        let path = self.dir.join(self.named.fetch_add(1, Ordering::Relaxed).to_string());
         empty_outputs_file(&path)?;
         Ok(OutputFile { path, pool: Arc::clone(self) })
     }
+}
+
+/// Whether the file at `path` is the empty regular file it was left as: the directory still a
+/// directory, not a link.
+fn still_empty(path: &Path) -> std::io::Result<bool> {
+    let dir = path.parent().map(std::fs::symlink_metadata).transpose()?;
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok(dir.is_some_and(|d| d.is_dir()) && meta.is_file() && meta.nlink() == 1 && meta.len() == 0)
 }
 
 impl OutputFile {
@@ -68,9 +93,16 @@ impl OutputFile {
 }
 
 impl Drop for OutputFile {
+    /// Empties the file and gives it back; one that cannot be emptied is removed instead.
     fn drop(&mut self) {
         let path = std::mem::take(&mut self.path);
-        self.pool.free.lock().unwrap_or_else(|p| p.into_inner()).push(path);
+        match empty_outputs_file(&path) {
+            Ok(()) => self.pool.free.lock().unwrap_or_else(|p| p.into_inner()).push(path),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not empty an outputs file; removing it");
+                let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+            }
+        }
     }
 }
 
@@ -91,14 +123,22 @@ fn empty_outputs_file(path: &Path) -> std::io::Result<()> {
                     return file.set_len(0);
                 }
             }
-            std::fs::remove_file(path)?;
+            gone(std::fs::remove_file(path))?;
         }
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path)?,
-        Ok(_) => std::fs::remove_file(path)?,
+        Ok(meta) if meta.is_dir() => gone(std::fs::remove_dir_all(path))?,
+        Ok(_) => gone(std::fs::remove_file(path))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     std::fs::OpenOptions::new().write(true).create_new(true).open(path).map(|_| ())
+}
+
+/// A removal that found nothing to remove did what was asked.
+fn gone(removed: std::io::Result<()>) -> std::io::Result<()> {
+    match removed {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// The outputs file at `path`, at most `limit + 1` bytes of it (so that more is seen as too
@@ -182,21 +222,33 @@ mod tests {
         let first = pool.take().expect("take");
         let second = pool.take().expect("take");
         assert_ne!(first.path(), second.path());
-        std::fs::write(first.path(), "x=1\n").expect("write");
+        std::fs::write(first.path(), "secret=1\n").expect("write");
         let (path, inode) = (first.path().to_path_buf(), std::fs::metadata(first.path()).expect("stat").ino());
         drop(first);
+        assert_eq!(std::fs::read(&path).expect("read"), b"", "emptied as soon as the attempt gave it back");
         let again = pool.take().expect("take");
         assert_eq!(again.path(), path);
         assert_eq!(std::fs::metadata(again.path()).expect("stat").ino(), inode, "emptied in place");
-        assert_eq!(std::fs::read(again.path()).expect("read"), b"", "empty when the attempt starts");
         assert_eq!(std::fs::read_dir(dir.path().join(OUTPUTS_DIR)).expect("dir").count(), 2);
 
-        // A new pool (an agent started again) takes over what the last one left, emptied.
-        std::fs::write(again.path(), "left=over\n").expect("write");
-        drop((again, second));
-        let pool = OutputFiles::new(dir.path().join(OUTPUTS_DIR));
+        // Written to while free (a process that outlived its task): not given out again.
+        drop(again);
+        std::fs::write(&path, "late=1\n").expect("write");
+        let fresh = pool.take().expect("take");
+        assert_ne!(fresh.path(), path);
+        assert_eq!(std::fs::read(fresh.path()).expect("read"), b"");
+
+        // The directory removed, or replaced by a link, while files were free: a new file in a
+        // real directory, and what the link pointed to untouched.
+        drop((fresh, second));
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::fs::write(elsewhere.join("9"), "keep me").expect("write");
+        std::fs::remove_dir_all(dir.path().join(OUTPUTS_DIR)).expect("rm");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(OUTPUTS_DIR)).expect("symlink");
         let taken = pool.take().expect("take");
-        assert_eq!(taken.path(), path);
+        assert!(std::fs::symlink_metadata(dir.path().join(OUTPUTS_DIR)).expect("stat").is_dir());
         assert_eq!(std::fs::read(taken.path()).expect("read"), b"");
+        assert_eq!(std::fs::read_to_string(elsewhere.join("9")).expect("read"), "keep me");
     }
 }

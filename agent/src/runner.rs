@@ -990,7 +990,9 @@ impl TaskContext {
                 .map_err(|e| (ErrorReason::InfrastructureError, e.to_string()))?
                 .map_err(|message| (ErrorReason::Failed, message))?,
             None => {
-                let path = file.map(|f| f.path().to_path_buf()).unwrap_or_default();
+                let Some(path) = file.map(|f| f.path().to_path_buf()) else {
+                    return Err((ErrorReason::InfrastructureError, "the task attempt holds no outputs file".into()));
+                };
                 tokio::task::spawn_blocking(move || read_outputs_file(&path, MAX_OUTPUT_BYTES))
                     .await
                     .map_err(|e| (ErrorReason::InfrastructureError, format!("reading the outputs file: {e}")))??
@@ -1611,9 +1613,6 @@ mod tests {
         assert_eq!(last.first_seq, 2);
     }
 
-    /// A task whose worker panics is failed with `InfrastructureError` (so its run cannot end
-    /// `Success` and its dependents stay `NotExecuted`), its running step with it, and the
-    /// message says the agent's worker panicked.
     #[test]
     fn secrets_are_masked_in_the_whole_outputs_text() {
         let masks = masks(&BTreeMap::from([("db/url".to_string(), "user=pw@db".to_string())]));
@@ -1623,6 +1622,9 @@ mod tests {
         assert!(outputs_from(b"no pair\n", &masks).is_err());
     }
 
+    /// A task whose worker panics is failed with `InfrastructureError` (so its run cannot end
+    /// `Success` and its dependents stay `NotExecuted`), its running step with it, and the
+    /// message says the agent's worker panicked.
     #[tokio::test]
     async fn a_task_whose_worker_panics_is_failed() {
         let mut run = RunObject::pending("r", Default::default());
@@ -1775,6 +1777,21 @@ mod tests {
         }
         assert_eq!(events.lines().filter(|e| *e == "start").count(), 6, "every task ran:\n{events}");
         assert_eq!(most, 2, "at most two tasks at once, and two did run together:\n{events}");
+    }
+
+    /// A task skipped at once (its `when` unmet) makes its dependents ready in the same pass:
+    /// with no other task running, the run went on to them instead of ending `Success` with
+    /// them never run (which the runner did while it looked for ready tasks once per pass).
+    #[tokio::test]
+    async fn the_tasks_after_a_skipped_task_run_even_when_nothing_else_runs() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let manifest = "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {name: w}\nspec:\n  pipelines:\n    p:\n      tasks:\n        build: {steps: [{name: s, run: 'true'}]}\n        notify: {dependencies: [build], when: on_failure, steps: [{name: s, run: 'true'}]}\n        cleanup: {dependencies: [notify], steps: [{name: s, run: 'true'}]}\n";
+        let (runner, mut outbox) = process_runner(dir.path(), 2, manifest);
+        start_run(&runner, "skips");
+        let done = final_report(&mut outbox).await;
+        assert_eq!(done.status.phase, RunPhase::Success, "{done:#?}");
+        assert_eq!(done.status.tasks["notify"].status, StepStatus::NotExecuted, "{done:#?}");
+        assert_eq!(done.status.tasks["cleanup"].status, StepStatus::Success, "{done:#?}");
     }
 
     #[test]

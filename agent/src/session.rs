@@ -193,11 +193,17 @@ struct Link<'a> {
     pacer: &'a mut Pacer,
 }
 
-/// How long opening a session may take, from the call to the welcome. A live leader answers
-/// within milliseconds; a server that hangs (stopped, or its machine stalled) still accepts the
-/// connection, and without this bound held the agent until HTTP/2 keep-alive gave up (10 s and
-/// more, longer than a TTL) while another server led.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long opening a session may take, from the call to the welcome: half the TTL the last
+/// leader announced, within [`OPEN_TIMEOUT_MIN`] and [`OPEN_TIMEOUT_MAX`]. A live leader
+/// answers within milliseconds; a server that hangs (stopped, or its machine stalled) still
+/// accepts the connection, and without a bound held the agent until HTTP/2 keep-alive gave up
+/// (10 s and more, longer than a TTL) while another server led.
+fn open_timeout(ttl: Option<Duration>) -> Duration {
+    ttl.map_or(OPEN_TIMEOUT_MIN, |ttl| (ttl / 2).clamp(OPEN_TIMEOUT_MIN, OPEN_TIMEOUT_MAX))
+}
+
+const OPEN_TIMEOUT_MIN: Duration = Duration::from_secs(3);
+const OPEN_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 
 /// How many writes may wait for the leader's acknowledgement; the leader's queue per session
 /// holds as many, so its reading side never blocks behind writes.
@@ -292,10 +298,11 @@ async fn once(
         Err(_) => return End::Fatal("the stored credential is not valid text".into()),
     }
     let asked_at = Instant::now();
-    let opened_by = asked_at + OPEN_TIMEOUT;
+    let open_within = open_timeout(contact.borrow().ttl);
+    let opened_by = asked_at + open_within;
     let answer = match tokio::time::timeout_at(opened_by, AgentServiceClient::new(channel).session(request)).await {
         Ok(answer) => answer,
-        Err(_) => return End::Retry(format!("{server} did not answer within {} s", OPEN_TIMEOUT.as_secs())),
+        Err(_) => return End::Retry(format!("{server} did not answer within {} ms", open_within.as_millis())),
     };
     let mut inbound = match answer {
         Ok(response) => response.into_inner(),
@@ -447,6 +454,14 @@ mod tests {
     fn chunk(bytes: usize) -> pb::AgentMessage {
         let batch = pb::LogBatch { run: "r".into(), epoch: 1, chunk_json: "x".repeat(bytes), first_seq: 0, seq: 0 };
         pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }
+    }
+
+    #[test]
+    fn opening_a_session_may_take_half_a_ttl_within_bounds() {
+        assert_eq!(open_timeout(None), Duration::from_secs(3), "before any welcome");
+        assert_eq!(open_timeout(Some(Duration::from_secs(2))), Duration::from_secs(3));
+        assert_eq!(open_timeout(Some(Duration::from_secs(15))), Duration::from_millis(7_500));
+        assert_eq!(open_timeout(Some(Duration::from_secs(60))), Duration::from_secs(10));
     }
 
     #[test]

@@ -152,10 +152,12 @@ impl Cluster {
     /// TLS is the likely trouble.
     fn explain(&self, server: &ServerAddress, status: &Status) -> String {
         let text = with_causes(status.message().to_string(), std::error::Error::source(status));
+        // Error texts differ in case ("Connection reset by peer" from the OS, "broken pipe" from h2).
+        let lower = text.to_lowercase();
         let hint = if !server.is_tls() && text.contains("h2 protocol error") {
             " (a server that serves TLS answers plain gRPC so: write it as https://HOST:PORT)"
         } else if !server.is_tls()
-            && ["connection closed", "broken pipe", "connection reset"].iter().any(|closed| text.contains(closed))
+            && ["connection closed", "broken pipe", "connection reset"].iter().any(|closed| lower.contains(closed))
         {
             // Which of these a plain client sees depends on timing: the server may close the
             // connection before, while or after the client writes its request.
@@ -171,7 +173,7 @@ impl Cluster {
         } else if server.is_tls()
             && ["connection closed", "operation was canceled", "broken pipe", "connection reset"]
                 .iter()
-                .any(|closed| text.contains(closed))
+                .any(|closed| lower.contains(closed))
         {
             // With TLS 1.3 the server's alert may come after the client sent its request; then
             // only a closed connection is seen.
