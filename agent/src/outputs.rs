@@ -55,11 +55,15 @@ impl OutputFiles {
         if let Some(path) = free {
             match still_empty(&path) {
                 Ok(true) => return Ok(OutputFile { path, pool: Arc::clone(self) }),
-                Ok(false) => tracing::warn!(
-                    path = %path.display(),
-                    "an outputs file was written to while no task held it (a process a step left \
-                     running outside its group?); it is not used again"
-                ),
+                Ok(false) => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "an outputs file was written to while no task held it (a process a step left \
+                         running outside its group?); it is not used again"
+                    );
+                    // Whatever it now is, its content is no task's.
+                    let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+                }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "an outputs file is gone; making another"),
             }
         }
@@ -236,6 +240,7 @@ mod tests {
         std::fs::write(&path, "late=1\n").expect("write");
         let fresh = pool.take().expect("take");
         assert_ne!(fresh.path(), path);
+        assert!(!path.exists(), "the file written to while free is removed");
         assert_eq!(std::fs::read(fresh.path()).expect("read"), b"");
 
         // The directory removed, or replaced by a link, while files were free: a new file in a
