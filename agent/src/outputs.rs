@@ -62,7 +62,7 @@ impl OutputFiles {
                          running outside its group?); it is not used again"
                     );
                     // Whatever it now is, its content is no task's.
-                    let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+                    remove_any(&path);
                 }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "an outputs file is gone; making another"),
             }
@@ -104,7 +104,7 @@ impl Drop for OutputFile {
             Ok(()) => self.pool.free.lock().unwrap_or_else(|p| p.into_inner()).push(path),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "could not empty an outputs file; removing it");
-                let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+                remove_any(&path);
             }
         }
     }
@@ -135,6 +135,11 @@ fn empty_outputs_file(path: &Path) -> std::io::Result<()> {
         Err(e) => return Err(e),
     }
     std::fs::OpenOptions::new().write(true).create_new(true).open(path).map(|_| ())
+}
+
+/// Removes whatever is at `path` (a link itself, never what it points to), as far as it can.
+fn remove_any(path: &Path) {
+    let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path));
 }
 
 /// A removal that found nothing to remove did what was asked.

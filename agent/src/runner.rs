@@ -385,14 +385,12 @@ impl Runner {
                     Decision::Run => {}
                     Decision::SkipAfterFailure => {
                         // Stays NotExecuted, and so do the tasks after it that need success.
-                        walk.take();
                         walk.ended(task);
                         failed.insert(task.to_string());
                         continue;
                     }
                     Decision::SkipUnmet => {
                         // Stays NotExecuted; nothing went wrong, so the tasks after it run.
-                        walk.take();
                         walk.ended(task);
                         continue;
                     }

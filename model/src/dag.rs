@@ -274,8 +274,9 @@ impl<'g> Walk<'g> {
         self.ready.first().copied()
     }
 
-    /// Takes the first ready task: the caller starts it, or decides not to
-    /// run it; either way it reports its end with [`Walk::ended`].
+    /// Takes the first ready task, which the caller starts and reports the
+    /// end of with [`Walk::ended`]. A ready task the caller decides not to
+    /// run needs no taking: [`Walk::ended`] alone takes it out.
     pub fn take(&mut self) -> Option<&'g str> {
         self.ready.pop_first()
     }
