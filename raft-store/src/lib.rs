@@ -37,6 +37,7 @@ pub use command::{
 };
 pub use error::{Result, StoreError};
 pub use log_store::LogStore;
+pub use log_sync::DiskStall;
 pub use reader::{KvReader, RangeResult};
 pub use state_machine::StateMachineStore;
 pub use types::{NodeId, NodeInfo, Raft, Revision, TypeConfig};

@@ -19,7 +19,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use crate::blocking;
 use crate::codec;
 use crate::db::{meta_key, Db, CF_LOG, CF_META};
-use crate::log_sync::LogSync;
+use crate::log_sync::{DiskStall, LogSync};
 use crate::recent::RecentEntries;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -43,6 +43,12 @@ impl LogStore {
     pub(crate) fn new(db: Db) -> io::Result<Self> {
         let sync = Arc::new(LogSync::start(db.clone())?);
         Ok(LogStore { db, sync, recent: Arc::default() })
+    }
+
+    /// Fault injection for tests: stalls this store's log writer, as a stalled disk would,
+    /// until the returned value is dropped ([`DiskStall`]).
+    pub fn stall_disk(&self) -> DiskStall {
+        self.sync.stall()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &'static [u8]) -> Result<Option<T>, StorageError> {
@@ -119,6 +125,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let Some(entries) = self.recent.range(start, end) {
             return Ok(entries);
         }
+        // A leader replicates entries it has handed to the writer thread before they are
+        // written (vendor/openraft/XENE.md): read after them. (This waits for the writer's
+        // current sync too; such reads are of entries older than the in-memory tail, a
+        // follower catching up, not of the write path.)
+        self.sync.written().await;
         let this = self.clone();
         blocking::run(ErrorSubject::Logs, ErrorVerb::Read, move || this.entries_in(start, end)).await
     }
@@ -145,6 +156,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // Appends a leader handed to the writer thread may still be queued; the vote's synced
+        // write covers them once they are written, so a node that votes or leads again in a
+        // later term has every entry it counted on its disk.
+        self.sync.written().await;
         let this = self.clone();
         let bytes = codec::encode(vote);
         blocking::run(ErrorSubject::Vote, ErrorVerb::Write, move || {
@@ -195,13 +210,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.recent.push(entry, bytes.len());
         }
         // The writer thread writes the entries, syncs the write-ahead log and only then fires
-        // the callback: durable before acknowledged. openraft 0.9 waits for the callback before
-        // it reads or replicates these entries, so they are readable by then.
+        // the callback: durable before acknowledged. A follower's core waits for the callback;
+        // a leader's replicates meanwhile (vendor/openraft/XENE.md), reading the entries from
+        // `recent` or, after a barrier, from the database.
         self.sync.write_durable(batch, callback);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // An append still queued (a deposed leader's) must not be written after the entries
+        // are deleted, or they would reappear.
+        self.sync.written().await;
         self.recent.truncate_from(log_id.index);
         let this = self.clone();
         blocking::run(ErrorSubject::Logs, ErrorVerb::Delete, move || {
@@ -214,6 +233,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Log writes happen in the order openraft asked for them.
+        self.sync.written().await;
         self.recent.purge_through(log_id.index);
         let this = self.clone();
         blocking::run(ErrorSubject::Logs, ErrorVerb::Delete, move || {

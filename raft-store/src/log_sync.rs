@@ -1,15 +1,17 @@
 //! The log writer (DESIGN §4.2): one thread writes the Raft log's batches and syncs them.
 //!
-//! openraft 0.9.25 waits, inside its single core task, for every append's flush callback
-//! before it takes the next client write (`RaftCore::append_to_log`). Each append therefore
-//! costs the core one write, one `fdatasync` and the thread hand-offs between them, in series.
-//! Handing the batch straight to this thread, which writes it, syncs the write-ahead log and
-//! fires the callback, keeps that to one hand-off each way. Whatever queued meanwhile (a
-//! follower's appends, the committed index) is written before the same sync, so one
-//! `fdatasync` covers all of it.
+//! A follower's openraft core waits for every append's flush callback before it answers the
+//! leader (`RaftCore::append_to_log`); a leader's goes on and replicates the entries meanwhile,
+//! counting them as stored on its own disk only when the callback reports them synced (the
+//! patch in vendor/openraft/XENE.md). Handing the batch straight to this thread, which writes
+//! it, syncs the write-ahead log and fires the callback, keeps that to one hand-off each way.
+//! Whatever queued meanwhile (further appends, the committed index) is written before the same
+//! sync, so one `fdatasync` covers all of it. Jobs are done in the order they were queued, and
+//! [`LogSync::written`] waits for everything queued before it.
 
 use std::io;
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use openraft::storage::LogFlushed;
@@ -34,14 +36,73 @@ enum Job {
 pub(crate) struct LogSync {
     tx: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    stalls: Arc<Stalls>,
+}
+
+/// How many [`DiskStall`]s are alive; the writer thread writes and syncs only while there are
+/// none.
+#[derive(Default)]
+struct Stalls {
+    state: Mutex<StallState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct StallState {
+    count: usize,
+    closing: bool,
+}
+
+impl Stalls {
+    fn state(&self) -> std::sync::MutexGuard<'_, StallState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut StallState)) {
+        change(&mut self.state());
+        self.changed.notify_all();
+    }
+
+    /// Returns once no stall is alive (true), or the store is closing while one is (false).
+    fn wait_released(&self) -> bool {
+        let mut state = self.state();
+        while state.count > 0 && !state.closing {
+            state = self.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state.count == 0
+    }
+}
+
+/// Fault injection for tests: while a stall is alive, the log writer thread of its store
+/// writes and syncs nothing, as a stalled disk would; appends, and the votes, truncations,
+/// purges and reads that wait for them, queue up. Dropping the last stall lets the writer go
+/// on. A store closed while stalled drops what is queued unwritten, as a crash would lose it.
+#[must_use = "the disk stalls only while this value is alive"]
+pub struct DiskStall {
+    stalls: Arc<Stalls>,
+}
+
+impl Drop for DiskStall {
+    fn drop(&mut self) {
+        self.stalls.update(|state| state.count -= 1);
+    }
 }
 
 impl LogSync {
     /// Starts the writer thread of `db`.
     pub(crate) fn start(db: Db) -> io::Result<LogSync> {
         let (tx, rx) = channel();
-        let thread = std::thread::Builder::new().name("xene-log-sync".into()).spawn(move || run(&db, &rx))?;
-        Ok(LogSync { tx: Some(tx), thread: Some(thread) })
+        let stalls = Arc::new(Stalls::default());
+        let thread_stalls = Arc::clone(&stalls);
+        let thread =
+            std::thread::Builder::new().name("xene-log-sync".into()).spawn(move || run(&db, &rx, &thread_stalls))?;
+        Ok(LogSync { tx: Some(tx), thread: Some(thread), stalls })
+    }
+
+    /// Stalls the writer until the returned value is dropped ([`DiskStall`]).
+    pub(crate) fn stall(&self) -> DiskStall {
+        self.stalls.update(|state| state.count += 1);
+        DiskStall { stalls: Arc::clone(&self.stalls) }
     }
 
     /// Writes `batch` and fires `callback` once it, and everything written before it, is in
@@ -83,7 +144,8 @@ impl LogSync {
 impl Drop for LogSync {
     fn drop(&mut self) {
         // Closing the queue ends the thread once it has written, synced and answered what is
-        // queued (at most one sync's wait).
+        // queued (at most one sync's wait); while stalled, it drops what is queued.
+        self.stalls.update(|state| state.closing = true);
         self.tx.take();
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
@@ -93,12 +155,21 @@ impl Drop for LogSync {
     }
 }
 
-fn run(db: &Db, rx: &Receiver<Job>) {
+fn run(db: &Db, rx: &Receiver<Job>, stalls: &Stalls) {
+    // Once a write or a sync fails, nothing queued after it may be reported stored, in this
+    // pass or a later one: a later batch of entries would leave a gap behind the failed one
+    // (a leader keeps appending until it hears of the failure), and a failed sync leaves what
+    // it covered in doubt. openraft stops on the first error it is told of.
+    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
+        if !stalls.wait_released() {
+            // Closed while stalled: what is queued is lost, as in a crash. Dropped callbacks
+            // report failures to whoever still waits.
+            drop(first);
+            rx.try_iter().for_each(drop);
+            return;
+        }
         let mut waiting = Vec::new();
-        // Once a write fails, nothing queued after it may be reported stored: a later batch of
-        // entries would leave a gap behind the failed one.
-        let mut failed: Option<String> = None;
         for job in std::iter::once(first).chain(rx.try_iter()) {
             let (batch, callback) = match job {
                 Job::Durable(batch, callback) => (batch, Some(callback)),
@@ -124,7 +195,15 @@ fn run(db: &Db, rx: &Receiver<Job>) {
         }
         // Syncs every write made before it, whichever thread made it: all column families
         // share the one write-ahead log. Only then may openraft count the entries as stored.
-        let synced = db.raw().flush_wal(true).map_err(|e| e.to_string());
+        let synced = if waiting.iter().any(|(_, write_error)| write_error.is_none()) {
+            db.raw().flush_wal(true).map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "syncing the raft log failed");
+            failed = Some(e.clone());
+        }
         for (callback, write_error) in waiting {
             match write_error.or_else(|| synced.clone().err()) {
                 None => callback.log_io_completed(Ok(())),

@@ -1,9 +1,9 @@
 //! Group commit of proposals (PERF W1): requests that arrive while earlier ones are still in
 //! flight travel together.
 //!
-//! openraft 0.9.25 appends, syncs and replicates every `client_write` as its own entry, one
-//! after another inside its core task, so a leader under many concurrent writes spent its time
-//! on per-entry work while its disk and CPU were half idle. Here at most [`IN_FLIGHT`]
+//! openraft 0.9.25 appends and replicates every `client_write` as its own entry, one after
+//! another inside its core task, so a leader under many concurrent writes spent its time on
+//! per-entry work while its disk and CPU were half idle. Here at most [`IN_FLIGHT`]
 //! submissions are in flight at a time; whatever queues up meanwhile leaves as one
 //! [`Command::Batch`] when one of them is done. On the leader a submission is one Raft entry;
 //! on a follower it is one forwarding call to the leader, whose entry then holds the whole

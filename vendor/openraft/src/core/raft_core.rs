@@ -1278,6 +1278,25 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                // Fatal whatever the vote: the disk failed, and nothing written after may be
+                // trusted (the log store reports every later append failed too).
+                if let Err(e) = result {
+                    return Err(Fatal::from(StorageError::from(StorageIOError::write_logs(AnyError::new(&e)))));
+                }
+                // A flush reported after this node stopped leading with `vote` counts for
+                // nothing: a later term's leader counts its own entries when it starts.
+                if self.does_vote_match(&vote, "LocalLogFlushed") {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1636,6 +1655,16 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // Xene patch (vendor/openraft/XENE.md): a leader does not wait for its own
+                // entries to be flushed before it replicates them; it counts them as stored on
+                // its disk when the flush is reported (`Notify::LocalLogFlushed`), so they are
+                // committed only once they are durable here and on enough followers.
+                if self.engine.leader.as_ref().is_some_and(|leader| leader.vote == vote) {
+                    let callback = LogFlushed::to_core(vote, last_log_id, self.tx_notify.clone());
+                    self.log_store.append(entries, callback).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
