@@ -115,13 +115,14 @@ struct Node {
 }
 
 impl Node {
-    /// Starts node `id` over the store in `dir` and makes it reachable.
-    async fn start(id: NodeId, dir: &Path, router: &Router) -> Node {
+    /// Starts node `id` over the store in `dir`, with heartbeats every `heartbeat_ms`, and
+    /// makes it reachable.
+    async fn start(id: NodeId, dir: &Path, router: &Router, heartbeat_ms: u64) -> Node {
         let config = Arc::new(
             Config {
-                heartbeat_interval: 50,
-                election_timeout_min: 300,
-                election_timeout_max: 600,
+                heartbeat_interval: heartbeat_ms,
+                election_timeout_min: heartbeat_ms * 6,
+                election_timeout_max: heartbeat_ms * 12,
                 ..Config::default()
             }
             .validate()
@@ -173,12 +174,12 @@ async fn open_when_free(dir: &Path) -> (LogStore, StateMachineStore) {
 
 /// Three nodes led by node 1, each having applied one write; nodes 2 and 3 never campaign, so
 /// node 1 stays the only one that leads.
-async fn cluster() -> (Router, Vec<TempDir>, BTreeMap<NodeId, Node>, u64) {
+async fn cluster(heartbeat_ms: u64) -> (Router, Vec<TempDir>, BTreeMap<NodeId, Node>, u64) {
     let router = Router::default();
     let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().expect("temp dir")).collect();
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
-        nodes.insert(id, Node::start(id, dirs[id as usize - 1].path(), &router).await);
+        nodes.insert(id, Node::start(id, dirs[id as usize - 1].path(), &router, heartbeat_ms).await);
     }
     let members: BTreeMap<NodeId, NodeInfo> = (1..=3).map(|id| (id, NodeInfo::default())).collect();
     nodes[&1].raft.initialize(members).await.expect("initialize");
@@ -205,7 +206,7 @@ async fn acknowledged(leader: &Node, follower: NodeId, index: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_replicates_while_it_syncs_and_commits_only_what_it_has_synced() {
-    let (_router, _dirs, nodes, last) = cluster().await;
+    let (_router, _dirs, nodes, last) = cluster(50).await;
     let (leader, index) = (&nodes[&1], last + 1);
     // Entry `index` can be committed only once two of the three nodes have synced it. With
     // node 2's disk stalled as well, that takes the leader's own sync.
@@ -246,7 +247,7 @@ async fn a_leader_replicates_while_it_syncs_and_commits_only_what_it_has_synced(
 /// ones would take them for the same entries and keep its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_lost_entries_in_a_crash_campaigns_in_a_new_term() {
-    let (router, dirs, mut nodes, last) = cluster().await;
+    let (router, dirs, mut nodes, last) = cluster(50).await;
     let index = last + 1;
     let term = nodes[&1].raft.metrics().borrow().current_term;
     // Node 2 alone receives and syncs the entry; node 3 is cut off and the leader's disk
@@ -272,7 +273,7 @@ async fn a_leader_that_lost_entries_in_a_crash_campaigns_in_a_new_term() {
     drop(log);
     router.cut(3, false);
 
-    let restarted = Node::start(1, dirs[0].path(), &router).await;
+    let restarted = Node::start(1, dirs[0].path(), &router, 50).await;
     restarted.wait("node 1 leads again", |m| m.state == ServerState::Leader).await;
     let now = restarted.raft.metrics().borrow().current_term;
     assert!(now > term, "node 1 leads term {now} again after a crash; it led term {term} before");
@@ -287,6 +288,31 @@ async fn a_leader_that_lost_entries_in_a_crash_campaigns_in_a_new_term() {
     for (id, node) in &nodes {
         assert_eq!(node.value("after").await.as_deref(), Some("w"), "node {id} lacks the write after the restart");
         assert_eq!(node.value("lost").await, None, "node {id} applied an entry no quorum stored");
+    }
+    for node in nodes.values() {
+        node.raft.shutdown().await.expect("shutdown");
+    }
+}
+
+/// A committed index waits a moment for entries to carry it, but no longer (the second part of
+/// the patch): with heartbeats two seconds apart, the followers apply a lone write long before
+/// the next heartbeat would tell them it is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_learn_of_a_commit_without_waiting_for_a_heartbeat() {
+    let (_router, _dirs, nodes, last) = cluster(2_000).await;
+    // The first write's commit went out already; this one is alone.
+    let answer = nodes[&1].write("alone", "v").await.expect("join").expect("a write");
+    let index = answer.log_id.index;
+    assert!(index > last);
+    for id in [2, 3] {
+        nodes[&id]
+            .raft
+            .wait(Some(Duration::from_millis(1_000)))
+            .metrics(|m| m.last_applied.is_some_and(|a| a.index >= index), "the follower applies the write")
+            .await
+            .unwrap_or_else(|e| {
+                panic!("node {id} did not learn of the commit within a second (heartbeats every 2 s): {e}")
+            });
     }
     for node in nodes.values() {
         node.raft.shutdown().await.expect("shutdown");

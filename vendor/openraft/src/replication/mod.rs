@@ -145,7 +145,17 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// Xene patch (vendor/openraft/XENE.md): when a committed index the target has not been sent
+    /// must go out in an AppendEntries of its own, unless entries or a heartbeat carry it first.
+    commit_due: Option<InstantOf<C>>,
 }
+
+/// Xene patch: how long a new committed index waits for the next AppendEntries with entries
+/// (or a heartbeat) to carry it before it is sent alone. Under steady writes the next entries
+/// come sooner, and sending the index alone took a round trip of its own per write, with the
+/// next entries queued behind it.
+const COMMIT_ALONE_AFTER: Duration = Duration::from_millis(1);
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
 where
@@ -198,6 +208,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            commit_due: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -224,6 +235,11 @@ where
             tracing::debug!(replication_data = display(&d), "{} send replication RPC", func_name!());
 
             let request_id = d.request_id();
+
+            // Xene patch: an AppendEntries carries the latest committed index.
+            if matches!(d, Data::Heartbeat | Data::Logs(_)) {
+                self.commit_due = None;
+            }
 
             let res = match d {
                 Data::Heartbeat => {
@@ -630,12 +646,22 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
-            self.process_event(event);
+            let event = match self.commit_due.clone() {
+                None => Some(self.rx_event.recv().await),
+                // Xene patch: a committed index waits a moment for something to carry it.
+                Some(due) => C::AsyncRuntime::timeout_at(due, self.rx_event.recv()).await.ok(),
+            };
+            match event {
+                Some(received) => {
+                    let event = received.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+                    self.process_event(event);
+                }
+                None => self.next_action = Some(Data::new_heartbeat()),
+            }
         }
 
-        // Returning from process_event(), next_action is never None.
+        // Returning from process_event(), next_action is None only while a committed index
+        // waits to be carried (`commit_due`).
 
         self.try_drain_events().await?;
 
@@ -679,9 +705,10 @@ where
 
                 self.committed = c;
 
-                // If there is no action, fill in an heartbeat action to send committed index.
-                if self.next_action.is_none() {
-                    self.next_action = Some(Data::new_heartbeat());
+                // Xene patch: if there is no action, the committed index goes out with the next
+                // one, or alone after `COMMIT_ALONE_AFTER` (stock 0.9.25 sent a heartbeat at once).
+                if self.next_action.is_none() && self.commit_due.is_none() {
+                    self.commit_due = Some(C::now() + COMMIT_ALONE_AFTER);
                 }
             }
             Replicate::Heartbeat => {
