@@ -1,5 +1,5 @@
 //! A leader replicates its entries while its own disk syncs them, counts them only once they
-//! are synced, and after a crash campaigns in a new term rather than leading its old one again
+//! are synced, and after a crash leads only in a new term, never its old one again
 //! (the patch in vendor/openraft/XENE.md): three Raft nodes over this store in one process,
 //! joined by an in-memory network, with a node's disk stalled ([`LogStore::stall_disk`]).
 
@@ -115,7 +115,7 @@ struct Node {
 }
 
 impl Node {
-    /// Starts node `id` over the store in `dir`, with heartbeats every `heartbeat_ms`, and
+    /// Starts node `id` over the store in `dir`, with a heartbeat interval of `heartbeat_ms`, and
     /// makes it reachable.
     async fn start(id: NodeId, dir: &Path, router: &Router, heartbeat_ms: u64) -> Node {
         let config = Arc::new(
@@ -244,9 +244,10 @@ async fn a_leader_replicates_while_it_syncs_and_commits_only_what_it_has_synced(
 
 /// Stock openraft 0.9 resumes a restarted leader's term. Having replicated entries it then lost
 /// in a crash, it would give its next entries the same log ids, and a follower holding the lost
-/// ones would take them for the same entries and keep its own.
+/// ones would take them for the same entries and keep its own. Here it starts as a follower and
+/// leads only after winning a new term (nodes 2 and 3 never campaign in this test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_that_lost_entries_in_a_crash_campaigns_in_a_new_term() {
+async fn a_leader_that_lost_entries_in_a_crash_leads_only_in_a_new_term() {
     let (router, dirs, mut nodes, last) = cluster(50).await;
     let index = last + 1;
     let term = nodes[&1].raft.metrics().borrow().current_term;
@@ -295,8 +296,8 @@ async fn a_leader_that_lost_entries_in_a_crash_campaigns_in_a_new_term() {
 }
 
 /// A committed index waits a moment for entries to carry it, but no longer (the second part of
-/// the patch): with heartbeats two seconds apart, the followers apply a lone write long before
-/// the next heartbeat would tell them it is committed.
+/// the patch): with a heartbeat interval of 2 s (openraft sends one every 3 s), the followers
+/// apply a lone write long before the next heartbeat would tell them it is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_learn_of_a_commit_without_waiting_for_a_heartbeat() {
     let (_router, _dirs, nodes, last) = cluster(2_000).await;
@@ -311,7 +312,7 @@ async fn followers_learn_of_a_commit_without_waiting_for_a_heartbeat() {
             .metrics(|m| m.last_applied.is_some_and(|a| a.index >= index), "the follower applies the write")
             .await
             .unwrap_or_else(|e| {
-                panic!("node {id} did not learn of the commit within a second (heartbeats every 2 s): {e}")
+                panic!("node {id} did not learn of the commit within a second (heartbeats every 3 s): {e}")
             });
     }
     for node in nodes.values() {

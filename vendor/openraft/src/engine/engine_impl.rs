@@ -153,15 +153,20 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Xene patch (vendor/openraft/XENE.md): a node that led before it stopped campaigns in a
-        // new term instead of leading again in the old one. It replicated entries before its
-        // own disk had synced them, so a crash may have cost it entries that followers hold
-        // and committed; leading the old term again, it would give new entries the same log ids
-        // and the followers, seeing ids they have, would keep their different entries. In a new
-        // term it wins only with a log as long as a quorum's.
+        // Xene patch (vendor/openraft/XENE.md): a node that led before it stopped does not lead
+        // the old term again. It replicated entries before its own disk had synced them, so a
+        // crash may have cost it entries that followers hold and committed; leading the old
+        // term again, it would give new entries the same log ids and the followers, seeing ids
+        // they have, would keep their different entries. In a new term it wins only with a log
+        // as up to date as a quorum's.
         if self.state.is_leader(&self.config.id) {
-            self.elect();
-            return;
+            // It starts as a follower that has only voted for itself in that term (the vote
+            // uncommitted, in memory): it learns the current leader from the first
+            // AppendEntries or vote answer, as any restarted follower does, or campaigns in a
+            // new term when its election timeout passes.
+            let term = self.state.vote_ref().leader_id().term;
+            let id = self.config.id.clone();
+            self.state.vote.update(C::now(), Vote::new(term, id));
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {

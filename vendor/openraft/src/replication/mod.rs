@@ -638,17 +638,20 @@ where
 
     /// Receive and process events from RaftCore, until `next_action` is filled.
     ///
-    /// It blocks until at least one event is received.
+    /// It blocks until at least one event is received, or (Xene patch) a committed index that
+    /// waits to be carried is due and a heartbeat is set to carry it.
     #[tracing::instrument(level = "trace", skip_all)]
     pub async fn drain_events(&mut self) -> Result<(), ReplicationClosed> {
         tracing::debug!("drain_events");
 
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
-        if self.next_action.is_none() {
+        // Xene patch: a committed index waits a moment for something to carry it; the loop
+        // ends with an action either way (each pass takes an event or, at the due time, sets a
+        // heartbeat), so the caller never backs off again while the index waits.
+        while self.next_action.is_none() {
             let event = match self.commit_due.clone() {
                 None => Some(self.rx_event.recv().await),
-                // Xene patch: a committed index waits a moment for something to carry it.
                 Some(due) => C::AsyncRuntime::timeout_at(due, self.rx_event.recv()).await.ok(),
             };
             match event {
@@ -660,8 +663,7 @@ where
             }
         }
 
-        // Returning from process_event(), next_action is None only while a committed index
-        // waits to be carried (`commit_due`).
+        // Returning from process_event(), next_action is never None.
 
         self.try_drain_events().await?;
 
@@ -705,9 +707,11 @@ where
 
                 self.committed = c;
 
-                // Xene patch: if there is no action, the committed index goes out with the next
-                // one, or alone after `COMMIT_ALONE_AFTER` (stock 0.9.25 sent a heartbeat at once).
-                if self.next_action.is_none() && self.commit_due.is_none() {
+                // Xene patch: unless an AppendEntries is about to carry it, the committed index
+                // goes out with the next one, or alone after `COMMIT_ALONE_AFTER` (stock 0.9.25
+                // sent a heartbeat at once if idle, and nothing after a snapshot action).
+                let carried = matches!(self.next_action, Some(Data::Heartbeat) | Some(Data::Logs(_)));
+                if !carried && self.commit_due.is_none() {
                     self.commit_due = Some(C::now() + COMMIT_ALONE_AFTER);
                 }
             }
