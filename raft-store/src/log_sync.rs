@@ -63,6 +63,10 @@ impl Stalls {
         self.changed.notify_all();
     }
 
+    fn stalled(&self) -> bool {
+        self.state().count > 0
+    }
+
     /// Returns once no stall is alive (true), or the store is closing while one is (false).
     fn wait_released(&self) -> bool {
         let mut state = self.state();
@@ -161,7 +165,11 @@ fn run(db: &Db, rx: &Receiver<Job>, stalls: &Stalls) {
     // (a leader keeps appending until it hears of the failure), and a failed sync leaves what
     // it covered in doubt. openraft stops on the first error it is told of.
     let mut failed: Option<String> = None;
-    while let Ok(first) = rx.recv() {
+    // A job received while a stall is alive waits for the next pass. The stall is checked
+    // after each job is received, so a job queued after `stall` returned is never written
+    // before the stall is released, even if it arrives while a pass is under way.
+    let mut held: Option<Job> = None;
+    while let Some(first) = held.take().or_else(|| rx.recv().ok()) {
         if !stalls.wait_released() {
             // Closed while stalled: what is queued is lost, as in a crash. Dropped callbacks
             // report failures to whoever still waits.
@@ -170,24 +178,28 @@ fn run(db: &Db, rx: &Receiver<Job>, stalls: &Stalls) {
             return;
         }
         let mut waiting = Vec::new();
-        for job in std::iter::once(first).chain(rx.try_iter()) {
-            let (batch, callback) = match job {
-                Job::Durable(batch, callback) => (batch, Some(callback)),
-                Job::Buffered(batch) => (batch, None),
-                Job::Barrier(done) => {
-                    // The receiver may have gone away (a cancelled read); nothing to tell it.
-                    let _ = done.send(());
-                    continue;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            let mut write = |batch| {
+                if failed.is_none() {
+                    if let Err(e) = db.write_buffered(batch) {
+                        tracing::error!(error = %e, "writing the raft log failed");
+                        failed = Some(e.to_string());
+                    }
                 }
             };
-            if failed.is_none() {
-                if let Err(e) = db.write_buffered(batch) {
-                    tracing::error!(error = %e, "writing the raft log failed");
-                    failed = Some(e.to_string());
+            match job {
+                Job::Durable(batch, callback) => {
+                    write(batch);
+                    waiting.push((callback, failed.clone()));
                 }
+                Job::Buffered(batch) => write(batch),
+                // The receiver may have gone away (a cancelled read); nothing to tell it.
+                Job::Barrier(done) => drop(done.send(())),
             }
-            if let Some(callback) = callback {
-                waiting.push((callback, failed.clone()));
+            next = rx.try_recv().ok();
+            if next.is_some() && stalls.stalled() {
+                held = next.take();
             }
         }
         if waiting.is_empty() {

@@ -219,7 +219,9 @@ async fn a_leader_replicates_while_it_syncs_and_commits_only_what_it_has_synced(
     acknowledged(leader, 3, index).await;
     // Several heartbeats, which would carry a committed index to the followers.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!held.is_finished(), "the write was acknowledged before the leader synced it");
+    if held.is_finished() {
+        panic!("the write finished before the leader synced it: {:?}", held.await);
+    }
     for (id, node) in &nodes {
         assert!(node.applied() < index, "node {id} applied entry {index} before the leader synced it");
     }
