@@ -57,8 +57,8 @@ impl PeerPool {
 
     /// A client for the peer at `addr`; the channel connects on first use and reconnects by
     /// itself after failures.
-    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>> {
-        Ok(RaftServiceClient::new(self.channel(addr)?).max_decoding_message_size(64 * 1024 * 1024))
+    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<WholeBody>> {
+        Ok(RaftServiceClient::new(WholeBody(self.channel(addr)?)).max_decoding_message_size(64 * 1024 * 1024))
     }
 
     /// The shared channel to `addr`, for any service.
@@ -91,5 +91,37 @@ impl PeerPool {
         request.metadata_mut().insert(xene_proto::CLUSTER_SECRET_HEADER, (*self.secret).clone());
         request.set_timeout(timeout);
         request
+    }
+}
+
+/// A channel that sends each request's body whole: tonic hands a unary request's message to
+/// HTTP/2 as a stream that learns it has ended only when polled again, so every call left as
+/// three writes (headers, the message, an empty frame that ends the stream). Collected first,
+/// the message goes with its end-of-stream flag, in the same write as the headers.
+#[derive(Clone)]
+pub struct WholeBody(Channel);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for WholeBody {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, std::result::Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::result::Result<(), BoxError>> {
+        tower::Service::poll_ready(&mut self.0, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The channel that was polled ready makes the call; a clone stays for the next one.
+        let clone = self.0.clone();
+        let mut channel = std::mem::replace(&mut self.0, clone);
+        Box::pin(async move {
+            use http_body_util::BodyExt;
+            let (parts, body) = request.into_parts();
+            let message = body.collect().await?.to_bytes();
+            let request = http::Request::from_parts(parts, tonic::body::Body::new(http_body_util::Full::new(message)));
+            tower::Service::call(&mut channel, request).await.map_err(Into::into)
+        })
     }
 }
