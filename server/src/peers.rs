@@ -97,7 +97,7 @@ impl PeerPool {
 /// A channel that sends each request's body whole: tonic hands a unary request's message to
 /// HTTP/2 as a stream that learns it has ended only when polled again, so every call left as
 /// three writes (headers, the message, an empty frame that ends the stream). Collected first,
-/// the message goes with its end-of-stream flag, in the same write as the headers.
+/// the message carries the end-of-stream flag itself: two writes (PERF W1, BENCHMARKS.md).
 #[derive(Clone)]
 pub struct WholeBody(Channel);
 
