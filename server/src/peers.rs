@@ -98,6 +98,8 @@ impl PeerPool {
 /// HTTP/2 as a stream that learns it has ended only when polled again, so every call left as
 /// three writes (headers, the message, an empty frame that ends the stream). Collected first,
 /// the message carries the end-of-stream flag itself: two writes (PERF W1, BENCHMARKS.md).
+/// For unary calls only, as every `RaftService` method is: a streaming request would be held
+/// back until its stream ended.
 #[derive(Clone)]
 pub struct WholeBody(Channel);
 
