@@ -54,6 +54,9 @@ pub(crate) struct DedupTable {
     clients: BTreeMap<String, Client>,
     /// (last_seen_ms, client) for expiring idle clients in order.
     by_age: BTreeSet<(u64, String)>,
+    /// Clients whose header changed since [`DedupTable::write_headers`] last wrote them: a
+    /// header is written once per applied batch, not once per request.
+    dirty: BTreeSet<String>,
 }
 
 fn client_prefix(client: &str) -> Vec<u8> {
@@ -111,7 +114,8 @@ impl DedupTable {
     }
 
     /// Remembers the outcome of a request just applied, evicting the client's oldest
-    /// outcomes beyond the limit, and writes the changes into `batch`.
+    /// outcomes beyond the limit, and writes the changes into `batch`, all but the client's
+    /// header, which [`DedupTable::write_headers`] writes before the batch is.
     pub(crate) fn record(
         &mut self,
         db: &Db,
@@ -122,10 +126,17 @@ impl DedupTable {
     ) {
         let (client, request_id, now_ms) = (request.client_id.as_str(), request.request_id, request.timestamp_ms);
         let cf = db.cf(CF_SM);
-        let entry = self.clients.entry(client.to_string()).or_default();
-        self.by_age.remove(&(entry.header.last_seen_ms, client.to_string()));
-        entry.header.last_seen_ms = entry.header.last_seen_ms.max(now_ms);
-        self.by_age.insert((entry.header.last_seen_ms, client.to_string()));
+        let new = !self.clients.contains_key(client);
+        if new {
+            self.clients.insert(client.to_string(), Client::default());
+        }
+        let Some(entry) = self.clients.get_mut(client) else { return };
+        let last_seen = entry.header.last_seen_ms.max(now_ms);
+        if new || last_seen != entry.header.last_seen_ms {
+            self.by_age.remove(&(entry.header.last_seen_ms, client.to_string()));
+            self.by_age.insert((last_seen, client.to_string()));
+            entry.header.last_seen_ms = last_seen;
+        }
         entry.outcomes.insert(request_id, outcome);
         batch.put_cf(cf, record_key(client, request_id), codec::encode(&outcome));
         while entry.outcomes.len() > limits.per_client.max(1) {
@@ -133,7 +144,20 @@ impl DedupTable {
             entry.header.floor = entry.header.floor.max(oldest);
             batch.delete_cf(cf, record_key(client, oldest));
         }
-        batch.put_cf(cf, record_key(client, 0), codec::encode(&entry.header));
+        if !self.dirty.contains(client) {
+            self.dirty.insert(client.to_string());
+        }
+    }
+
+    /// Writes into `batch` the header of every client recorded since the last call and still
+    /// remembered (one that expired since has had its records deleted).
+    pub(crate) fn write_headers(&mut self, db: &Db, batch: &mut WriteBatch) {
+        let cf = db.cf(CF_SM);
+        for client in std::mem::take(&mut self.dirty) {
+            if let Some(entry) = self.clients.get(&client) {
+                batch.put_cf(cf, record_key(&client, 0), codec::encode(&entry.header));
+            }
+        }
     }
 
     /// Forgets clients idle for longer than the limit, judged by the proposer's clock of the

@@ -137,14 +137,22 @@ impl Shared {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
                     ClientResponse::Empty
                 }
-                EntryPayload::Normal(request) => self
-                    .apply_request(&mut state, &mut overlay, &mut batch, &mut events, revision, &request)
-                    .map_err(|e| StorageError::from(StorageIOError::apply(entry.log_id, AnyError::new(&e))))?,
+                EntryPayload::Normal(request) => {
+                    let mut keys = Vec::new();
+                    named_keys(&request, &mut keys);
+                    overlay
+                        .prefetch(keys)
+                        .and_then(|()| {
+                            self.apply_request(&mut state, &mut overlay, &mut batch, &mut events, revision, &request)
+                        })
+                        .map_err(|e| StorageError::from(StorageIOError::apply(entry.log_id, AnyError::new(&e))))?
+                }
             };
             state.applied = Some(entry.log_id);
             responses.push(response);
         }
         overlay.write_into(&mut batch);
+        state.dedup.write_headers(&self.db, &mut batch);
         let sm = self.db.cf(CF_SM);
         batch.put_cf(sm, sm_key::APPLIED, codec::encode(&state.applied));
         batch.put_cf(sm, sm_key::MEMBERSHIP, codec::encode(&state.membership));
@@ -211,6 +219,21 @@ impl Shared {
     }
 }
 
+/// The single keys `request` compares, or reads or writes if its compares hold: what
+/// applying it will most likely read.
+fn named_keys<'r>(request: &'r ClientRequest, keys: &mut Vec<&'r [u8]>) {
+    match &request.command {
+        Command::Txn(txn) => {
+            keys.extend(txn.compare.iter().map(|compare| compare.key.as_slice()));
+            keys.extend(txn.success.iter().filter_map(|op| match op {
+                Op::Put { key, .. } | Op::Delete { key } | Op::Get { key, prefix: false, .. } => Some(key.as_slice()),
+                Op::Get { prefix: true, .. } | Op::DeletePrefix { .. } => None,
+            }));
+        }
+        Command::Batch(requests) => requests.iter().for_each(|inner| named_keys(inner, keys)),
+    }
+}
+
 /// Runs one transaction against the overlay. Limits were checked before, so nothing here can
 /// refuse half-way: the transaction applies whole.
 fn execute_txn(
@@ -231,7 +254,7 @@ fn execute_txn(
     for op in ops {
         let result = match op {
             Op::Put { key, value } => {
-                let prev = overlay.get(key)?;
+                let prev = overlay.get_to_write(key)?;
                 let kv = KeyValue {
                     key: key.clone(),
                     value: value.clone(),
@@ -251,7 +274,7 @@ fn execute_txn(
                 OpResult::Get { kvs: overlay.get(key)?.into_iter().collect(), more: false }
             }
             Op::Delete { key } => {
-                let deleted: Vec<KeyValue> = overlay.get(key)?.into_iter().collect();
+                let deleted: Vec<KeyValue> = overlay.get_to_write(key)?.into_iter().collect();
                 delete_all(overlay, events, revision, &deleted);
                 OpResult::Delete { deleted }
             }

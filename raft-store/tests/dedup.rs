@@ -61,3 +61,49 @@ async fn the_window_is_bounded_and_idle_clients_expire() {
     let (_log, sm) = xene_raft_store::open(dir.path(), &config).expect("reopen");
     assert_eq!(sm.dedup_clients(), 2);
 }
+
+/// A client's header (its floor and last-seen time) is written once per applied batch, after
+/// every request of the batch: what a restart reads back is what the last request left, and
+/// a client that expired later in the same batch leaves nothing behind.
+#[tokio::test]
+async fn the_table_as_left_by_a_whole_batch_survives_a_restart() {
+    let config = StoreConfig { dedup_per_client: 3, dedup_client_idle_ms: 60_000, ..StoreConfig::default() };
+    let mut store = open_with(config.clone());
+    let batch = |requests: Vec<ClientRequest>| ClientRequest {
+        client_id: String::new(),
+        request_id: 0,
+        timestamp_ms: 1_000,
+        command: Command::Batch(requests),
+    };
+    // One entry: "gone", then "c" 1 to 6 (1 to 3 fall out of the window), then "d" an hour
+    // later by its proposer's clock, which expires "gone" and "c", and "c" again after it.
+    let mut requests = vec![req("gone", 1, 1_000, "g", "x")];
+    requests.extend((1..=6).map(|id| req("c", id, 1_000, &format!("k{id}"), "x")));
+    requests.extend([req("d", 1, 3_700_000, "d", "x"), req("c", 10, 3_700_000, "k10", "x")]);
+    store.apply(batch(requests)).await;
+    store.apply(batch(vec![req("c", 11, 3_700_000, "k11", "x"), req("c", 12, 3_700_000, "k12", "x")])).await;
+    store.apply(req("c", 13, 3_700_000, "k13", "x")).await;
+    assert_eq!(store.sm.dedup_clients(), 2, "c and d");
+
+    let dir = store.dir;
+    drop(store.log);
+    drop(store.sm);
+    let (log, sm) = xene_raft_store::open(dir.path(), &config).expect("reopen");
+    let mut store = common::TestStore { dir, log, sm, next_index: store.next_index };
+    assert_eq!(store.sm.dedup_clients(), 2, "gone left nothing behind");
+    assert!(
+        matches!(store.apply(req("c", 12, 3_700_000, "k12", "again")).await, ClientResponse::Duplicate(_)),
+        "12 is remembered"
+    );
+    assert!(
+        matches!(
+            store.apply(req("c", 10, 3_700_000, "k10", "again")).await,
+            ClientResponse::Rejected(Rejection::RequestTooOld { request_id: 10, .. })
+        ),
+        "the floor written with the last batch survived: 10 fell out of the window"
+    );
+    assert!(
+        matches!(store.apply(req("gone", 1, 3_700_000, "g", "again")).await, ClientResponse::Txn(_)),
+        "an expired client starts afresh"
+    );
+}

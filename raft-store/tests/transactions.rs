@@ -296,3 +296,78 @@ async fn a_batch_applies_each_request_in_order_at_one_revision() {
     let seen: Vec<(u64, &[u8])> = events.iter().map(|e| (e.kv.mod_revision, e.kv.key.as_slice())).collect();
     assert_eq!(seen, vec![(2, &b"b"[..]), (2, &b"c"[..]), (3, &b"d"[..])]);
 }
+
+/// Each entry's keys are read ahead in one call (`Overlay::prefetch`): what a put answers as
+/// its previous value, and what later operations see, is still the latest write, whether
+/// it was stored before the apply call, made by an earlier entry of the same call, or made
+/// earlier in the same entry.
+#[tokio::test]
+async fn keys_read_ahead_for_an_entry_still_see_every_earlier_write() {
+    use openraft::storage::RaftStateMachine;
+    let mut store = open();
+    store.txn(txn(vec![put("a", "0"), put("b", "0"), put("gone", "0")])).await; // revision 1
+    let batch = |requests: Vec<Txn>| xene_raft_store::ClientRequest {
+        client_id: String::new(),
+        request_id: 0,
+        timestamp_ms: 1_000,
+        command: xene_raft_store::Command::Batch(requests.into_iter().map(request).collect()),
+    };
+    let entries = vec![
+        // Revision 2: a stored key, a new one, and a delete.
+        common::entry(
+            2,
+            batch(vec![
+                txn(vec![put("a", "2")]),
+                txn(vec![put("new", "2")]),
+                txn(vec![Op::Delete { key: "gone".into() }]),
+            ]),
+        ),
+        // Revision 3, in the same apply call: every key written by the entry before.
+        common::entry(
+            3,
+            batch(vec![
+                txn(vec![put("a", "3"), get("a")]),
+                txn(vec![put("new", "3")]),
+                Txn {
+                    compare: vec![Compare::absent("gone")],
+                    success: vec![get("b"), put("gone", "3")],
+                    failure: vec![],
+                },
+            ]),
+        ),
+    ];
+    let answers = store.sm.apply(entries).await.expect("apply");
+    store.next_index = 4;
+    let txns = |answer: &ClientResponse| match answer {
+        ClientResponse::Batch(answers) => answers
+            .iter()
+            .map(|a| match a {
+                ClientResponse::Txn(t) => t.clone(),
+                other => panic!("expected a transaction answer, got {other:?}"),
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("expected a batch answer, got {other:?}"),
+    };
+    let first = txns(&answers[0]);
+    assert_eq!(first[0].results, vec![OpResult::Put { prev: Some(kv("a", "0", 1, 1, 1)) }]);
+    assert_eq!(first[1].results, vec![OpResult::Put { prev: None }]);
+    assert_eq!(first[2].results, vec![OpResult::Delete { deleted: vec![kv("gone", "0", 1, 1, 1)] }]);
+    let second = txns(&answers[1]);
+    assert_eq!(
+        second[0].results,
+        vec![
+            OpResult::Put { prev: Some(kv("a", "2", 1, 2, 2)) },
+            OpResult::Get { kvs: vec![kv("a", "3", 1, 3, 3)], more: false },
+        ],
+        "the previous value is the last entry's, and a read after the put sees the put"
+    );
+    assert_eq!(second[1].results, vec![OpResult::Put { prev: Some(kv("new", "2", 2, 2, 1)) }]);
+    assert!(second[2].succeeded, "the compare saw the delete of the entry before");
+    assert_eq!(
+        second[2].results,
+        vec![OpResult::Get { kvs: vec![kv("b", "0", 1, 1, 1)], more: false }, OpResult::Put { prev: None }]
+    );
+    assert_eq!(store.value("gone").await.as_deref(), Some("3"));
+    let read = store.txn(txn(vec![get("gone")])).await;
+    assert_eq!(read.results, vec![OpResult::Get { kvs: vec![kv("gone", "3", 3, 3, 1)], more: false }]);
+}
