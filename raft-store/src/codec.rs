@@ -27,12 +27,13 @@ pub enum DecodeError {
 
 /// Encodes `value` with the current format byte.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_V1];
-    // Serializing plain data into a Vec cannot fail: postcard only errors on unsupported serde
-    // features (which these types do not use) and on a full fixed-size buffer.
-    let body = postcard::to_stdvec(value).expect("invariant: store types serialize with postcard");
-    out.extend_from_slice(&body);
-    out
+    // Serializing plain data cannot fail: postcard only errors on unsupported serde features
+    // (which these types do not use) and on a full fixed-size buffer. Sized first, so the
+    // bytes are written once into one allocation (every put encodes its key's record).
+    let size = postcard::experimental::serialized_size(value).expect("invariant: store types serialize with postcard");
+    let mut out = Vec::with_capacity(1 + size);
+    out.push(FORMAT_V1);
+    postcard::to_extend(value, out).expect("invariant: store types serialize with postcard")
 }
 
 /// Decodes bytes written by [`encode`]; `what` names the value in the error.

@@ -54,13 +54,20 @@ pub(crate) struct DedupTable {
     clients: BTreeMap<String, Client>,
     /// (last_seen_ms, client) for expiring idle clients in order.
     by_age: BTreeSet<(u64, String)>,
-    /// Clients whose header changed since [`DedupTable::write_headers`] last wrote them: a
-    /// header is written once per applied batch, not once per request.
+    /// Changes not yet in a write batch, in key order: `Some` a put, `None` a delete. They
+    /// are written once per applied batch, so a client's header is written once rather than
+    /// after every request, and RocksDB's memtable takes the records in key order, each
+    /// insert starting from where the one before left off, rather than alternating between
+    /// the newest record and the one it evicts.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Clients whose header changed since [`DedupTable::write_into`] last ran.
     dirty: BTreeSet<String>,
 }
 
 fn client_prefix(client: &str) -> Vec<u8> {
-    let mut key = sm_key::DEDUP.to_vec();
+    // With room for the request ID that `record_key` appends.
+    let mut key = Vec::with_capacity(sm_key::DEDUP.len() + 2 + client.len() + 8);
+    key.extend_from_slice(sm_key::DEDUP);
     // Length-prefixed so no client's prefix is a prefix of another's.
     key.extend_from_slice(&(client.len() as u16).to_be_bytes());
     key.extend_from_slice(client.as_bytes());
@@ -113,19 +120,10 @@ impl DedupTable {
         Seen::Fresh
     }
 
-    /// Remembers the outcome of a request just applied, evicting the client's oldest
-    /// outcomes beyond the limit, and writes the changes into `batch`, all but the client's
-    /// header, which [`DedupTable::write_headers`] writes before the batch is.
-    pub(crate) fn record(
-        &mut self,
-        db: &Db,
-        batch: &mut WriteBatch,
-        limits: DedupLimits,
-        request: &ClientRequest,
-        outcome: DuplicateResponse,
-    ) {
+    /// Remembers the outcome of a request just applied and evicts the client's oldest
+    /// outcomes beyond the limit; [`DedupTable::write_into`] writes the changes.
+    pub(crate) fn record(&mut self, limits: DedupLimits, request: &ClientRequest, outcome: DuplicateResponse) {
         let (client, request_id, now_ms) = (request.client_id.as_str(), request.request_id, request.timestamp_ms);
-        let cf = db.cf(CF_SM);
         let new = !self.clients.contains_key(client);
         if new {
             self.clients.insert(client.to_string(), Client::default());
@@ -138,24 +136,30 @@ impl DedupTable {
             entry.header.last_seen_ms = last_seen;
         }
         entry.outcomes.insert(request_id, outcome);
-        batch.put_cf(cf, record_key(client, request_id), codec::encode(&outcome));
+        self.pending.insert(record_key(client, request_id), Some(codec::encode(&outcome)));
         while entry.outcomes.len() > limits.per_client.max(1) {
             let Some((oldest, _)) = entry.outcomes.pop_first() else { break };
             entry.header.floor = entry.header.floor.max(oldest);
-            batch.delete_cf(cf, record_key(client, oldest));
+            self.pending.insert(record_key(client, oldest), None);
         }
         if !self.dirty.contains(client) {
             self.dirty.insert(client.to_string());
         }
     }
 
-    /// Writes into `batch` the header of every client recorded since the last call and still
-    /// remembered (one that expired since has had its records deleted).
-    pub(crate) fn write_headers(&mut self, db: &Db, batch: &mut WriteBatch) {
-        let cf = db.cf(CF_SM);
+    /// Writes into `batch`, in key order, every change since the last call: the records
+    /// and the headers of the clients still remembered.
+    pub(crate) fn write_into(&mut self, db: &Db, batch: &mut WriteBatch) {
         for client in std::mem::take(&mut self.dirty) {
             if let Some(entry) = self.clients.get(&client) {
-                batch.put_cf(cf, record_key(&client, 0), codec::encode(&entry.header));
+                self.pending.insert(record_key(&client, 0), Some(codec::encode(&entry.header)));
+            }
+        }
+        let cf = db.cf(CF_SM);
+        for (key, value) in std::mem::take(&mut self.pending) {
+            match value {
+                Some(value) => batch.put_cf(cf, key, value),
+                None => batch.delete_cf(cf, key),
             }
         }
     }
@@ -171,7 +175,11 @@ impl DedupTable {
             let Some((_, name)) = self.by_age.pop_first() else { break };
             self.clients.remove(&name);
             let prefix = client_prefix(&name);
-            batch.delete_range_cf(db.cf(CF_SM), &prefix, &prefix_end(&prefix));
+            let end = prefix_end(&prefix);
+            // Its changes not yet written go with it; whatever it records from now on is
+            // written after this delete.
+            self.pending.retain(|key, _| !(key.as_slice() >= prefix.as_slice() && key.as_slice() < end.as_slice()));
+            batch.delete_range_cf(db.cf(CF_SM), &prefix, &end);
         }
     }
 
