@@ -33,7 +33,8 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let size = postcard::experimental::serialized_size(value).expect("invariant: store types serialize with postcard");
     let mut out = Vec::with_capacity(1 + size);
     out.push(FORMAT_V1);
-    postcard::to_extend(value, out).expect("invariant: store types serialize with postcard")
+    // As an `io::Write`, the Vec takes each run of bytes with one copy.
+    postcard::to_io(value, out).expect("invariant: store types serialize with postcard")
 }
 
 /// Decodes bytes written by [`encode`]; `what` names the value in the error.
