@@ -7,7 +7,7 @@
 //! them: a leader's entry under many clients holds hundreds of puts, each of which reads its
 //! key's previous version (DESIGN §4.3).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::iter::Peekable;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
@@ -23,7 +23,7 @@ pub(crate) struct Overlay<'a> {
     writes: BTreeMap<Vec<u8>, Option<KeyValue>>,
     /// Keys as stored before this batch, read ahead for the entry being applied; `None` is
     /// an absent key. A key written since is in `writes`, which is looked at first.
-    stored: HashMap<Vec<u8>, Option<KeyValue>>,
+    stored: BTreeMap<Vec<u8>, Option<KeyValue>>,
 }
 
 pub(crate) fn data_key(key: &[u8]) -> Vec<u8> {
@@ -35,7 +35,7 @@ pub(crate) fn data_key(key: &[u8]) -> Vec<u8> {
 
 impl<'a> Overlay<'a> {
     pub(crate) fn new(db: &'a Db) -> Self {
-        Overlay { db, writes: BTreeMap::new(), stored: HashMap::new() }
+        Overlay { db, writes: BTreeMap::new(), stored: BTreeMap::new() }
     }
 
     /// Reads `keys` ahead in one call, for the [`Overlay::get`]s of the entry about to be
