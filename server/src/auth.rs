@@ -5,8 +5,8 @@
 //! `/xene/tokens/<id>`; checking a call is a map lookup and a constant-time comparison.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -165,10 +165,21 @@ fn verify(record: TokenRecord, secret: &str) -> Result<TokenRecord> {
     }
 }
 
+/// How long a token ID that was looked up and not found is refused without another lookup.
+/// IDs are random and minted with their token, so no caller can hold the ID of a token about
+/// to be created: the wait can only delay an ID that does not exist.
+const MISS_TTL: Duration = Duration::from_secs(2);
+/// Most token IDs remembered as missing; past it the expired ones go, and if none has
+/// expired, all of them.
+const MISSES_MAX: usize = 4_096;
+
 /// Every server's view of the stored tokens, kept current by watching `/xene/tokens/`.
 #[derive(Clone, Default)]
 pub struct TokenCache {
     tokens: Arc<RwLock<HashMap<String, TokenRecord>>>,
+    /// Token IDs looked up lately and not found, with when: calls that carry unknown IDs
+    /// cost a linearizable read each (a round to the leader) but once per ID in `MISS_TTL`.
+    misses: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl TokenCache {
@@ -193,14 +204,36 @@ impl TokenCache {
         if let Some(record) = self.known(id) {
             return verify(record, secret);
         }
+        if self.missed_lately(id, Instant::now()) {
+            return Err(invalid());
+        }
         node.read_barrier().await?;
         let found = node.reader.range(keys::token(id).into_bytes(), false, 0).await?;
         // Not put in the cache: the watch does that in order, and a record read here may be
         // older than one the watch stored meanwhile (a revocation) or gone since.
         match found.kvs.first().and_then(|kv| serde_json::from_slice::<TokenRecord>(&kv.value).ok()) {
             Some(record) => verify(record, secret),
-            None => Err(invalid()),
+            None => {
+                self.remember_miss(id, Instant::now());
+                Err(invalid())
+            }
         }
+    }
+
+    fn missed_lately(&self, id: &str, now: Instant) -> bool {
+        let misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+        misses.get(id).is_some_and(|at| now.duration_since(*at) < MISS_TTL)
+    }
+
+    fn remember_miss(&self, id: &str, now: Instant) {
+        let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+        if misses.len() >= MISSES_MAX {
+            misses.retain(|_, at| now.duration_since(*at) < MISS_TTL);
+            if misses.len() >= MISSES_MAX {
+                misses.clear();
+            }
+        }
+        misses.insert(id.to_string(), now);
     }
 
     /// Checks a token against this server's view only (no lookup).
@@ -242,6 +275,7 @@ impl TokenCache {
     }
 
     fn upsert(&self, record: TokenRecord) {
+        self.misses.lock().unwrap_or_else(|p| p.into_inner()).remove(&record.id);
         self.tokens.write().unwrap_or_else(|p| p.into_inner()).insert(record.id.clone(), record);
     }
 
@@ -310,6 +344,38 @@ mod tests {
             metadata.insert("authorization", header.parse().expect("ascii"));
             assert_eq!(bearer(&metadata).expect("a token"), "xene_1_a", "{header:?}");
         }
+    }
+
+    #[test]
+    fn an_unknown_id_is_remembered_for_a_while_and_forgotten_when_its_token_arrives() {
+        let cache = TokenCache::default();
+        let start = Instant::now();
+        assert!(!cache.missed_lately("abc", start));
+        cache.remember_miss("abc", start);
+        assert!(cache.missed_lately("abc", start + MISS_TTL / 2));
+        assert!(!cache.missed_lately("abc", start + MISS_TTL), "looked up again after the TTL");
+        assert!(!cache.missed_lately("abd", start), "only that ID");
+
+        // A token that the watch brings is no longer refused as missing.
+        let token = mint(Role::Viewer, "late", 1);
+        cache.remember_miss(&token.record.id, start);
+        cache.upsert(token.record.clone());
+        assert!(!cache.missed_lately(&token.record.id, start));
+        assert!(cache.check(&token.text, Role::Viewer).is_ok());
+
+        // Bounded: a flood of IDs keeps at most MISSES_MAX, the expired ones dropped first.
+        for i in 0..MISSES_MAX {
+            cache.remember_miss(&format!("{i:x}"), start);
+        }
+        let later = start + MISS_TTL;
+        cache.remember_miss("fresh", later);
+        let misses = cache.misses.lock().expect("lock");
+        assert_eq!(misses.len(), 1, "every expired ID went");
+        drop(misses);
+        for i in 0..MISSES_MAX + 10 {
+            cache.remember_miss(&format!("{i:x}"), later);
+        }
+        assert!(cache.misses.lock().expect("lock").len() <= MISSES_MAX);
     }
 
     #[test]
