@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use xene_chaos_tests::harness::{ClusterOptions, TestCluster};
+use xene_chaos_tests::harness::{bin_dir, free_port, ClusterOptions, TestCluster, SECRET};
 use xene_proto as pb;
 
 async fn put(cluster: &TestCluster, index: usize, key: &str, value: &str) -> Result<u64, tonic::Status> {
@@ -389,4 +389,52 @@ async fn a_bootstrap_cut_short_is_finished_on_restart_and_a_finished_one_left_al
         tonic::Request::new(pb::RangeRequest { key: b"/".to_vec(), prefix: true, limit: 1, serializable: false });
     request.metadata_mut().insert("authorization", format!("Bearer {}", second.trim()).parse().expect("ascii"));
     cluster.kv(2).range(request).await.expect("the new admin token works");
+}
+
+/// A data directory whose `node-id` file was lost still refuses another node ID: its database
+/// remembers the node it was first opened as (the log and vote in it are that node's), and the
+/// refused start writes nothing. Started as its own node again, the server rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_refuses_another_node_id_even_without_its_node_id_file() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    put_anywhere(&cluster, "before", "1", Duration::from_secs(20)).await;
+    let index = 2;
+    let (id, data_dir) = (cluster.servers[index].id, cluster.servers[index].data_dir.clone());
+    assert!(cluster.servers[index].terminate(Duration::from_secs(10)), "a clean stop");
+    std::fs::remove_file(data_dir.join("node-id")).expect("remove the node-id file");
+
+    let other = (id + 10).to_string();
+    let mut intruder = std::process::Command::new(bin_dir().join("xene-server"))
+        .args(["--node-id", &other, "--data-dir", &data_dir.display().to_string(), "--cluster-secret", SECRET])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start xene-server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = intruder.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = intruder.kill();
+            panic!("xene-server ran as node {other} on node {id}'s data directory");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let output = intruder.wait_with_output().expect("output");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!status.success(), "refused: {said}");
+    assert!(
+        said.contains(&format!("belongs to node {id}")) && said.contains(&format!("start it as node {id}")),
+        "{said}"
+    );
+    assert!(!data_dir.join("node-id").exists(), "the refused start wrote no node-id file");
+
+    cluster.servers[index].restart();
+    put_anywhere(&cluster, "after", "2", Duration::from_secs(20)).await;
+    wait_value(&cluster, index, "after", "2", Duration::from_secs(20)).await;
+    let recorded = std::fs::read_to_string(data_dir.join("node-id")).expect("node-id written again");
+    assert_eq!(recorded.trim(), id.to_string());
 }

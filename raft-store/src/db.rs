@@ -3,7 +3,7 @@
 //! | column family | holds |
 //! |---|---|
 //! | `log` | Raft log entries, keyed by big-endian index |
-//! | `meta` | vote, committed log id, last purged log id, the current snapshot |
+//! | `meta` | this server's node ID, vote, committed log id, last purged log id, the current snapshot |
 //! | `sm` | the state machine: keys (`k/…`), applied state (`m/…`), deduplication (`d/…`) |
 
 use std::path::Path;
@@ -23,6 +23,8 @@ pub(crate) mod meta_key {
     pub const COMMITTED: &[u8] = b"committed";
     pub const LAST_PURGED: &[u8] = b"last_purged";
     pub const SNAPSHOT: &[u8] = b"snapshot";
+    /// The Raft node ID the database was first opened as ([`crate::LogStore::claim`]).
+    pub const NODE_ID: &[u8] = b"node_id";
 }
 
 /// Key prefixes of the `sm` column family.

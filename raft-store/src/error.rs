@@ -9,6 +9,8 @@ pub enum StoreError {
     Open { path: String, source: rocksdb::Error },
     #[error("database: {0}")]
     Db(#[from] rocksdb::Error),
+    #[error("this database belongs to node {recorded}, whose Raft log and vote it holds, not to node {given}; start it as node {recorded}, or give node {given} a data directory of its own")]
+    OtherNode { recorded: u64, given: u64 },
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("watch from revision {requested} is no longer available: events up to revision {compacted} were compacted; list again and watch from the listed revision")]

@@ -19,9 +19,10 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use crate::blocking;
 use crate::codec;
 use crate::db::{meta_key, Db, CF_LOG, CF_META};
+use crate::error::StoreError;
 use crate::log_sync::{DiskStall, LogSync};
 use crate::recent::RecentEntries;
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 /// The Raft log of one server. Cloning shares the database.
 #[derive(Clone)]
@@ -43,6 +44,29 @@ impl LogStore {
     pub(crate) fn new(db: Db) -> io::Result<Self> {
         let sync = Arc::new(LogSync::start(db.clone())?);
         Ok(LogStore { db, sync, recent: Arc::default() })
+    }
+
+    /// Binds the database to Raft node `node_id` the first time, and refuses any other ID
+    /// afterwards ([`StoreError::OtherNode`]): the log and vote in it are that node's, and
+    /// another ID on them would break the cluster's safety. The server also keeps the ID in
+    /// a file beside the database; this check holds when that file is lost or the database
+    /// is copied elsewhere. Call it before Raft starts.
+    pub fn claim(&self, node_id: NodeId) -> Result<(), StoreError> {
+        let meta = self.db.cf(CF_META);
+        match self.db.raw().get_cf(meta, meta_key::NODE_ID)? {
+            Some(bytes) => {
+                let recorded: NodeId = codec::decode("node ID", &bytes)?;
+                if recorded != node_id {
+                    return Err(StoreError::OtherNode { recorded, given: node_id });
+                }
+                Ok(())
+            }
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta, meta_key::NODE_ID, codec::encode(&node_id));
+                Ok(self.db.write_durable(batch)?)
+            }
+        }
     }
 
     /// Fault injection for tests: stalls this store's log writer, as a stalled disk would,

@@ -194,3 +194,22 @@ async fn a_crash_loses_nothing_the_log_cannot_rebuild() {
     let keys: Vec<Vec<u8>> = all_keys(&sm).await.into_iter().map(|kv| kv.key).collect();
     assert_eq!(keys, (1..=6).map(key).collect::<Vec<_>>());
 }
+
+/// A database is bound to the node ID it was first claimed by, across reopening: its log and
+/// vote are that node's (the server checks this even when its `node-id` file is lost).
+#[tokio::test]
+async fn a_database_is_claimed_by_one_node_for_good() {
+    let store = open();
+    store.log.claim(2).expect("the first claim binds the database");
+    store.log.claim(2).expect("the same node again");
+    let refused = store.log.claim(3).expect_err("another node");
+    assert!(matches!(refused, xene_raft_store::StoreError::OtherNode { recorded: 2, given: 3 }), "{refused:?}");
+    assert!(refused.to_string().contains("start it as node 2"), "says what to do: {refused}");
+
+    let dir = store.dir;
+    drop(store.log);
+    drop(store.sm);
+    let (log, _sm) = xene_raft_store::open(dir.path(), &StoreConfig::default()).expect("reopen");
+    assert!(matches!(log.claim(1), Err(xene_raft_store::StoreError::OtherNode { recorded: 2, given: 1 })));
+    log.claim(2).expect("still node 2's");
+}

@@ -48,10 +48,14 @@ const REST_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    crate::config::record_node_id(&config.data_dir, config.node_id)
-        .with_context(|| format!("recording the node ID in {}", config.data_dir.display()))?;
     let (log_store, state_machine) =
         xene_raft_store::open(&config.data_dir.join("raft"), &StoreConfig::default()).context("opening the store")?;
+    // The database's own record first: a start it refuses must not write the file either.
+    log_store
+        .claim(config.node_id)
+        .with_context(|| format!("checking the node ID of the data directory {}", config.data_dir.display()))?;
+    crate::config::record_node_id(&config.data_dir, config.node_id)
+        .with_context(|| format!("recording the node ID in {}", config.data_dir.display()))?;
     let reader = state_machine.reader();
     let peers = PeerPool::new(&config.cluster_secret, config.tls.clone())?;
     let timing = Timing {
