@@ -3,9 +3,10 @@
 //! Durability rules (DESIGN §4.2, STYLE 11): the vote is synced before `save_vote` returns,
 //! and the append callback fires only after the batch holding the entries is in the synced
 //! write-ahead log ([`LogSync`] writes the batch and syncs once for every append waiting).
-//! Every RocksDB call runs on the blocking pool or the log writer thread. The latest entries
-//! are also kept in memory ([`RecentEntries`]), so reading back what was just appended needs
-//! neither.
+//! Every RocksDB call of openraft's storage traits runs on the blocking pool or the log writer
+//! thread; [`LogStore::claim`] runs once at start, before Raft, as opening the database does.
+//! The latest entries are also kept in memory ([`RecentEntries`]), so reading back what was
+//! just appended needs neither.
 
 use std::fmt::Debug;
 use std::io;
