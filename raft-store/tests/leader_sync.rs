@@ -1,6 +1,7 @@
 //! A leader replicates its entries while its own disk syncs them, counts them only once they
 //! are synced, and after a crash leads only in a new term, never its old one again
-//! (the patch in vendor/openraft/XENE.md): three Raft nodes over this store in one process,
+//! (the patch in vendor/openraft/XENE.md), and a follower's leader lease is the shortest
+//! election timeout and a heartbeat: three Raft nodes over this store in one process,
 //! joined by an in-memory network, with a node's disk stalled ([`LogStore::stall_disk`]).
 
 mod common;
@@ -317,6 +318,37 @@ async fn followers_learn_of_a_commit_without_waiting_for_a_heartbeat() {
                 panic!("node {id} did not learn of the commit within a second (heartbeats every 3 s): {e}")
             });
     }
+    for node in nodes.values() {
+        node.raft.shutdown().await.expect("shutdown");
+    }
+}
+
+/// A follower that heard from its leader refuses votes for the leader lease, which is the
+/// shortest election timeout and a heartbeat (the third part of the patch), not stock
+/// 0.9.25's longest election timeout. Here heartbeats are 150 ms apart (openraft sends one
+/// every 225 ms) and election timeouts 900 to 1,800 ms: a lease of 1,050 ms, against 1,800 ms
+/// unpatched. With the leader's heartbeats stopped, a vote asked for 300 ms later is refused
+/// and one asked for 1,300 ms later is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_votes_again_once_the_shortest_election_timeout_and_a_heartbeat_have_passed() {
+    let (_router, _dirs, nodes, _last) = cluster(150).await;
+    let term = nodes[&2].raft.metrics().borrow().current_term;
+    nodes[&1].raft.runtime_config().heartbeat(false);
+    let stopped = tokio::time::Instant::now();
+    let mut log = nodes[&2].log.clone();
+    let last_log_id = log.get_log_state().await.expect("log state").last_log_id;
+    let ask = || nodes[&2].raft.vote(VoteRequest::new(openraft::Vote::new(term + 1, 3), last_log_id));
+
+    tokio::time::sleep_until(stopped + Duration::from_millis(300)).await;
+    let early = ask().await.expect("vote");
+    assert!(!early.vote_granted, "node 2 voted 300 ms after its leader's last heartbeat, inside its lease: {early:?}");
+
+    tokio::time::sleep_until(stopped + Duration::from_millis(1_300)).await;
+    let late = ask().await.expect("vote");
+    assert!(
+        late.vote_granted,
+        "node 2 refused a vote 1,300 ms after its leader's last heartbeat, past a lease of 1,050 ms: {late:?}"
+    );
     for node in nodes.values() {
         node.raft.shutdown().await.expect("shutdown");
     }

@@ -11,12 +11,14 @@
 //! instant is within [`Timing::election_min`](crate::node::Timing) of now.
 //!
 //! Why that bound is safe: a voter grants its vote to a new leader only after it has not heard
-//! from the old one for the leader lease (openraft 0.9: the largest election timeout), and a
-//! voter that voted for a newer term refuses the old leader. So a new leader's term begins at
-//! least a lease after the last quorum acknowledgement the old leader can count, and an
-//! acknowledgement given within `election_min` of that instant precedes the new term. An agent
-//! counts its TTL from when it sent the acknowledged heartbeat, and the new leader gives a
-//! silent agent's leases away only a TTL after its term began, so the agent stops first.
+//! from the old one for the leader lease ([`Timing::leader_lease`](crate::node::Timing): the
+//! shortest election timeout and a heartbeat, at most the largest, in the vendored openraft),
+//! and a voter that voted for a newer term refuses the old leader. So a new leader's term
+//! begins at least a lease after the last quorum acknowledgement the old leader can count, and
+//! an acknowledgement given within `election_min` of that instant precedes the new term, with
+//! a heartbeat interval to spare for clocks that run at different rates. An agent counts its
+//! TTL from when it sent the acknowledged heartbeat, and the new leader gives a silent agent's
+//! leases away only a TTL after its term began, so the agent stops first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -31,6 +31,15 @@ pub struct Timing {
     pub request_deadline: Duration,
 }
 
+impl Timing {
+    /// How long a follower that heard from its leader refuses to vote for anyone else: the
+    /// shortest election timeout and a heartbeat, at most the longest (the vendored openraft's
+    /// rule, `vendor/openraft/XENE.md`).
+    pub fn leader_lease(&self) -> Duration {
+        (self.election_min + self.heartbeat).min(self.election_max)
+    }
+}
+
 /// The answer a leader sends back for a forwarded proposal.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardReply {
@@ -563,7 +572,7 @@ impl ClusterNode {
     /// until this server leads or the deadline passes.
     pub async fn timeout_now(&self, deadline: Duration) -> bool {
         let until = Instant::now() + deadline;
-        tokio::time::sleep(self.timing.election_max).await;
+        tokio::time::sleep(self.timing.leader_lease()).await;
         while Instant::now() < until {
             if self.is_leader() {
                 return true;
