@@ -32,6 +32,9 @@ pub fn bin_dir() -> PathBuf {
     deps.parent().expect("invariant: deps/ is inside the profile folder").to_path_buf()
 }
 
+/// How many times a new server is moved to other free ports when it finds one taken.
+const PORT_RETRIES: usize = 5;
+
 /// A free loopback port (bound and released; good enough for tests on one machine), never one
 /// this process handed out before: a cluster's ports are all picked before its servers bind
 /// them, and the kernel may offer a just-released port again.
@@ -54,6 +57,8 @@ pub struct ServerProc {
     pub http: String,
     pub data_dir: PathBuf,
     log: PathBuf,
+    /// The log's length when the process was last spawned.
+    log_offset: usize,
     args: Vec<String>,
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -62,6 +67,7 @@ pub struct ServerProc {
 impl ServerProc {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open server log");
+        self.log_offset = log.metadata().map_or(0, |m| m.len() as usize);
         let err = log.try_clone().expect("clone log handle");
         let child = Command::new(bin_dir().join("xene-server"))
             .args(&self.args)
@@ -144,6 +150,43 @@ impl ServerProc {
         self.spawn();
     }
 
+    /// Whether the process just spawned exited because one of its ports was taken: waits
+    /// until it either says it is listening or exits.
+    fn lost_a_port(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let from = self.log_offset;
+        while Instant::now() < deadline {
+            let text = std::fs::read(&self.log).unwrap_or_default();
+            let text = String::from_utf8_lossy(text.get(from..).unwrap_or_default());
+            if text.contains("listening") {
+                return false;
+            }
+            let exited = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                // Read again: the last lines may have been written after the read above.
+                let text = std::fs::read(&self.log).unwrap_or_default();
+                let text = String::from_utf8_lossy(text.get(from..).unwrap_or_default());
+                if text.contains("is the port in use?") {
+                    self.child = None;
+                    return true;
+                }
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Listens on `grpc` and `http` from the next start on.
+    fn move_to(&mut self, grpc: String, http: String) {
+        for (flag, addr) in [("--grpc-addr", &grpc), ("--http-addr", &http)] {
+            if let Some(pos) = self.args.iter().position(|a| a == flag) {
+                self.args[pos + 1] = addr.clone();
+            }
+        }
+        (self.grpc, self.http) = (grpc, http);
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
@@ -165,6 +208,9 @@ pub struct ServerPlan {
     pub grpc: String,
     pub http: String,
     pub env: Vec<(String, String)>,
+    /// Whether the server may be moved to other free ports when it finds one of its own
+    /// taken at start; false once something else (a proxy) was pointed at them.
+    pub movable: bool,
 }
 
 impl ServerPlan {
@@ -174,6 +220,7 @@ impl ServerPlan {
             grpc: format!("127.0.0.1:{}", free_port()),
             http: format!("127.0.0.1:{}", free_port()),
             env: Vec::new(),
+            movable: true,
         }
     }
 }
@@ -266,7 +313,7 @@ impl TestCluster {
 
     /// Starts one more server as `plan` says; see [`TestCluster::add_server`].
     pub fn add_planned(&mut self, id: u64, join: Option<&str>, secret: &str, plan: ServerPlan) -> usize {
-        let ServerPlan { grpc, http, env } = plan;
+        let ServerPlan { grpc, http, env, movable } = plan;
         let data_dir = self.dir.join(format!("node-{id}"));
         let mut args = vec![
             "--node-id".to_string(),
@@ -308,8 +355,22 @@ impl TestCluster {
             }
         }
         let log = self.dir.join(format!("node-{id}.log"));
-        let mut server = ServerProc { id, grpc, http, data_dir, log, args, env, child: None };
+        let mut server = ServerProc { id, grpc, http, data_dir, log, log_offset: 0, args, env, child: None };
         server.spawn();
+        if movable {
+            // A port picked here is free only until someone binds it: another test's process,
+            // or any outgoing connection, whose local port comes from the same range, may
+            // take it before the server starts. Such a server exits at once, before it told
+            // anyone its address, so it is started again on other free ports.
+            for _ in 0..PORT_RETRIES {
+                if !server.lost_a_port() {
+                    break;
+                }
+                let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+                server.move_to(grpc, http);
+                server.spawn();
+            }
+        }
         self.servers.push(server);
         self.servers.len() - 1
     }

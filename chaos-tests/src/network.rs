@@ -111,6 +111,8 @@ impl Network {
                 .map(|to| format!("{}={}", advertised[to], peers[&(from, to)].addr()))
                 .collect();
             plan.env.push((PEER_ROUTES_ENV.to_string(), routes.join(",")));
+            // The proxies point at these ports.
+            plan.movable = false;
             if advertise == Advertise::ClientProxy {
                 plan.env.push((ADVERTISE_GRPC_ENV.to_string(), advertised[from].to_string()));
             }

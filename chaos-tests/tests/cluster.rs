@@ -438,3 +438,22 @@ async fn a_data_directory_refuses_another_node_id_even_without_its_node_id_file(
     let recorded = std::fs::read_to_string(data_dir.join("node-id")).expect("node-id written again");
     assert_eq!(recorded.trim(), id.to_string());
 }
+
+/// The harness picks ports before its servers bind them, and anything may take one in
+/// between (another test's process, an outgoing connection's local port): a CI run once lost
+/// a test to it. A server that finds a port taken is started again on other free ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_server_whose_port_was_taken_before_it_started_moves_to_free_ones() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to take");
+    let taken = squatter.local_addr().expect("local addr").to_string();
+    let mut plan = xene_chaos_tests::harness::ServerPlan::on_free_ports();
+    plan.http = taken.clone();
+    let options = ClusterOptions { servers: 1, ..ClusterOptions::default() };
+    let cluster = TestCluster::start_planned(options, vec![plan]).await;
+    let server = &cluster.servers[0];
+    assert_ne!(server.http, taken, "the server kept the taken port");
+    let log = server.log_tail(200);
+    assert!(log.contains("is the port in use?"), "the first start did not meet the taken port:\n{log}");
+    put(&cluster, 0, "moved", "v").await.expect("a write to the moved server");
+    drop(squatter);
+}
