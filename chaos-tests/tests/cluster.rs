@@ -457,3 +457,23 @@ async fn a_test_server_whose_port_was_taken_before_it_started_moves_to_free_ones
     put(&cluster, 0, "moved", "v").await.expect("a write to the moved server");
     drop(squatter);
 }
+
+/// A server that cannot listen says which address and stops before it creates or opens
+/// anything: started again on a free port, it bootstraps as if the first start never happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_port_is_taken_stops_with_the_address_and_leaves_no_data_directory() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to take");
+    let taken = squatter.local_addr().expect("local addr").to_string();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data_dir = tmp.path().join("node-1");
+    let output = std::process::Command::new(bin_dir().join("xene-server"))
+        .args(["--node-id", "1", "--data-dir", &data_dir.display().to_string(), "--cluster-secret", SECRET])
+        .args(["--bootstrap", "--grpc-addr", &format!("127.0.0.1:{}", free_port()), "--http-addr", &taken])
+        .output()
+        .expect("run xene-server");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "xene-server ran on a taken port: {said}");
+    assert!(said.contains(&format!("binding --http-addr {taken}; is the port in use?")), "{said}");
+    assert!(!data_dir.exists(), "the refused start created {}", data_dir.display());
+    drop(squatter);
+}

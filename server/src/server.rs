@@ -46,6 +46,13 @@ const REST_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a server until `shutdown` is cancelled.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // The ports first: a server that cannot listen stops before it creates or opens anything.
+    let grpc_listener = TcpListener::bind(&config.grpc_addr)
+        .await
+        .with_context(|| format!("binding --grpc-addr {}; is the port in use?", config.grpc_addr))?;
+    let http_listener = TcpListener::bind(&config.http_addr)
+        .await
+        .with_context(|| format!("binding --http-addr {}; is the port in use?", config.http_addr))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let (log_store, state_machine) =
@@ -102,13 +109,6 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     let tokens = TokenCache::default();
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
-
-    let grpc_listener = TcpListener::bind(&config.grpc_addr)
-        .await
-        .with_context(|| format!("binding --grpc-addr {}; is the port in use?", config.grpc_addr))?;
-    let http_listener = TcpListener::bind(&config.http_addr)
-        .await
-        .with_context(|| format!("binding --http-addr {}; is the port in use?", config.http_addr))?;
 
     let hub = Arc::new(AgentHub::new(config.agent_ttl));
     tasks.spawn(tokens.clone().follow(reader.clone(), stop.clone()));
