@@ -47,6 +47,8 @@ const REST_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Runs a server until `shutdown` is cancelled.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     // The ports first: a server that cannot listen stops before it creates or opens anything.
+    // Peers and clients that connect meanwhile wait in the listen backlog until the services
+    // below start serving, as they did while Raft started; their calls' deadlines still hold.
     let grpc_listener = TcpListener::bind(&config.grpc_addr)
         .await
         .with_context(|| format!("binding --grpc-addr {}; is the port in use?", config.grpc_addr))?;

@@ -56,6 +56,7 @@ impl<NID: NodeId> EngineConfig<NID> {
                 // Xene: a heartbeat beyond the shortest election timeout instead of the
                 // longest one (stock 0.9.25), as etcd's followers refuse votes for an
                 // election timeout after hearing from their leader (XENE.md, PERF W3).
+                // xene-server's `Timing::leader_lease` repeats this rule: change both.
                 leader_lease: Duration::from_millis(
                     (config.election_timeout_min + config.heartbeat_interval).min(config.election_timeout_max),
                 ),
