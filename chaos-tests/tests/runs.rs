@@ -160,6 +160,10 @@ spec:
             - {name: wait, run: 'echo "pid $$"; trap "echo got TERM; exit 143" TERM; while true; do sleep 0.1; done'}
 "#;
 
+/// The agents' TTL in these tests (`XENE_AGENT_TTL_MS`). A new leader also waits one TTL for
+/// agents to open their sessions before it counts a missing one (the scheduler's grace).
+const AGENT_TTL: Duration = Duration::from_secs(2);
+
 async fn setup() -> (TestCluster, AgentProc) {
     setup_with("process").await
 }
@@ -169,7 +173,7 @@ async fn setup_with(executor: &str) -> (TestCluster, AgentProc) {
     if executor == "docker" {
         busybox_image();
     }
-    std::env::set_var("XENE_AGENT_TTL_MS", "2000");
+    std::env::set_var("XENE_AGENT_TTL_MS", AGENT_TTL.as_millis().to_string());
     std::env::set_var("XENE_RUN_HISTORY", "3");
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let token =
@@ -492,6 +496,9 @@ async fn a_run_cancelled_before_its_agent_reported_stops_on_the_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_run_is_unknown_then_started_again_as_the_pipeline_retries_say() {
     let (cluster, mut agent) = setup().await;
+    // The leader has led since before `setup` returned; one TTL after that, its grace for
+    // agents' sessions is over, and a session that closes is counted at once.
+    let grace_over = Instant::now() + AGENT_TTL;
     let marker = tempfile::tempdir().expect("temp dir");
     let mark = marker.path().join("first-attempt");
     // The first attempt marks the host and hangs; the second finds the mark and ends.
@@ -507,10 +514,12 @@ async fn a_lost_run_is_unknown_then_started_again_as_the_pipeline_retries_say() 
     let first = wait_run(&cluster, &agent, &id, |r| r.status.phase == RunPhase::Running && mark.exists()).await;
     assert_eq!(first.spec.agent_retries, 0);
 
+    // Killed before the grace is over, the run would be `Unknown` only once it is, which can
+    // be later than the TTL checked below (a CI run lost this test to that).
+    tokio::time::sleep_until(grace_over.into()).await;
     agent.kill();
-    // Out of touch, not yet past its TTL (2 s): Unknown.
-    let unknown =
-        wait_run_for(&cluster, &agent, &id, Duration::from_secs(2), |r| r.status.phase == RunPhase::Unknown).await;
+    // Out of touch, not yet past its TTL: Unknown.
+    let unknown = wait_run_for(&cluster, &agent, &id, AGENT_TTL, |r| r.status.phase == RunPhase::Unknown).await;
     assert!(unknown.status.message.as_deref().is_some_and(|m| m.contains("out of touch")), "{unknown:#?}");
     // Past it, the lease is revoked (no other agent): the run stays Unknown while the lost
     // agent's steps may still be stopping, then waits to start again.
