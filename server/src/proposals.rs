@@ -7,7 +7,8 @@
 //! submissions are in flight at a time; whatever queues up meanwhile leaves as one
 //! [`Command::Batch`] when one of them is done. On the leader a submission is one Raft entry;
 //! on a follower it is one forwarding call to the leader, whose entry then holds the whole
-//! batch. A lone request is sent as it is, so a single client pays nothing but a hand-off.
+//! batch. A caller whose request leaves alone submits it from its own task, so a single client
+//! pays no hand-off between tasks; a batch goes from a task of its own.
 //!
 //! A batch never holds two writes of one key, nor a prefix delete beside anything else: a
 //! key still changes at most once per revision, as watchers and `mod_revision` compares
@@ -103,6 +104,17 @@ impl Proposals {
                         return answer.await.unwrap_or_else(|_| Err(dropped()));
                     }
                     self.sizes.observe(batch.len() as f64);
+                    if let [(mine, _, _)] = batch.as_slice() {
+                        if *mine == ticket {
+                            // Its own request alone: submitted here, with no task between it
+                            // and its answer. Giving up drops it, and nobody else's.
+                            unqueue.ticket = None;
+                            send(submit, untick(batch)).await;
+                            drop(permit);
+                            return answer.await.unwrap_or_else(|_| Err(dropped()));
+                        }
+                    }
+                    let batch = untick(batch);
                     // Its own task, so that a caller giving up does not drop the answers of
                     // the others in its batch. It ends when the submission is answered:
                     // openraft answers every pending write when it shuts down, and a
@@ -141,7 +153,7 @@ fn dropped() -> ServerError {
 
 /// Takes the requests for one entry from the front of `queue`: in order, up to the limits,
 /// stopping before a request that touches a key the batch already writes.
-fn take_batch(queue: &mut VecDeque<Queued>) -> Vec<(ClientRequest, Reply)> {
+fn take_batch(queue: &mut VecDeque<Queued>) -> Vec<Queued> {
     let mut batch = Vec::new();
     let mut bytes = 0;
     let mut keys: HashSet<Vec<u8>> = HashSet::new();
@@ -159,13 +171,18 @@ fn take_batch(queue: &mut VecDeque<Queued>) -> Vec<(ClientRequest, Reply)> {
         let alone = written.is_none();
         keys.extend(written.into_iter().flatten().map(<[u8]>::to_vec));
         bytes += len;
-        let Some((_, request, reply)) = queue.pop_front() else { break };
-        batch.push((request, reply));
+        let Some(queued) = queue.pop_front() else { break };
+        batch.push(queued);
         if alone {
             break;
         }
     }
     batch
+}
+
+/// A batch without its tickets.
+fn untick(batch: Vec<Queued>) -> Vec<(ClientRequest, Reply)> {
+    batch.into_iter().map(|(_, request, reply)| (request, reply)).collect()
 }
 
 /// The keys a request may write (either branch of a transaction), or `None` when it may
@@ -239,7 +256,7 @@ fn write_error(e: &RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Ser
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xene_raft_store::Txn;
+    use xene_raft_store::{Txn, TxnResponse};
 
     fn put(key: &str, value_len: usize) -> ClientRequest {
         ClientRequest {
@@ -264,14 +281,19 @@ mod tests {
         request
     }
 
+    /// A task's ID as a number, to pass through a response.
+    fn task_number(id: tokio::task::Id) -> u64 {
+        id.to_string().parse().expect("a task ID is a number")
+    }
+
     fn queue_of(requests: Vec<ClientRequest>) -> VecDeque<Queued> {
         requests.into_iter().enumerate().map(|(i, r)| (i as u64, r, oneshot::channel().0)).collect()
     }
 
-    fn keys_of(batch: &[(ClientRequest, Reply)]) -> Vec<String> {
+    fn keys_of(batch: &[Queued]) -> Vec<String> {
         batch
             .iter()
-            .map(|(r, _)| match &r.command {
+            .map(|(_, r, _)| match &r.command {
                 Command::Txn(txn) => match &txn.success[0] {
                     Op::Put { key, .. } => String::from_utf8_lossy(key).into_owned(),
                     Op::DeletePrefix { prefix } => format!("{}*", String::from_utf8_lossy(prefix)),
@@ -331,5 +353,39 @@ mod tests {
         for task in hung {
             task.abort();
         }
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_is_submitted_by_its_caller_and_giving_up_ends_it() {
+        use prometheus_client::metrics::histogram::exponential_buckets;
+        let proposals = Arc::new(Proposals::new(Histogram::new(exponential_buckets(1.0, 2.0, 2))));
+        // The submission reports the task it runs in; the caller is a task of its own.
+        let here: Submit = Arc::new(|_| {
+            let submitter = tokio::task::try_id();
+            Box::pin(async move {
+                Ok(ClientResponse::Txn(TxnResponse {
+                    revision: submitter.map_or(0, task_number),
+                    ..TxnResponse::default()
+                }))
+            })
+        });
+        let writer = Arc::clone(&proposals);
+        let (caller, answer) = tokio::spawn(async move { (tokio::task::id(), writer.write(&here, put("a", 1)).await) })
+            .await
+            .expect("the caller's task");
+        match answer {
+            Ok(ClientResponse::Txn(t)) => {
+                assert_eq!(t.revision, task_number(caller), "submitted from the caller's task")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A caller that gives up while its lone request is submitted ends the submission and
+        // frees its permit: no task is left waiting on its behalf.
+        let never: Submit = Arc::new(|_| Box::pin(std::future::pending()));
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(20), proposals.write(&never, put("b", 1))).await;
+        assert!(gave_up.is_err(), "the submission never ends");
+        assert_eq!(proposals.permits.available_permits(), IN_FLIGHT, "the permit went with the caller");
+        assert!(proposals.queue().is_empty());
     }
 }
