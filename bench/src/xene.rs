@@ -63,7 +63,7 @@ impl XeneKv {
 
 impl KvTarget for XeneKv {
     async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), OpError> {
-        let request = self.request(pb::PutRequest { key, value, id: None });
+        let request = self.request(pb::PutRequest { key, value, id: None, prev_kv: false });
         self.client.put(request).await.map(|_| ()).map_err(|s| OpError(format!("{:?}: {}", s.code(), s.message())))
     }
 

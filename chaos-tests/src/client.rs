@@ -171,6 +171,7 @@ pub fn put_op(key: &[u8], value: &[u8]) -> pb::RequestOp {
             key: key.to_vec(),
             value: value.to_vec(),
             id: None,
+            prev_kv: false,
         })),
     }
 }
@@ -182,6 +183,7 @@ pub fn delete_op(key: &[u8]) -> pb::RequestOp {
             key: key.to_vec(),
             prefix: false,
             id: None,
+            prev_kv: false,
         })),
     }
 }

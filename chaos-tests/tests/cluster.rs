@@ -8,7 +8,7 @@ use xene_chaos_tests::harness::{bin_dir, free_port, ClusterOptions, TestCluster,
 use xene_proto as pb;
 
 async fn put(cluster: &TestCluster, index: usize, key: &str, value: &str) -> Result<u64, tonic::Status> {
-    let request = cluster.request(pb::PutRequest { key: key.into(), value: value.into(), id: None });
+    let request = cluster.request(pb::PutRequest { key: key.into(), value: value.into(), id: None, prev_kv: false });
     let reply = cluster.kv(index).put(request).await?.into_inner();
     Ok(reply.header.map_or(0, |h| h.revision))
 }
@@ -265,6 +265,49 @@ async fn leadership_can_be_transferred() {
     put(&cluster, target, "after-transfer", "1").await.expect("the new leader serves writes");
 }
 
+/// Through a follower (so the answer is forwarded from the leader) and through the leader, a
+/// put or delete answers with what it replaced only when the request sets `prev_kv`, as
+/// etcd's do; the count of removed keys comes either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_answer_with_what_they_replaced_only_when_asked() {
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    for index in [(leader + 1) % 3, leader] {
+        let mut kv = cluster.kv(index);
+        let key = |name: &str| format!("prev/{index}/{name}").into_bytes();
+        let put = |name: &str, value: &str, prev_kv: bool| {
+            cluster.request(pb::PutRequest { key: key(name), value: value.into(), id: None, prev_kv })
+        };
+        kv.put(put("a", "1", false)).await.expect("put");
+        let quiet = kv.put(put("a", "2", false)).await.expect("put").into_inner();
+        assert_eq!(quiet.prev_kv, None, "not asked for");
+        let asked = kv.put(put("a", "3", true)).await.expect("put").into_inner();
+        let prev = asked.prev_kv.expect("asked for, and the key existed");
+        assert_eq!((prev.value.as_slice(), prev.version), (&b"2"[..], 2));
+        kv.put(put("b", "1", false)).await.expect("put");
+        kv.put(put("c", "1", false)).await.expect("put");
+
+        let delete = |name: &str, prefix: bool, prev_kv: bool| {
+            cluster.request(pb::DeleteRequest { key: key(name), prefix, id: None, prev_kv })
+        };
+        let quiet = kv.delete(delete("a", false, false)).await.expect("delete").into_inner();
+        assert_eq!((quiet.deleted, quiet.prev_kvs.len()), (1, 0));
+        let asked = kv.delete(delete("b", false, true)).await.expect("delete").into_inner();
+        assert_eq!(asked.deleted, 1);
+        assert_eq!(asked.prev_kvs.iter().map(|kv| kv.value.as_slice()).collect::<Vec<_>>(), [&b"1"[..]]);
+        kv.put(put("d", "1", false)).await.expect("put");
+        let quiet = kv.delete(delete("", true, false)).await.expect("delete").into_inner();
+        assert_eq!((quiet.deleted, quiet.prev_kvs.len()), (2, 0), "c and d, counted, not returned");
+        let left = cluster
+            .kv(index)
+            .range(cluster.request(pb::RangeRequest { key: key(""), prefix: true, limit: 0, serializable: false }))
+            .await
+            .expect("range")
+            .into_inner();
+        assert!(left.kvs.is_empty(), "{:?}", left.kvs);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;
@@ -274,12 +317,13 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     // No token, and a wrong token.
     let mut kv = cluster.kv(1);
     let no_token = kv
-        .put(tonic::Request::new(pb::PutRequest { key: "stable".into(), value: "2".into(), id: None }))
+        .put(tonic::Request::new(pb::PutRequest { key: "stable".into(), value: "2".into(), id: None, prev_kv: false }))
         .await
         .expect_err("no token");
     assert_eq!(no_token.code(), Code::Unauthenticated);
     assert!(no_token.message().contains("token"), "{no_token}");
-    let mut wrong = tonic::Request::new(pb::PutRequest { key: "stable".into(), value: "2".into(), id: None });
+    let mut wrong =
+        tonic::Request::new(pb::PutRequest { key: "stable".into(), value: "2".into(), id: None, prev_kv: false });
     wrong.metadata_mut().insert("authorization", "Bearer xene_000000000000_nope".parse().expect("ascii"));
     assert_eq!(kv.put(wrong).await.expect_err("wrong token").code(), Code::Unauthenticated);
 
@@ -295,6 +339,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
                 key: "stable".into(),
                 value: "3".into(),
                 id: None,
+                prev_kv: false,
             })),
         }],
         failure: vec![],
@@ -304,13 +349,16 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert!(!reply.succeeded);
 
     // A value over the limit.
-    let big = pb::PutRequest { key: "stable".into(), value: vec![b'x'; 1024 * 1024 + 1], id: None };
+    let big = pb::PutRequest { key: "stable".into(), value: vec![b'x'; 1024 * 1024 + 1], id: None, prev_kv: false };
     let too_big = cluster.kv(0).put(cluster.request(big)).await.expect_err("oversized value");
     assert_eq!(too_big.code(), Code::InvalidArgument, "{too_big}");
     assert!(too_big.message().contains("limit"), "{too_big}");
 
     // An empty key.
-    let empty = cluster.kv(0).put(cluster.request(pb::PutRequest { key: vec![], value: vec![], id: None })).await;
+    let empty = cluster
+        .kv(0)
+        .put(cluster.request(pb::PutRequest { key: vec![], value: vec![], id: None, prev_kv: false }))
+        .await;
     assert_eq!(empty.expect_err("empty key").code(), Code::InvalidArgument);
 
     // Removing a node that is not a member.
@@ -365,8 +413,12 @@ async fn a_bootstrap_cut_short_is_finished_on_restart_and_a_finished_one_left_al
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(std::fs::read_to_string(&path).expect("admin.token"), first, "a finished bootstrap is left alone");
 
-    let request =
-        cluster.request(pb::DeleteRequest { key: b"/xene/cluster/bootstrapped".to_vec(), prefix: false, id: None });
+    let request = cluster.request(pb::DeleteRequest {
+        key: b"/xene/cluster/bootstrapped".to_vec(),
+        prefix: false,
+        id: None,
+        prev_kv: false,
+    });
     cluster.kv(1).delete(request).await.expect("delete the record of the bootstrap");
     assert_eq!(bootstrapped(&cluster).await.expect("range"), 0);
     cluster.servers[0].restart_bootstrapping();

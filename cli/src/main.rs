@@ -354,7 +354,12 @@ fn request_id() -> pb::RequestId {
 async fn kv_command(cluster: &Cluster, command: KvCommand) -> Result<()> {
     match command {
         KvCommand::Put { key, value } => {
-            let message = pb::PutRequest { key: key.into_bytes(), value: value.into_bytes(), id: Some(request_id()) };
+            let message = pb::PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                id: Some(request_id()),
+                prev_kv: false,
+            };
             let reply = cluster
                 .call(|ch| {
                     let message = message.clone();
@@ -388,7 +393,7 @@ async fn kv_command(cluster: &Cluster, command: KvCommand) -> Result<()> {
             }
         }
         KvCommand::Del { key, prefix } => {
-            let message = pb::DeleteRequest { key: key.into_bytes(), prefix, id: Some(request_id()) };
+            let message = pb::DeleteRequest { key: key.into_bytes(), prefix, id: Some(request_id()), prev_kv: false };
             let reply = cluster
                 .call(|ch| {
                     let message = message.clone();

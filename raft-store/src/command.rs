@@ -109,10 +109,17 @@ impl Compare {
 
 /// One operation of a transaction branch. Operations run in order and see the writes of
 /// the operations before them in the same transaction.
+///
+/// A write answers with what it replaced only when asked to (the `…Prev` variants, etcd's
+/// `prev_kv`): the answer of a put or delete that nobody reads would otherwise carry the old
+/// values, and a prefix delete of a run's logs would hold all of them in memory at once.
+///
+/// The order of the variants is their encoding (postcard writes a variant's index), and
+/// stores and peers of earlier builds hold the first four: new variants go at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Write `value` at `key`.
-    Put {
+    /// Write `value` at `key`, answering with the key's previous version.
+    PutPrev {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         #[serde(with = "serde_bytes")]
@@ -126,16 +133,44 @@ pub enum Op {
         prefix: bool,
         limit: u64,
     },
-    /// Remove one key.
+    /// Remove one key, answering with it as it was.
+    DeletePrev {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Remove every key that starts with `prefix`, answering with them as they were.
+    DeletePrefixPrev {
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+    },
+    /// Write `value` at `key`.
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Remove one key, answering with how many keys it removed (0 or 1).
     Delete {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
-    /// Remove every key that starts with `prefix`.
+    /// Remove every key that starts with `prefix`, answering with how many it removed.
     DeletePrefix {
         #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
     },
+}
+
+impl Op {
+    /// The single key it reads or writes, if it names one.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Op::Put { key, .. } | Op::PutPrev { key, .. } | Op::Delete { key } | Op::DeletePrev { key } => Some(key),
+            Op::Get { key, prefix: false, .. } => Some(key),
+            Op::Get { prefix: true, .. } | Op::DeletePrefix { .. } | Op::DeletePrefixPrev { .. } => None,
+        }
+    }
 }
 
 /// A key as stored, with its revisions (DESIGN §4.3).
@@ -211,12 +246,14 @@ pub struct TxnResponse {
 /// The result of one operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
-    /// The key as it was before the put, if it existed.
+    /// The key as it was before the put, if it existed and the put asked for it.
     Put { prev: Option<KeyValue> },
     /// The keys read; `more` is set when `limit` cut the list short.
     Get { kvs: Vec<KeyValue>, more: bool },
-    /// The keys removed.
+    /// The keys a `…Prev` delete removed, as they were.
     Delete { deleted: Vec<KeyValue> },
+    /// How many keys a delete that did not ask for them removed.
+    Removed { count: u64 },
 }
 
 /// Why a command was refused.
@@ -240,9 +277,9 @@ impl Op {
     /// Bytes of the keys and values it carries.
     pub fn payload_len(&self) -> usize {
         match self {
-            Op::Put { key, value } => key.len() + value.len(),
-            Op::Get { key, .. } | Op::Delete { key } => key.len(),
-            Op::DeletePrefix { prefix } => prefix.len(),
+            Op::Put { key, value } | Op::PutPrev { key, value } => key.len() + value.len(),
+            Op::Get { key, .. } | Op::Delete { key } | Op::DeletePrev { key } => key.len(),
+            Op::DeletePrefix { prefix } | Op::DeletePrefixPrev { prefix } => prefix.len(),
         }
     }
 }
@@ -290,13 +327,13 @@ impl Txn {
         }
         for op in self.success.iter().chain(&self.failure) {
             match op {
-                Op::Put { key, value } => {
+                Op::Put { key, value } | Op::PutPrev { key, value } => {
                     check_key(key, false)?;
                     check_value(key, value)?;
                 }
                 Op::Get { key, prefix, .. } => check_key(key, *prefix)?,
-                Op::Delete { key } => check_key(key, false)?,
-                Op::DeletePrefix { prefix } => check_key(prefix, true)?,
+                Op::Delete { key } | Op::DeletePrev { key } => check_key(key, false)?,
+                Op::DeletePrefix { prefix } | Op::DeletePrefixPrev { prefix } => check_key(prefix, true)?,
             }
         }
         Ok(())
@@ -527,15 +564,15 @@ mod tests {
         assert_eq!(postcard::to_stdvec(&kv).ok(), postcard::to_stdvec(&old).ok());
         let ops = [
             (
-                Op::Put { key: b"k".to_vec(), value: value.clone() },
+                Op::PutPrev { key: b"k".to_vec(), value: value.clone() },
                 before::Op::Put { key: b"k".to_vec(), value: value.clone() },
             ),
             (
                 Op::Get { key: b"k".to_vec(), prefix: true, limit: 7 },
                 before::Op::Get { key: b"k".to_vec(), prefix: true, limit: 7 },
             ),
-            (Op::Delete { key: vec![] }, before::Op::Delete { key: vec![] }),
-            (Op::DeletePrefix { prefix: b"/p/".to_vec() }, before::Op::DeletePrefix { prefix: b"/p/".to_vec() }),
+            (Op::DeletePrev { key: vec![] }, before::Op::Delete { key: vec![] }),
+            (Op::DeletePrefixPrev { prefix: b"/p/".to_vec() }, before::Op::DeletePrefix { prefix: b"/p/".to_vec() }),
         ];
         for (op, old) in ops {
             let bytes = postcard::to_stdvec(&op).expect("encode");
@@ -554,5 +591,25 @@ mod tests {
         let compare = Compare::value(b"k".to_vec(), b"v".to_vec());
         let bytes = postcard::to_stdvec(&compare).expect("encode");
         assert_eq!(postcard::from_bytes::<Compare>(&bytes).ok(), Some(compare));
+    }
+
+    /// The writes that do not answer with what they replaced came after the four variants
+    /// earlier builds wrote, so those read back as the writes that do (as they always did).
+    #[test]
+    fn writes_without_their_previous_values_are_encoded_after_the_earlier_variants() {
+        let ops = [
+            (Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }, 4),
+            (Op::Delete { key: b"k".to_vec() }, 5),
+            (Op::DeletePrefix { prefix: b"p".to_vec() }, 6),
+        ];
+        for (op, index) in ops {
+            let bytes = postcard::to_stdvec(&op).expect("encode");
+            assert_eq!(bytes.first(), Some(&index), "{op:?}");
+            assert_eq!(postcard::from_bytes::<Op>(&bytes).ok(), Some(op));
+        }
+        let removed = OpResult::Removed { count: 3 };
+        let bytes = postcard::to_stdvec(&removed).expect("encode");
+        assert_eq!(bytes, [3, 3], "after Put, Get and Delete");
+        assert_eq!(postcard::from_bytes::<OpResult>(&bytes).ok(), Some(removed));
     }
 }

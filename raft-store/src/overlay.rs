@@ -17,6 +17,16 @@ use crate::command::KeyValue;
 use crate::db::{sm_key, Db, CF_SM};
 use crate::error::Result;
 
+/// What a scan returns of each key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Values {
+    /// The key as stored, value and revisions.
+    Read,
+    /// The key alone (empty value, revisions 0): a prefix delete that nobody asked to answer
+    /// with the old values does not decode, nor hold, all of them at once.
+    Skip,
+}
+
 /// Pending writes: `Some` is a put, `None` a delete.
 pub(crate) struct Overlay<'a> {
     db: &'a Db,
@@ -85,7 +95,7 @@ impl<'a> Overlay<'a> {
     }
 
     /// Up to `limit` keys starting with `prefix` in key order (0 = all), and whether more exist.
-    pub(crate) fn scan(&self, prefix: &[u8], limit: u64) -> Result<(Vec<KeyValue>, bool)> {
+    pub(crate) fn scan(&self, prefix: &[u8], limit: u64, values: Values) -> Result<(Vec<KeyValue>, bool)> {
         let start = data_key(prefix);
         let stored = self
             .db
@@ -94,11 +104,18 @@ impl<'a> Overlay<'a> {
             .map(|item| item.map_err(crate::error::StoreError::from))
             .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&start)))
             .map(|item| {
-                let (_, value) = item?;
-                codec::decode::<KeyValue>("stored key", &value).map_err(Into::into)
+                let (key, value) = item?;
+                match values {
+                    Values::Read => codec::decode::<KeyValue>("stored key", &value).map_err(Into::into),
+                    Values::Skip => Ok(KeyValue { key: key[sm_key::DATA.len()..].to_vec(), ..KeyValue::default() }),
+                }
             });
         let pending = self.writes.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix));
-        merge(stored.peekable(), pending.peekable(), limit)
+        let (mut kvs, more) = merge(stored.peekable(), pending.peekable(), limit)?;
+        if values == Values::Skip {
+            kvs.iter_mut().for_each(|kv| *kv = KeyValue { key: std::mem::take(&mut kv.key), ..KeyValue::default() });
+        }
+        Ok((kvs, more))
     }
 
     pub(crate) fn put(&mut self, kv: KeyValue) {

@@ -24,7 +24,7 @@ use crate::command::{
 use crate::db::{meta_key, sm_key, Db, CF_META, CF_SM};
 use crate::dedup::{DedupLimits, DedupTable, Seen};
 use crate::error::StoreError;
-use crate::overlay::Overlay;
+use crate::overlay::{Overlay, Values};
 use crate::reader::KvReader;
 use crate::types::{Entry, LogId, Revision, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::watch::WatchHub;
@@ -236,10 +236,7 @@ fn named_keys<'r>(request: &'r ClientRequest, keys: &mut Vec<&'r [u8]>) {
     match &request.command {
         Command::Txn(txn) => {
             keys.extend(txn.compare.iter().map(|compare| compare.key.as_slice()));
-            keys.extend(txn.success.iter().filter_map(|op| match op {
-                Op::Put { key, .. } | Op::Delete { key } | Op::Get { key, prefix: false, .. } => Some(key.as_slice()),
-                Op::Get { prefix: true, .. } | Op::DeletePrefix { .. } => None,
-            }));
+            keys.extend(txn.success.iter().filter_map(Op::key));
         }
         Command::Batch(requests) => requests.iter().for_each(|inner| named_keys(inner, keys)),
     }
@@ -264,7 +261,7 @@ fn execute_txn(
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         let result = match op {
-            Op::Put { key, value } => {
+            Op::Put { key, value } | Op::PutPrev { key, value } => {
                 let prev = overlay.get_to_write(key)?;
                 let kv = KeyValue {
                     key: key.clone(),
@@ -275,29 +272,38 @@ fn execute_txn(
                 };
                 events.push(Event { kind: EventKind::Put, kv: kv.clone() });
                 overlay.put(kv);
-                OpResult::Put { prev }
+                OpResult::Put { prev: prev.filter(|_| matches!(op, Op::PutPrev { .. })) }
             }
             Op::Get { key, prefix: true, limit } => {
-                let (kvs, more) = overlay.scan(key, *limit)?;
+                let (kvs, more) = overlay.scan(key, *limit, Values::Read)?;
                 OpResult::Get { kvs, more }
             }
             Op::Get { key, prefix: false, .. } => {
                 OpResult::Get { kvs: overlay.get(key)?.into_iter().collect(), more: false }
             }
-            Op::Delete { key } => {
+            Op::Delete { key } | Op::DeletePrev { key } => {
                 let deleted: Vec<KeyValue> = overlay.get_to_write(key)?.into_iter().collect();
                 delete_all(overlay, events, revision, &deleted);
-                OpResult::Delete { deleted }
+                deleted_result(op, deleted)
             }
-            Op::DeletePrefix { prefix } => {
-                let (deleted, _) = overlay.scan(prefix, 0)?;
+            Op::DeletePrefix { prefix } | Op::DeletePrefixPrev { prefix } => {
+                let values = if matches!(op, Op::DeletePrefixPrev { .. }) { Values::Read } else { Values::Skip };
+                let (deleted, _) = overlay.scan(prefix, 0, values)?;
                 delete_all(overlay, events, revision, &deleted);
-                OpResult::Delete { deleted }
+                deleted_result(op, deleted)
             }
         };
         results.push(result);
     }
     Ok(TxnResponse { revision, succeeded, results })
+}
+
+/// What a delete answers: the keys as they were if it asked for them, else how many.
+fn deleted_result(op: &Op, deleted: Vec<KeyValue>) -> OpResult {
+    match op {
+        Op::DeletePrev { .. } | Op::DeletePrefixPrev { .. } => OpResult::Delete { deleted },
+        _ => OpResult::Removed { count: deleted.len() as u64 },
+    }
 }
 
 fn delete_all(overlay: &mut Overlay<'_>, events: &mut Vec<Event>, revision: Revision, deleted: &[KeyValue]) {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{get, get_prefix, open, put, request, txn};
+use common::{get, get_prefix, open, put, put_prev, request, txn};
 use xene_raft_store::command::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use xene_raft_store::{ClientResponse, Compare, CompareOp, CompareTarget, KeyValue, Op, OpResult, Rejection, Txn};
 
@@ -17,7 +17,7 @@ async fn revisions_follow_the_log_index() {
     let first = store.txn(txn(vec![put("a", "1")])).await;
     assert_eq!(first.revision, 1);
     assert_eq!(first.results, vec![OpResult::Put { prev: None }]);
-    let second = store.txn(txn(vec![put("a", "2")])).await;
+    let second = store.txn(txn(vec![put_prev("a", "2")])).await;
     assert_eq!(second.results, vec![OpResult::Put { prev: Some(kv("a", "1", 1, 1, 1)) }]);
     let read = store.txn(txn(vec![get("a")])).await;
     assert_eq!(read.results, vec![OpResult::Get { kvs: vec![kv("a", "2", 1, 2, 2)], more: false }]);
@@ -193,7 +193,7 @@ async fn prefix_ranges_with_limits_and_delete_prefix() {
 
     let response = store.txn(txn(vec![Op::DeletePrefix { prefix: "a/".into() }])).await;
     match &response.results[0] {
-        OpResult::Delete { deleted } => assert_eq!(deleted.len(), 3, "a/0, a/1, a/3"),
+        OpResult::Removed { count } => assert_eq!(*count, 3, "a/0, a/1, a/3"),
         other => panic!("{other:?}"),
     }
     let left = reader.range(Vec::new(), true, 0).await.expect("range");
@@ -201,7 +201,62 @@ async fn prefix_ranges_with_limits_and_delete_prefix() {
     assert_eq!(left.revision, 3);
     // Deleting what is not there deletes nothing and is not an error.
     let response = store.txn(txn(vec![Op::Delete { key: "nope".into() }])).await;
-    assert_eq!(response.results, vec![OpResult::Delete { deleted: vec![] }]);
+    assert_eq!(response.results, vec![OpResult::Removed { count: 0 }]);
+}
+
+/// A write answers with what it replaced only when it asks to (etcd's `prev_kv`); asked or
+/// not, it changes the store, the revisions and the watch events alike.
+#[tokio::test]
+async fn writes_answer_with_what_they_replaced_only_when_asked() {
+    let mut store = open();
+    store.txn(txn(vec![put("a", "1"), put("p/1", "1"), put("p/2", "2"), put("q/1", "1"), put("q/2", "2")])).await;
+    let quiet = store
+        .txn(txn(vec![put("a", "2"), Op::Delete { key: "a".into() }, Op::DeletePrefix { prefix: "p/".into() }]))
+        .await;
+    assert_eq!(
+        quiet.results,
+        vec![OpResult::Put { prev: None }, OpResult::Removed { count: 1 }, OpResult::Removed { count: 2 }]
+    );
+    store.txn(txn(vec![put("a", "3")])).await;
+    let asked = store
+        .txn(txn(vec![
+            put_prev("a", "4"),
+            Op::DeletePrev { key: "a".into() },
+            Op::DeletePrefixPrev { prefix: "q/".into() },
+        ]))
+        .await;
+    assert_eq!(
+        asked.results,
+        vec![
+            OpResult::Put { prev: Some(kv("a", "3", 3, 3, 1)) },
+            OpResult::Delete { deleted: vec![kv("a", "4", 3, 4, 2)] },
+            OpResult::Delete { deleted: vec![kv("q/1", "1", 1, 1, 1), kv("q/2", "2", 1, 1, 1)] },
+        ]
+    );
+    let left = store.sm.reader().range(Vec::new(), true, 0).await.expect("range");
+    assert!(left.kvs.is_empty(), "both kinds removed everything: {:?}", left.kvs);
+    let mut watcher = store.sm.reader().watch(2, Vec::new()).expect("watch");
+    let mut kinds = Vec::new();
+    while kinds.len() < 9 {
+        let events = tokio::time::timeout(std::time::Duration::from_secs(5), watcher.next()).await;
+        let events = events.expect("the events of revisions 2 to 4").expect("events");
+        kinds.extend(events.iter().map(|e| (e.kv.key.clone(), e.kind, e.kv.mod_revision)));
+    }
+    use xene_raft_store::EventKind::{Delete, Put};
+    assert_eq!(
+        kinds,
+        vec![
+            (b"a".to_vec(), Put, 2),
+            (b"a".to_vec(), Delete, 2),
+            (b"p/1".to_vec(), Delete, 2),
+            (b"p/2".to_vec(), Delete, 2),
+            (b"a".to_vec(), Put, 3),
+            (b"a".to_vec(), Put, 4),
+            (b"a".to_vec(), Delete, 4),
+            (b"q/1".to_vec(), Delete, 4),
+            (b"q/2".to_vec(), Delete, 4),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -317,17 +372,17 @@ async fn keys_read_ahead_for_an_entry_still_see_every_earlier_write() {
         common::entry(
             2,
             batch(vec![
-                txn(vec![put("a", "2")]),
-                txn(vec![put("new", "2")]),
-                txn(vec![Op::Delete { key: "gone".into() }]),
+                txn(vec![put_prev("a", "2")]),
+                txn(vec![put_prev("new", "2")]),
+                txn(vec![Op::DeletePrev { key: "gone".into() }]),
             ]),
         ),
         // Revision 3, in the same apply call: every key written by the entry before.
         common::entry(
             3,
             batch(vec![
-                txn(vec![put("a", "3"), get("a")]),
-                txn(vec![put("new", "3")]),
+                txn(vec![put_prev("a", "3"), get("a")]),
+                txn(vec![put_prev("new", "3")]),
                 Txn {
                     compare: vec![Compare::absent("gone")],
                     success: vec![get("b"), put("gone", "3")],

@@ -70,13 +70,31 @@ pub fn compare_from_pb(compare: pb::Compare, path: &str) -> Result<Compare> {
 
 pub fn op_from_pb(op: pb::RequestOp, path: &str) -> Result<Op> {
     match op.request {
-        Some(pb::request_op::Request::Put(put)) => Ok(Op::Put { key: put.key, value: put.value }),
+        Some(pb::request_op::Request::Put(put)) => Ok(put_from_pb(put)),
         Some(pb::request_op::Request::Range(range)) => {
             Ok(Op::Get { key: range.key, prefix: range.prefix, limit: range.limit })
         }
-        Some(pb::request_op::Request::Delete(delete)) if delete.prefix => Ok(Op::DeletePrefix { prefix: delete.key }),
-        Some(pb::request_op::Request::Delete(delete)) => Ok(Op::Delete { key: delete.key }),
+        Some(pb::request_op::Request::Delete(delete)) => Ok(delete_from_pb(delete)),
         None => Err(ServerError::InvalidArgument(format!("{path}: empty operation; set put, range or delete"))),
+    }
+}
+
+/// A put that answers with the key's previous version only when the request asks.
+pub fn put_from_pb(put: pb::PutRequest) -> Op {
+    match put.prev_kv {
+        true => Op::PutPrev { key: put.key, value: put.value },
+        false => Op::Put { key: put.key, value: put.value },
+    }
+}
+
+/// A delete (of one key or a prefix) that answers with the keys as they were only when the
+/// request asks.
+pub fn delete_from_pb(delete: pb::DeleteRequest) -> Op {
+    match (delete.prefix, delete.prev_kv) {
+        (true, true) => Op::DeletePrefixPrev { prefix: delete.key },
+        (true, false) => Op::DeletePrefix { prefix: delete.key },
+        (false, true) => Op::DeletePrev { key: delete.key },
+        (false, false) => Op::Delete { key: delete.key },
     }
 }
 
@@ -118,6 +136,12 @@ pub fn result_to_pb(result: OpResult, header: &pb::ResponseHeader) -> pb::Respon
             header: Some(*header),
             deleted: deleted.len() as u64,
             prev_kvs: deleted.into_iter().map(kv_to_pb).collect(),
+            replayed: false,
+        }),
+        OpResult::Removed { count } => pb::response_op::Response::Delete(pb::DeleteResponse {
+            header: Some(*header),
+            deleted: count,
+            prev_kvs: vec![],
             replayed: false,
         }),
     };

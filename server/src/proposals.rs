@@ -192,9 +192,11 @@ fn written_keys(request: &ClientRequest) -> Option<Vec<&[u8]>> {
     let mut keys = Vec::new();
     for op in txn.success.iter().chain(&txn.failure) {
         match op {
-            Op::Put { key, .. } | Op::Delete { key } => keys.push(key.as_slice()),
+            Op::Put { key, .. } | Op::PutPrev { key, .. } | Op::Delete { key } | Op::DeletePrev { key } => {
+                keys.push(key.as_slice())
+            }
             Op::Get { .. } => {}
-            Op::DeletePrefix { .. } => return None,
+            Op::DeletePrefix { .. } | Op::DeletePrefixPrev { .. } => return None,
         }
     }
     Some(keys)

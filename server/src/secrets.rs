@@ -65,7 +65,7 @@ pub async fn list(node: &ClusterNode) -> Result<Vec<(SecretRecord, u64)>> {
 /// Deletes a secret.
 pub async fn delete(node: &ClusterNode, name: &str) -> Result<SecretRecord> {
     let key = keys::secret(name);
-    let response = node.txn(Txn { success: vec![Op::Delete { key: key.into_bytes() }], ..Txn::default() }).await?;
+    let response = node.txn(Txn { success: vec![Op::DeletePrev { key: key.into_bytes() }], ..Txn::default() }).await?;
     match response.results.first() {
         Some(xene_raft_store::OpResult::Delete { deleted }) if !deleted.is_empty() => {
             serde_json::from_slice(&deleted[0].value).map_err(internal)

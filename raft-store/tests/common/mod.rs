@@ -43,6 +43,12 @@ pub fn put(key: &str, value: &str) -> Op {
     Op::Put { key: key.into(), value: value.into() }
 }
 
+/// A put that answers with the key's previous version.
+#[allow(dead_code)] // not every test binary that shares this module uses it
+pub fn put_prev(key: &str, value: &str) -> Op {
+    Op::PutPrev { key: key.into(), value: value.into() }
+}
+
 pub fn get(key: &str) -> Op {
     Op::Get { key: key.into(), prefix: false, limit: 0 }
 }

@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use xene_proto as pb;
 use xene_proto::kv_service_server::KvService;
-use xene_raft_store::{ClientRequest, ClientResponse, Command, Op, OpResult, StoreError, Txn, WatchKeys};
+use xene_raft_store::{ClientRequest, ClientResponse, Command, OpResult, StoreError, Txn, WatchKeys};
 
 use crate::auth::{Role, TokenCache};
-use crate::convert::{event_to_pb, kv_to_pb, result_to_pb, txn_from_pb};
+use crate::convert::{delete_from_pb, event_to_pb, kv_to_pb, put_from_pb, result_to_pb, txn_from_pb};
 use crate::error::{Result as ServerResult, ServerError};
 use crate::node::{now_ms, ClusterNode};
 
@@ -85,9 +85,10 @@ impl KvService for KvApi {
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
-        let put = request.into_inner();
-        let txn = Txn { success: vec![Op::Put { key: put.key, value: put.value }], ..Txn::default() };
-        let written = self.write(txn, put.id).await?;
+        let mut put = request.into_inner();
+        let id = put.id.take();
+        let txn = Txn { success: vec![put_from_pb(put)], ..Txn::default() };
+        let written = self.write(txn, id).await?;
         let prev_kv = match written.results.into_iter().next() {
             Some(OpResult::Put { prev }) => prev.map(kv_to_pb),
             _ => None,
@@ -117,16 +118,17 @@ impl KvService for KvApi {
     #[tracing::instrument(skip_all, fields(node = self.node.id))]
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
-        let delete = request.into_inner();
-        let op = if delete.prefix { Op::DeletePrefix { prefix: delete.key } } else { Op::Delete { key: delete.key } };
-        let written = self.write(Txn { success: vec![op], ..Txn::default() }, delete.id).await?;
-        let prev_kvs = match written.results.into_iter().next() {
-            Some(OpResult::Delete { deleted }) => deleted.into_iter().map(kv_to_pb).collect(),
-            _ => vec![],
+        let mut delete = request.into_inner();
+        let id = delete.id.take();
+        let written = self.write(Txn { success: vec![delete_from_pb(delete)], ..Txn::default() }, id).await?;
+        let (deleted, prev_kvs) = match written.results.into_iter().next() {
+            Some(OpResult::Delete { deleted }) => (deleted.len() as u64, deleted.into_iter().map(kv_to_pb).collect()),
+            Some(OpResult::Removed { count }) => (count, vec![]),
+            _ => (0, vec![]),
         };
         Ok(Response::new(pb::DeleteResponse {
             header: Some(self.header(written.revision)),
-            deleted: prev_kvs.len() as u64,
+            deleted,
             prev_kvs,
             replayed: written.replayed,
         }))
