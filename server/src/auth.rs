@@ -157,12 +157,15 @@ fn split(text: &str) -> Result<(&str, &str)> {
 
 /// Compares the secret with the stored hash in constant time.
 fn verify(record: TokenRecord, secret: &str) -> Result<TokenRecord> {
-    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
-    if bool::from(digest.as_bytes().ct_eq(record.secret_sha256.as_bytes())) {
-        Ok(record)
-    } else {
-        Err(invalid())
-    }
+    matches_secret(&record, secret).then_some(record).ok_or_else(invalid)
+}
+
+/// Whether `secret` hashes to the record's hash, compared in constant time; the hex digest
+/// is written on the stack, as this runs for every call.
+fn matches_secret(record: &TokenRecord, secret: &str) -> bool {
+    let mut digest = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(secret.as_bytes()), &mut digest).is_ok()
+        && bool::from(digest.as_slice().ct_eq(record.secret_sha256.as_bytes()))
 }
 
 /// How long a token ID that was looked up and not found is refused without another lookup.
@@ -193,6 +196,10 @@ impl TokenCache {
         required: Role,
     ) -> Result<Caller> {
         let text = bearer(metadata)?;
+        let (id, secret) = split(text)?;
+        if let Some(answer) = self.check_cached(id, secret, required) {
+            return answer;
+        }
         let record = self.record_or_load(node, text).await?;
         self.admit(&record, required)
     }
@@ -239,8 +246,15 @@ impl TokenCache {
     /// Checks a token against this server's view only (no lookup).
     pub fn check(&self, text: &str, required: Role) -> Result<Caller> {
         let (id, secret) = split(text)?;
-        let record = verify(self.known(id).ok_or_else(invalid)?, secret)?;
-        self.admit(&record, required)
+        self.check_cached(id, secret, required).unwrap_or_else(|| Err(invalid()))
+    }
+
+    /// Checks a token whose ID the cache holds where it is stored, without copying its
+    /// record (this runs for every call); `None` when the cache does not hold the ID.
+    fn check_cached(&self, id: &str, secret: &str, required: Role) -> Option<Result<Caller>> {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let record = tokens.get(id)?;
+        Some(if matches_secret(record, secret) { self.admit(record, required) } else { Err(invalid()) })
     }
 
     fn admit(&self, record: &TokenRecord, required: Role) -> Result<Caller> {
@@ -344,6 +358,23 @@ mod tests {
             metadata.insert("authorization", header.parse().expect("ascii"));
             assert_eq!(bearer(&metadata).expect("a token"), "xene_1_a", "{header:?}");
         }
+    }
+
+    #[test]
+    fn a_cached_token_is_admitted_only_with_its_own_secret_and_a_role_that_allows_the_call() {
+        let cache = TokenCache::default();
+        let token = mint(Role::Viewer, "reader", 1);
+        cache.upsert(token.record.clone());
+        let caller = cache.check(&token.text, Role::Viewer).expect("its own secret");
+        assert_eq!((caller.token_id.as_str(), caller.role), (token.record.id.as_str(), Role::Viewer));
+        let (prefix, secret) = token.text.rsplit_once('_').expect("xene_<id>_<secret>");
+        let mut other = secret.to_string();
+        let last = if other.ends_with('a') { "b" } else { "a" };
+        other.replace_range(other.len() - 1.., last);
+        let wrong = format!("{prefix}_{other}");
+        assert!(matches!(cache.check(&wrong, Role::Viewer), Err(ServerError::Unauthenticated(_))), "one character off");
+        assert!(matches!(cache.check(&format!("{prefix}_"), Role::Viewer), Err(ServerError::Unauthenticated(_))));
+        assert!(matches!(cache.check(&token.text, Role::Admin), Err(ServerError::PermissionDenied(_))));
     }
 
     #[test]

@@ -18,15 +18,17 @@ use prometheus_client::registry::Registry;
 use xene_model::status::RunPhase;
 use xene_raft_store::Raft;
 
+/// Labels of one request's counter: static strings, so that counting a request allocates
+/// nothing ([`method_label`], [`code_label`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    pub method: String,
-    pub code: String,
+    pub method: &'static str,
+    pub code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodOnly {
-    pub method: String,
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -264,6 +266,17 @@ fn method_label(path: &str) -> &'static str {
     METHODS.binary_search(&method).map_or(UNKNOWN_METHOD, |i| METHODS[i])
 }
 
+/// The gRPC status codes, as the `code` label writes them.
+const CODES: [&str; 17] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
+
+/// The `code` label of a response with this `grpc-status` header: none is a success (a unary
+/// call's status then comes in the trailers, and only errors are answered in the headers); a
+/// value that is no gRPC code reads `other`.
+fn code_label(status: Option<&[u8]>) -> &'static str {
+    let Some(status) = status else { return CODES[0] };
+    CODES.iter().find(|code| code.as_bytes() == status).copied().unwrap_or("other")
+}
+
 /// A tower layer that counts gRPC requests and times them, by method and status.
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
@@ -299,17 +312,17 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(request.uri().path()).to_string();
+        let method = method_label(request.uri().path());
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await;
             let code = match &response {
-                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
-                Err(_) => "transport".to_string(),
+                Ok(r) => code_label(r.headers().get("grpc-status").map(|v| v.as_bytes())),
+                Err(_) => "transport",
             };
-            metrics.api_requests.get_or_create(&MethodLabels { method: method.clone(), code }).inc();
+            metrics.api_requests.get_or_create(&MethodLabels { method, code }).inc();
             metrics.api_seconds.get_or_create(&MethodOnly { method }).observe(started.elapsed().as_secs_f64());
             response
         })
@@ -391,6 +404,15 @@ mod tests {
             response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("12"));
             std::future::ready(Ok(response))
         }
+    }
+
+    #[test]
+    fn status_headers_are_labelled_by_code() {
+        assert_eq!(code_label(None), "0");
+        assert_eq!(code_label(Some(b"14")), "14");
+        assert_eq!(code_label(Some(b"16")), "16");
+        assert_eq!(code_label(Some(b"17")), "other");
+        assert_eq!(code_label(Some(b"")), "other");
     }
 
     #[tokio::test]

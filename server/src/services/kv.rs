@@ -1,6 +1,7 @@
 //! `KvService`: the raw revisioned store (DESIGN §4.3–§4.6, §11.1), admin tokens only.
 //! Writes go through Raft (forwarded to the leader); reads are linearizable unless the
-//! request asks for a serializable one.
+//! request asks for a serializable one. Its calls' spans are at debug level: these calls
+//! come by the thousand a second (PERF W1, W2), and an enabled span allocates on each.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -82,7 +83,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 
 #[tonic::async_trait]
 impl KvService for KvApi {
-    #[tracing::instrument(skip_all, fields(node = self.node.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let mut put = request.into_inner();
@@ -100,7 +101,7 @@ impl KvService for KvApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let range = request.into_inner();
@@ -115,7 +116,7 @@ impl KvService for KvApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let mut delete = request.into_inner();
@@ -134,7 +135,7 @@ impl KvService for KvApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let mut request = request.into_inner();
@@ -152,7 +153,7 @@ impl KvService for KvApi {
 
     type WatchStream = WatchStream;
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         self.tokens.authorize(&self.node, request.metadata(), Role::Admin).await?;
         let watch = request.into_inner();
