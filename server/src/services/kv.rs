@@ -90,15 +90,13 @@ impl KvService for KvApi {
         let id = put.id.take();
         let txn = Txn { success: vec![put_from_pb(put)], ..Txn::default() };
         let written = self.write(txn, id).await?;
-        let prev_kv = match written.results.into_iter().next() {
-            Some(OpResult::Put { prev }) => prev.map(kv_to_pb),
-            _ => None,
+        let header = self.header(written.revision);
+        let mut response = match written.results.into_iter().next().and_then(|r| result_to_pb(r, &header).response) {
+            Some(pb::response_op::Response::Put(put)) => put,
+            _ => pb::PutResponse { header: Some(header), ..pb::PutResponse::default() },
         };
-        Ok(Response::new(pb::PutResponse {
-            header: Some(self.header(written.revision)),
-            prev_kv,
-            replayed: written.replayed,
-        }))
+        response.replayed = written.replayed;
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id))]
@@ -122,17 +120,13 @@ impl KvService for KvApi {
         let mut delete = request.into_inner();
         let id = delete.id.take();
         let written = self.write(Txn { success: vec![delete_from_pb(delete)], ..Txn::default() }, id).await?;
-        let (deleted, prev_kvs) = match written.results.into_iter().next() {
-            Some(OpResult::Delete { deleted }) => (deleted.len() as u64, deleted.into_iter().map(kv_to_pb).collect()),
-            Some(OpResult::Removed { count }) => (count, vec![]),
-            _ => (0, vec![]),
+        let header = self.header(written.revision);
+        let mut response = match written.results.into_iter().next().and_then(|r| result_to_pb(r, &header).response) {
+            Some(pb::response_op::Response::Delete(delete)) => delete,
+            _ => pb::DeleteResponse { header: Some(header), ..pb::DeleteResponse::default() },
         };
-        Ok(Response::new(pb::DeleteResponse {
-            header: Some(self.header(written.revision)),
-            deleted,
-            prev_kvs,
-            replayed: written.replayed,
-        }))
+        response.replayed = written.replayed;
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node.id))]
