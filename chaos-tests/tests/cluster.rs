@@ -130,6 +130,57 @@ async fn killing_the_leader_elects_another_and_loses_nothing() {
     wait_value(&cluster, leader, "after-kill", "1", Duration::from_secs(20)).await;
 }
 
+/// The value of the `xene_api_requests_total` series of `method` with code 0 on server
+/// `index` (0 when the server has not counted one).
+async fn requests_counted(cluster: &TestCluster, index: usize, method: &str) -> u64 {
+    let body = http_get(&cluster.servers[index].http, "metrics").await;
+    let series = format!("xene_api_requests_total{{method=\"xene.v1.RaftService/{method}\",code=\"0\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |value| value.trim().parse().unwrap_or_else(|e| panic!("{series}{value}: {e}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_sends_its_entries_on_one_stream_per_follower_and_reopens_it_after_a_restart() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    put_anywhere(&cluster, "warm-up", "1", Duration::from_secs(10)).await;
+    wait_value(&cluster, follower, "warm-up", "1", Duration::from_secs(10)).await;
+    let streams = requests_counted(&cluster, follower, "AppendStream").await;
+    let appends = requests_counted(&cluster, follower, "AppendEntries").await;
+    assert!(streams >= 1, "the follower was sent no append stream\n{}", cluster.logs());
+    for i in 0..30 {
+        put(&cluster, leader, &format!("streamed/{i}"), "v").await.expect("put through the leader");
+    }
+    wait_value(&cluster, follower, "streamed/29", "v", Duration::from_secs(10)).await;
+    let more_appends = requests_counted(&cluster, follower, "AppendEntries").await - appends;
+    assert!(more_appends >= 30, "30 writes reached the follower in {more_appends} AppendEntries");
+    assert_eq!(
+        requests_counted(&cluster, follower, "AppendStream").await,
+        streams,
+        "30 writes opened new streams instead of using the open one"
+    );
+
+    // A clean stop ends the streams it serves: left open, they held it for 10 s. The leader's
+    // link opens a new one to the restarted follower, which then catches up.
+    assert!(
+        cluster.servers[follower].terminate(Duration::from_secs(5)),
+        "SIGTERM exits cleanly within 5 s\n{}",
+        cluster.logs()
+    );
+    put(&cluster, leader, "while-stopped", "1").await.expect("a quorum of two still writes");
+    cluster.servers[follower].restart();
+    wait_value(&cluster, follower, "while-stopped", "1", Duration::from_secs(20)).await;
+    put(&cluster, leader, "after-restart", "1").await.expect("put after the restart");
+    wait_value(&cluster, follower, "after-restart", "1", Duration::from_secs(10)).await;
+    assert!(
+        requests_counted(&cluster, follower, "AppendStream").await >= 1,
+        "the restarted follower was sent no append stream\n{}",
+        cluster.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_every_server_at_once_loses_nothing() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -156,6 +156,14 @@ impl Metrics {
     }
 
     /// Copies the Raft metrics into the gauges; called before each scrape.
+    /// Counts one call of `method` (a [`METHODS`] entry) that ended with `code` after
+    /// `elapsed`; a message of a stream that stands for a call (`RaftService/AppendStream`)
+    /// counts as one too.
+    pub fn observe_call(&self, method: &'static str, code: &'static str, elapsed: Duration) {
+        self.api_requests.get_or_create(&MethodLabels { method, code }).inc();
+        self.api_seconds.get_or_create(&MethodOnly { method }).observe(elapsed.as_secs_f64());
+    }
+
     pub fn observe_raft(&self, raft: &Raft) {
         let m = raft.metrics().borrow().clone();
         self.raft_term.set(m.current_term as i64);
@@ -212,6 +220,10 @@ impl Default for Metrics {
     }
 }
 
+/// The `method` label of a follower's AppendEntries, whether it came as a call or as a
+/// message of an append stream.
+pub const APPEND_ENTRIES_METHOD: &str = "xene.v1.RaftService/AppendEntries";
+
 /// Every gRPC method this server serves, as `package.Service/Method`: the only values the
 /// `method` label takes besides [`UNKNOWN_METHOD`]. A test checks it against `proto/`.
 const METHODS: &[&str] = &[
@@ -234,7 +246,8 @@ const METHODS: &[&str] = &[
     "xene.v1.ObjectService/Get",
     "xene.v1.ObjectService/List",
     "xene.v1.ObjectService/Watch",
-    "xene.v1.RaftService/AppendEntries",
+    APPEND_ENTRIES_METHOD,
+    "xene.v1.RaftService/AppendStream",
     "xene.v1.RaftService/InstallSnapshot",
     "xene.v1.RaftService/Join",
     "xene.v1.RaftService/Propose",
@@ -322,8 +335,7 @@ where
                 Ok(r) => code_label(r.headers().get("grpc-status").map(|v| v.as_bytes())),
                 Err(_) => "transport",
             };
-            metrics.api_requests.get_or_create(&MethodLabels { method, code }).inc();
-            metrics.api_seconds.get_or_create(&MethodOnly { method }).observe(started.elapsed().as_secs_f64());
+            metrics.observe_call(method, code, started.elapsed());
             response
         })
     }

@@ -1,6 +1,8 @@
 //! openraft's network over tonic: each Raft message is the store's versioned encoding of
 //! openraft's own type inside a `RaftPayload`, sent on a reused channel with a per-call
-//! deadline; an unreachable peer is retried with exponential backoff.
+//! deadline; an unreachable peer is retried with exponential backoff. A replication stream's
+//! AppendEntries travel on one long-lived gRPC stream per link (`RaftService/AppendStream`),
+//! as etcd's peers stream theirs, instead of a call each.
 
 use std::time::Duration;
 
@@ -12,7 +14,10 @@ use openraft::raft::{
 };
 use openraft::EntryPayload;
 use serde::de::DeserializeOwned;
-use tonic::Code;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+use xene_proto::raft_service_client::RaftServiceClient;
 use xene_proto::RaftPayload;
 use xene_raft_store::types::Entry;
 use xene_raft_store::{codec, NodeId, NodeInfo, TypeConfig};
@@ -34,7 +39,14 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
-        PeerNetwork { target, node: node.clone(), peers: self.peers.clone() }
+        PeerNetwork {
+            target,
+            node: node.clone(),
+            peers: self.peers.clone(),
+            appends: 0,
+            unary_only: false,
+            stream: None,
+        }
     }
 }
 
@@ -43,6 +55,39 @@ pub struct PeerNetwork {
     target: NodeId,
     node: NodeInfo,
     peers: PeerPool,
+    /// AppendEntries sent through this link so far.
+    appends: u64,
+    /// The peer has no append stream (a build from before it): every AppendEntries is a call.
+    unary_only: bool,
+    /// The open append stream, if any. Taken out while a message is in flight and put back
+    /// once its answer is read, so a call that fails, times out or is dropped half-way leaves
+    /// no stream whose next answer would belong to an earlier message.
+    stream: Option<AppendStream>,
+}
+
+/// The AppendEntries a link sends as unary calls before it opens a stream. openraft 0.9 makes
+/// a link for every leadership check of a linearizable read and sends one message through it
+/// (`RaftCore::handle_check_is_leader_request`); a stream for one message would cost a round
+/// trip more than the call. A replication stream's link sends thousands.
+const UNARY_APPENDS: u64 = 1;
+
+/// Most of a stream's requests queued ahead of the HTTP/2 connection: one, since a link sends
+/// its next message only after the answer to the last.
+const STREAM_QUEUE: usize = 1;
+
+/// An open `AppendStream`: requests go in, their answers come back in order.
+struct AppendStream {
+    requests: mpsc::Sender<RaftPayload>,
+    replies: Streaming<RaftPayload>,
+}
+
+/// Why a message on an append stream got no answer.
+enum StreamFailure {
+    /// The stream (or the connection under it) ended, as the text says; the peer may never
+    /// have seen the message.
+    Closed(String),
+    /// The peer answered with an error status.
+    Status(Status),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,18 +113,112 @@ impl PeerNetwork {
             Method::Vote => client.vote(payload).await,
             Method::Snapshot => client.install_snapshot(payload).await,
         };
-        let reply = reply.map_err(|status| {
-            let error = WireError(format!("{} to node {}: {}", method.name(), self.target, status.message()));
-            match status.code() {
-                Code::Unavailable | Code::Unknown => RPCError::Unreachable(Unreachable::new(&error)),
-                _ => RPCError::Network(NetworkError::new(&error)),
-            }
-        })?;
-        let decoded: Result<Resp, RaftError<NodeId, E>> = codec::decode("raft reply", &reply.into_inner().data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = reply.map_err(|status| self.status_error(method, &status))?;
+        self.decode_reply(&reply.into_inner())
+    }
+
+    fn status_error<E: std::error::Error>(&self, method: Method, status: &Status) -> RPCError<NodeId, NodeInfo, E> {
+        let error = WireError(format!("{} to node {}: {}", method.name(), self.target, status.message()));
+        match status.code() {
+            Code::Unavailable | Code::Unknown => RPCError::Unreachable(Unreachable::new(&error)),
+            _ => RPCError::Network(NetworkError::new(&error)),
+        }
+    }
+
+    // The error is the one openraft's `RaftNetwork` methods return; its size is openraft's.
+    #[allow(clippy::result_large_err)]
+    fn decode_reply<Resp, E>(&self, reply: &RaftPayload) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let decoded: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode("raft reply", &reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
     }
+
+    /// Sends `rpc` on this link's append stream, opening one if none is open, and reads its
+    /// answer, all within `timeout`.
+    async fn append_on_stream(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // A stream kept from an earlier message may have ended while idle (the peer
+        // restarted, a connection was cut). An AppendEntries may arrive twice (Raft's followers
+        // take a repeated one as they took the first), so a message that found its kept
+        // stream closed is sent once more on a new one.
+        let mut retry = self.stream.is_some();
+        loop {
+            let exchanged = tokio::time::timeout_at(deadline, self.exchange(codec::encode(rpc))).await;
+            let failure = match exchanged {
+                Ok(Ok(reply)) => return self.decode_reply(&reply),
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    let error = WireError(format!("append entries to node {}: no answer in {timeout:?}", self.target));
+                    return Err(RPCError::Network(NetworkError::new(&error)));
+                }
+            };
+            match failure {
+                StreamFailure::Closed(_) if std::mem::take(&mut retry) => continue,
+                StreamFailure::Closed(why) => {
+                    let error = WireError(format!("append entries to node {}: {why}", self.target));
+                    return Err(RPCError::Unreachable(Unreachable::new(&error)));
+                }
+                StreamFailure::Status(status) if status.code() == Code::Unimplemented => {
+                    // A peer built before streams: it keeps getting unary calls.
+                    self.unary_only = true;
+                    return self
+                        .call(Method::Append, rpc, deadline.saturating_duration_since(tokio::time::Instant::now()))
+                        .await;
+                }
+                StreamFailure::Status(status) => return Err(self.status_error(Method::Append, &status)),
+            }
+        }
+    }
+
+    /// One message and its answer on the open stream, or on a new one.
+    async fn exchange(&mut self, data: Vec<u8>) -> Result<RaftPayload, StreamFailure> {
+        let mut stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => self.open().await?,
+        };
+        let sent = stream.requests.send(RaftPayload { data }).await;
+        sent.map_err(|_| StreamFailure::Closed("the stream was closed".into()))?;
+        match stream.replies.message().await {
+            Ok(Some(reply)) => {
+                self.stream = Some(stream);
+                Ok(reply)
+            }
+            Ok(None) => Err(StreamFailure::Closed("the peer ended the stream".into())),
+            Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
+                Err(StreamFailure::Closed(status.message().to_string()))
+            }
+            Err(status) => Err(StreamFailure::Status(status)),
+        }
+    }
+
+    /// Opens an append stream to the peer: the call's headers go out and the peer's come back.
+    /// The caller's deadline covers the opening; the stream has none, and lives as long as the
+    /// link.
+    async fn open(&self) -> Result<AppendStream, StreamFailure> {
+        let channel = self
+            .peers
+            .channel(&self.node.grpc_addr)
+            .map_err(|e| StreamFailure::Status(Status::unavailable(e.to_string())))?;
+        let mut client = RaftServiceClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES);
+        let (requests, queued) = mpsc::channel(STREAM_QUEUE);
+        match client.append_stream(self.peers.stream_request(ReceiverStream::new(queued))).await {
+            Ok(response) => Ok(AppendStream { requests, replies: response.into_inner() }),
+            Err(status) => Err(StreamFailure::Status(status)),
+        }
+    }
 }
+
+/// Largest answer a peer may send: a snapshot chunk's answer or a Raft error is small; the
+/// limit is the same as unary calls'.
+const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Most bytes of entries (by [`ClientRequest::approx_len`]) one AppendEntries carries, beyond
 /// its first entry: small enough to send and sync within a heartbeat interval on a busy
@@ -135,7 +274,12 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         let truncated = sent < rpc.entries.len();
         rpc.entries.truncate(sent);
         let last = rpc.entries.last().map(|entry| entry.log_id);
-        let reply = self.call(Method::Append, &rpc, option.hard_ttl()).await?;
+        self.appends += 1;
+        let reply = if self.unary_only || self.appends <= UNARY_APPENDS {
+            self.call(Method::Append, &rpc, option.hard_ttl()).await?
+        } else {
+            self.append_on_stream(&rpc, option.hard_ttl()).await?
+        };
         Ok(match reply {
             AppendEntriesResponse::Success if truncated => AppendEntriesResponse::PartialSuccess(last),
             other => other,

@@ -87,9 +87,16 @@ impl PeerPool {
 
     /// Wraps `message` in a request carrying the cluster secret and a deadline.
     pub fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert(xene_proto::CLUSTER_SECRET_HEADER, (*self.secret).clone());
+        let mut request = self.stream_request(message);
         request.set_timeout(timeout);
+        request
+    }
+
+    /// Wraps a stream of messages in a request carrying the cluster secret and no deadline:
+    /// the stream lasts as long as its link; each message has its own deadline at the sender.
+    pub fn stream_request<T>(&self, messages: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(messages);
+        request.metadata_mut().insert(xene_proto::CLUSTER_SECRET_HEADER, (*self.secret).clone());
         request
     }
 }
@@ -98,8 +105,8 @@ impl PeerPool {
 /// HTTP/2 as a stream that learns it has ended only when polled again, so every call left as
 /// three writes (headers, the message, an empty frame that ends the stream). Collected first,
 /// the message carries the end-of-stream flag itself: two writes (PERF W1, BENCHMARKS.md).
-/// For unary calls only, as every `RaftService` method is: a streaming request would be held
-/// back until its stream ended.
+/// For unary calls only: a streaming request would be held back until its stream ended, so
+/// `RaftService/AppendStream` goes on the channel itself (`crate::network`).
 #[derive(Clone)]
 pub struct WholeBody(Channel);
 

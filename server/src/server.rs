@@ -126,7 +126,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         let grpc = builder
             .layer(GrpcMetricsLayer { metrics: metrics.clone() })
             .add_service(
-                RaftServiceServer::new(RaftApi::new(node.clone(), &config.cluster_secret))
+                RaftServiceServer::new(RaftApi::new(node.clone(), &config.cluster_secret, stop.clone()))
                     .max_decoding_message_size(MAX_PEER_MESSAGE)
                     .max_encoding_message_size(MAX_PEER_MESSAGE),
             )

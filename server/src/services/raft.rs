@@ -2,11 +2,14 @@
 //! secret; Raft messages are handed to openraft, proposals and read-index requests are
 //! answered by the leader, and joins are admitted through the leader.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt};
 use subtle::ConstantTimeEq;
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 use xene_proto::raft_service_server::RaftService;
 use xene_proto::{
     JoinRequest, JoinResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, TimeoutNowRequest, TimeoutNowResponse,
@@ -14,17 +17,23 @@ use xene_proto::{
 use xene_raft_store::{codec, ClientRequest, NodeInfo};
 
 use crate::error::ServerError;
+use crate::metrics::APPEND_ENTRIES_METHOD;
 use crate::node::{ClusterNode, ForwardReply};
 
 /// The `RaftService` implementation.
 pub struct RaftApi {
     node: Arc<ClusterNode>,
     secret: Vec<u8>,
+    /// Ends the append streams when the server shuts down.
+    stop: CancellationToken,
 }
 
+/// The answers of one append stream.
+type AppendReplies = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
 impl RaftApi {
-    pub fn new(node: Arc<ClusterNode>, cluster_secret: &str) -> Self {
-        RaftApi { node, secret: cluster_secret.as_bytes().to_vec() }
+    pub fn new(node: Arc<ClusterNode>, cluster_secret: &str, stop: CancellationToken) -> Self {
+        RaftApi { node, secret: cluster_secret.as_bytes().to_vec(), stop }
     }
 
     fn check_secret<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -48,12 +57,48 @@ fn reply<T: serde::Serialize>(value: &T) -> Response<RaftPayload> {
     Response::new(RaftPayload { data: codec::encode(value) })
 }
 
+/// The next answer of an append stream: its next request handed to openraft. `None` once the
+/// leader has closed the stream; an error ends it.
+async fn next_append(
+    mut requests: Streaming<RaftPayload>,
+    node: Arc<ClusterNode>,
+) -> Option<(Result<RaftPayload, Status>, Option<(Streaming<RaftPayload>, Arc<ClusterNode>)>)> {
+    let payload = match requests.message().await {
+        Ok(Some(payload)) => payload,
+        Ok(None) => return None,
+        Err(status) => return Some((Err(status), None)),
+    };
+    let started = Instant::now();
+    let rpc = match decode("append entries request", &payload) {
+        Ok(rpc) => rpc,
+        Err(status) => return Some((Err(status), None)),
+    };
+    let answer = RaftPayload { data: codec::encode(&node.raft.append_entries(rpc).await) };
+    // Counted as the unary call it replaces, so the API metrics read the same either way.
+    node.metrics.observe_call(APPEND_ENTRIES_METHOD, "0", started.elapsed());
+    Some((Ok(answer), Some((requests, node))))
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftApi {
+    type AppendStreamStream = AppendReplies;
+
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.check_secret(&request)?;
         let rpc = decode("append entries request", request.get_ref())?;
         Ok(reply(&self.node.raft.append_entries(rpc).await))
+    }
+
+    async fn append_stream(&self, request: Request<Streaming<RaftPayload>>) -> Result<Response<AppendReplies>, Status> {
+        self.check_secret(&request)?;
+        let state = Some((request.into_inner(), self.node.clone()));
+        // One request at a time, each answered before the next is read: the leader's link
+        // sends its next message only after this answer, as with calls.
+        let replies = futures::stream::unfold(state, |state| async move {
+            let (requests, node) = state?;
+            next_append(requests, node).await
+        });
+        Ok(Response::new(Box::pin(replies.take_until(self.stop.clone().cancelled_owned()))))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
