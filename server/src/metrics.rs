@@ -155,7 +155,6 @@ impl Metrics {
         self.observe_scheduler(0, 0, &RunPhase::ALL.iter().map(|phase| (*phase, 0)).collect::<Vec<_>>());
     }
 
-    /// Copies the Raft metrics into the gauges; called before each scrape.
     /// Counts one call of `method` (a [`METHODS`] entry) that ended with `code` after
     /// `elapsed`; a message of a stream that stands for a call (`RaftService/AppendStream`)
     /// counts as one too.
@@ -164,6 +163,7 @@ impl Metrics {
         self.api_seconds.get_or_create(&MethodOnly { method }).observe(elapsed.as_secs_f64());
     }
 
+    /// Copies the Raft metrics into the gauges; called before each scrape.
     pub fn observe_raft(&self, raft: &Raft) {
         let m = raft.metrics().borrow().clone();
         self.raft_term.set(m.current_term as i64);
