@@ -182,6 +182,34 @@ async fn a_leader_sends_its_entries_on_one_stream_per_follower_and_reopens_it_af
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_stream_refuses_a_caller_without_the_secret_and_ends_on_a_message_it_cannot_read() {
+    use pb::raft_service_client::RaftServiceClient;
+    let cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    put(&cluster, leader, "before", "1").await.expect("put before");
+    let mut client = RaftServiceClient::new(cluster.channel(follower));
+    let garbage = || tokio_stream::iter(vec![pb::RaftPayload { data: vec![0xff; 16] }]);
+
+    let refused = client.append_stream(tonic::Request::new(garbage())).await.expect_err("no secret, no stream");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("cluster secret"), "the refusal says what is missing: {refused:?}");
+
+    let mut request = tonic::Request::new(garbage());
+    request.metadata_mut().insert(pb::CLUSTER_SECRET_HEADER, SECRET.parse().expect("secret as metadata"));
+    let mut answers = client.append_stream(request).await.expect("the stream opens with the secret").into_inner();
+    let error = answers.message().await.expect_err("a message that is no AppendEntries ends the stream");
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("append entries request"), "the error says what it could not read: {error:?}");
+
+    // Nothing changed: the follower still follows the same leader and takes its entries.
+    assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, leader, "the leader changed");
+    put(&cluster, leader, "after", "1").await.expect("put after");
+    wait_value(&cluster, follower, "after", "1", Duration::from_secs(10)).await;
+    assert_eq!(get(&cluster, follower, "before", true).await.expect("read").as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_every_server_at_once_loses_nothing() {
     let mut cluster = TestCluster::start(ClusterOptions::default()).await;
     for i in 0..50 {
