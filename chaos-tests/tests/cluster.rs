@@ -182,29 +182,83 @@ async fn a_leader_sends_its_entries_on_one_stream_per_follower_and_reopens_it_af
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_append_stream_refuses_a_caller_without_the_secret_and_ends_on_a_message_it_cannot_read() {
+async fn a_follower_forwards_its_writes_on_one_stream_and_opens_one_to_the_next_leader() {
+    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    put(&cluster, follower, "warm-up", "1").await.expect("put through a follower");
+    let streams = requests_counted(&cluster, leader, "ProposeStream").await;
+    let proposals = requests_counted(&cluster, leader, "Propose").await;
+    assert!(streams >= 1, "the follower opened no forwarding stream\n{}", cluster.logs());
+    for i in 0..30 {
+        put(&cluster, follower, &format!("forwarded/{i}"), "v").await.expect("put through the follower");
+    }
+    let more = requests_counted(&cluster, leader, "Propose").await - proposals;
+    assert!(more >= 30, "30 writes through the follower reached the leader in {more} proposals");
+    assert_eq!(
+        requests_counted(&cluster, leader, "ProposeStream").await,
+        streams,
+        "30 forwarded writes opened new streams instead of using the open one"
+    );
+
+    // The leader dies with the stream open; the follower's writes go to the next leader,
+    // on a new stream, whichever server that is.
+    cluster.servers[leader].kill();
+    let next = cluster.wait_leader(Duration::from_secs(10)).await;
+    let writer = (0..3).find(|&i| i != leader && i != next).expect("a third server");
+    put_anywhere(&cluster, "settled", "1", Duration::from_secs(10)).await;
+    for i in 0..10 {
+        put(&cluster, writer, &format!("after-failover/{i}"), "v").await.expect("put through the other follower");
+    }
+    assert!(
+        requests_counted(&cluster, next, "ProposeStream").await >= 1,
+        "no forwarding stream reached the next leader\n{}",
+        cluster.logs()
+    );
+    assert!(requests_counted(&cluster, next, "Propose").await >= 10);
+    assert_eq!(get(&cluster, next, "forwarded/29", false).await.expect("read").as_deref(), Some("v"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_streams_refuse_a_caller_without_the_secret_and_end_on_a_message_they_cannot_read() {
     use pb::raft_service_client::RaftServiceClient;
     let cluster = TestCluster::start(ClusterOptions::default()).await;
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let follower = (leader + 1) % 3;
     put(&cluster, leader, "before", "1").await.expect("put before");
+    fn with_secret<T>(messages: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(messages);
+        request.metadata_mut().insert(pb::CLUSTER_SECRET_HEADER, SECRET.parse().expect("secret as metadata"));
+        request
+    }
+
+    // The append stream, on a follower.
     let mut client = RaftServiceClient::new(cluster.channel(follower));
     let garbage = || tokio_stream::iter(vec![pb::RaftPayload { data: vec![0xff; 16] }]);
-
     let refused = client.append_stream(tonic::Request::new(garbage())).await.expect_err("no secret, no stream");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     assert!(refused.message().contains("cluster secret"), "the refusal says what is missing: {refused:?}");
-
-    let mut request = tonic::Request::new(garbage());
-    request.metadata_mut().insert(pb::CLUSTER_SECRET_HEADER, SECRET.parse().expect("secret as metadata"));
+    let request = with_secret(garbage());
     let mut answers = client.append_stream(request).await.expect("the stream opens with the secret").into_inner();
     let error = answers.message().await.expect_err("a message that is no AppendEntries ends the stream");
     assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
     assert!(error.message().contains("append entries request"), "the error says what it could not read: {error:?}");
 
+    // The forwarding stream, on the leader.
+    let mut client = RaftServiceClient::new(cluster.channel(leader));
+    let garbage = || tokio_stream::iter(vec![pb::ProposeFrame { id: 7, data: vec![0xff; 16] }]);
+    let refused = client.propose_stream(tonic::Request::new(garbage())).await.expect_err("no secret, no stream");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let request = with_secret(garbage());
+    let mut answers = client.propose_stream(request).await.expect("the stream opens with the secret").into_inner();
+    let error = answers.message().await.expect_err("a message that is no proposal ends the stream");
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("forwarded proposal"), "the error says what it could not read: {error:?}");
+
     // Nothing changed: the follower still follows the same leader and takes its entries.
     assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, leader, "the leader changed");
     put(&cluster, leader, "after", "1").await.expect("put after");
+    put(&cluster, follower, "forwarded-after", "1").await.expect("put through the follower after");
     wait_value(&cluster, follower, "after", "1", Duration::from_secs(10)).await;
     assert_eq!(get(&cluster, follower, "before", true).await.expect("read").as_deref(), Some("1"));
 }

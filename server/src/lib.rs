@@ -5,7 +5,8 @@
 //! - [`node`]: this server's place in the cluster: proposals forwarded to the leader, read
 //!   barriers, membership; [`proposals`]: the leader's group commit of concurrent writes;
 //!   [`leadership`]: whether a quorum confirmed this server's leadership lately.
-//! - [`network`], [`peers`]: openraft's network over tonic and the reused peer channels.
+//! - [`network`], [`peers`]: openraft's network over tonic and the reused peer channels;
+//!   [`forwarding`]: a follower's writes to the leader on one stream.
 //! - [`objects`]: workflows and pipeline status objects in the store; [`runs`]: runs and
 //!   their logs, with the fenced writes of agents; [`secrets`]: write-only secrets.
 //! - [`services`]: the gRPC services (`RaftService`, `KvService`, `ClusterService`,
@@ -24,6 +25,9 @@ pub mod batch;
 pub mod config;
 pub mod convert;
 pub mod error;
+#[cfg(test)]
+mod fake_peer;
+pub mod forwarding;
 pub mod http;
 pub mod keys;
 pub mod leadership;

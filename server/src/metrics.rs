@@ -156,8 +156,8 @@ impl Metrics {
     }
 
     /// Counts one call of `method` (a [`METHODS`] entry) that ended with `code` after
-    /// `elapsed`; a message of a stream that stands for a call (`RaftService/AppendStream`)
-    /// counts as one too.
+    /// `elapsed`; a message of a stream that stands for a call (`RaftService/AppendStream`,
+    /// `ProposeStream`) counts as one too.
     pub fn observe_call(&self, method: &'static str, code: &'static str, elapsed: Duration) {
         self.api_requests.get_or_create(&MethodLabels { method, code }).inc();
         self.api_seconds.get_or_create(&MethodOnly { method }).observe(elapsed.as_secs_f64());
@@ -224,6 +224,10 @@ impl Default for Metrics {
 /// message of an append stream.
 pub const APPEND_ENTRIES_METHOD: &str = "xene.v1.RaftService/AppendEntries";
 
+/// The `method` label of a forwarded proposal, whether it came as a call or as a message of
+/// a forwarding stream.
+pub const PROPOSE_METHOD: &str = "xene.v1.RaftService/Propose";
+
 /// Every gRPC method this server serves, as `package.Service/Method`: the only values the
 /// `method` label takes besides [`UNKNOWN_METHOD`]. A test checks it against `proto/`.
 const METHODS: &[&str] = &[
@@ -250,7 +254,8 @@ const METHODS: &[&str] = &[
     "xene.v1.RaftService/AppendStream",
     "xene.v1.RaftService/InstallSnapshot",
     "xene.v1.RaftService/Join",
-    "xene.v1.RaftService/Propose",
+    PROPOSE_METHOD,
+    "xene.v1.RaftService/ProposeStream",
     "xene.v1.RaftService/ReadIndex",
     "xene.v1.RaftService/TimeoutNow",
     "xene.v1.RaftService/Vote",

@@ -329,98 +329,12 @@ mod tests {
         Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(request) }
     }
 
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
     use openraft::Vote;
-    use tonic::{Request, Response};
-    use xene_proto::raft_service_server::{RaftService, RaftServiceServer};
-    use xene_proto::{
-        JoinRequest, JoinResponse, ReadIndexRequest, ReadIndexResponse, TimeoutNowRequest, TimeoutNowResponse,
-    };
 
-    /// A peer that answers every AppendEntries with success and counts how they came. With
-    /// `streams` it ends each append stream after one answer, as a peer that restarts
-    /// between messages would; without, it has no `AppendStream`, as a build from before it.
-    #[derive(Default)]
-    struct FakePeer {
-        streams: bool,
-        calls: AtomicU64,
-        opened: AtomicU64,
-        messages: AtomicU64,
-    }
-
-    /// The server side of a [`FakePeer`].
-    struct Fake(Arc<FakePeer>);
-
-    fn success() -> RaftPayload {
-        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = Ok(AppendEntriesResponse::Success);
-        RaftPayload { data: codec::encode(&reply) }
-    }
-
-    #[tonic::async_trait]
-    impl RaftService for Fake {
-        type AppendStreamStream = futures::stream::BoxStream<'static, Result<RaftPayload, Status>>;
-
-        async fn append_entries(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-            self.0.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(Response::new(success()))
-        }
-
-        async fn append_stream(
-            &self,
-            request: Request<Streaming<RaftPayload>>,
-        ) -> Result<Response<Self::AppendStreamStream>, Status> {
-            self.0.opened.fetch_add(1, Ordering::SeqCst);
-            if !self.0.streams {
-                return Err(Status::unimplemented("no AppendStream here"));
-            }
-            let (peer, mut requests) = (self.0.clone(), request.into_inner());
-            let answer = async move {
-                requests.message().await?.ok_or_else(|| Status::cancelled("no message"))?;
-                peer.messages.fetch_add(1, Ordering::SeqCst);
-                Ok(success())
-            };
-            Ok(Response::new(Box::pin(futures::stream::once(answer))))
-        }
-
-        async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-            Err(Status::unimplemented("vote"))
-        }
-
-        async fn install_snapshot(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-            Err(Status::unimplemented("install_snapshot"))
-        }
-
-        async fn propose(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-            Err(Status::unimplemented("propose"))
-        }
-
-        async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
-            Err(Status::unimplemented("read_index"))
-        }
-
-        async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-            Err(Status::unimplemented("join"))
-        }
-
-        async fn timeout_now(&self, _: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowResponse>, Status> {
-            Err(Status::unimplemented("timeout_now"))
-        }
-    }
-
-    /// Serves `peer` on a free loopback port; returns its address.
-    async fn serve(peer: Arc<FakePeer>) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address").to_string();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RaftServiceServer::new(Fake(peer)))
-                .serve_with_incoming(incoming),
-        );
-        addr
-    }
+    use crate::fake_peer::{serve, FakePeer};
 
     /// Four heartbeats through one link to `peer`, each acknowledged.
     async fn four_heartbeats(peer: &Arc<FakePeer>) {
@@ -441,21 +355,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_link_streams_its_appends_after_the_first_and_sends_again_on_a_new_stream_when_one_closed() {
-        let peer = Arc::new(FakePeer { streams: true, ..FakePeer::default() });
+        let peer = Arc::new(FakePeer { append_streams: true, ..FakePeer::default() });
         four_heartbeats(&peer).await;
-        assert_eq!(peer.calls.load(Ordering::SeqCst), 1, "the first goes as a call");
-        assert_eq!(peer.messages.load(Ordering::SeqCst), 3, "the other three as stream messages");
+        assert_eq!(peer.append_calls.load(Ordering::SeqCst), 1, "the first goes as a call");
+        assert_eq!(peer.append_messages.load(Ordering::SeqCst), 3, "the other three as stream messages");
         // The peer ends each stream after one answer: the third and fourth found the stream
         // they were given closed and went again on a new one.
-        assert_eq!(peer.opened.load(Ordering::SeqCst), 3);
+        assert_eq!(peer.append_opened.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
     async fn a_link_to_a_peer_without_streams_keeps_making_calls() {
         let peer = Arc::new(FakePeer::default());
         four_heartbeats(&peer).await;
-        assert_eq!(peer.calls.load(Ordering::SeqCst), 4, "every heartbeat answered by a call");
-        assert_eq!(peer.opened.load(Ordering::SeqCst), 1, "a stream asked for once, not again");
+        assert_eq!(peer.append_calls.load(Ordering::SeqCst), 4, "every heartbeat answered by a call");
+        assert_eq!(peer.append_opened.load(Ordering::SeqCst), 1, "a stream asked for once, not again");
     }
 
     #[test]

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
-use xene_proto::{JoinRequest, Member, RaftPayload, ReadIndexRequest, TimeoutNowRequest};
+use xene_proto::{JoinRequest, Member, ReadIndexRequest, TimeoutNowRequest};
 use xene_raft_store::{
-    codec, ClientRequest, ClientResponse, Command, Compare, KvReader, NodeId, NodeInfo, Op, OpResult, Raft, Txn,
+    ClientRequest, ClientResponse, Command, Compare, KvReader, NodeId, NodeInfo, Op, OpResult, Raft, Txn,
 };
 
 use crate::error::{Result, ServerError};
+use crate::forwarding::Forwarder;
 use crate::keys;
 use crate::leadership::Confirmation;
 use crate::metrics::Metrics;
@@ -77,8 +78,10 @@ pub struct ClusterNode {
     /// Writes proposed on this server while it leads, grouped into entries, and where they go.
     proposals: Proposals,
     to_raft: Submit,
-    /// Writes this server forwards to the leader, grouped into calls.
+    /// Writes this server forwards to the leader, grouped into messages, and the stream they
+    /// go on.
     forwards: Proposals,
+    forwarder: Arc<Forwarder>,
     /// Until when a quorum's acknowledgement lets this server speak to agents as the leader;
     /// kept current by [`leadership::follow`](crate::leadership::follow).
     pub leadership: Arc<Confirmation>,
@@ -139,6 +142,7 @@ impl ClusterNode {
         let proposals = Proposals::new(metrics.proposal_batch_requests.clone());
         let forwards = Proposals::new(metrics.forward_batch_requests.clone());
         let to_raft = proposals::to_raft(&raft);
+        let forwarder = Arc::new(Forwarder::new(peers.clone()));
         ClusterNode {
             id,
             info,
@@ -155,6 +159,7 @@ impl ClusterNode {
             proposals,
             to_raft,
             forwards,
+            forwarder,
             leadership: Arc::default(),
         }
     }
@@ -251,15 +256,15 @@ impl ClusterNode {
         self.proposals.write(&self.to_raft, request).await
     }
 
-    /// Forwards `request` to `leader`, in one call with the other requests this server is
-    /// forwarding at the moment (`proposals.rs`).
+    /// Forwards `request` to `leader`, in one message with the other requests this server is
+    /// forwarding at the moment (`proposals.rs`), on the stream to the leader (`forwarding.rs`).
     async fn forward(&self, leader: &NodeInfo, request: ClientRequest) -> Result<ClientResponse> {
-        let peers = self.peers.clone();
-        let address = leader.grpc_addr.clone();
+        let forwarder = Arc::clone(&self.forwarder);
+        let address: Arc<str> = leader.grpc_addr.as_str().into();
         let deadline = self.timing.request_deadline;
         let submit: Submit = Arc::new(move |request| {
-            let (peers, address) = (peers.clone(), address.clone());
-            Box::pin(async move { forward_call(&peers, &address, deadline, &request).await })
+            let (forwarder, address) = (Arc::clone(&forwarder), Arc::clone(&address));
+            Box::pin(async move { forwarder.forward(&address, &request, deadline).await })
         });
         self.forwards.write(&submit, request).await
     }
@@ -629,28 +634,6 @@ impl<F: Fn(bool)> Drop for TransferPause<'_, F> {
     fn drop(&mut self) {
         (self.heartbeat)(true);
         self.transferring.store(false, Ordering::Release);
-    }
-}
-
-/// One forwarding call: `request` (one client's or a batch) to the leader at `address`.
-async fn forward_call(
-    peers: &PeerPool,
-    address: &str,
-    deadline: Duration,
-    request: &ClientRequest,
-) -> Result<ClientResponse> {
-    let mut client = peers.client(address)?;
-    let payload = RaftPayload { data: codec::encode(request) };
-    let reply = client
-        .propose(peers.request(payload, deadline))
-        .await
-        .map_err(|s| ServerError::unavailable(format!("forwarding to the leader: {}", s.message())))?;
-    let reply: ForwardReply =
-        codec::decode("forwarded reply", &reply.into_inner().data).map_err(|e| ServerError::Internal(e.to_string()))?;
-    match reply {
-        ForwardReply::Applied(response) => Ok(response),
-        ForwardReply::NotLeader { .. } => Err(ServerError::unavailable("the leader changed; retry")),
-        ForwardReply::Unavailable(message) => Err(ServerError::unavailable(message)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `RaftService`: the internal server-to-server service. Every call must carry the cluster
-//! secret; Raft messages are handed to openraft, proposals and read-index requests are
-//! answered by the leader, and joins are admitted through the leader.
+//! secret; Raft messages are handed to openraft, proposals (calls or a follower's stream,
+//! `crate::forwarding`) and read-index requests are answered by the leader, and joins are
+//! admitted through the leader.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,13 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use xene_proto::raft_service_server::RaftService;
 use xene_proto::{
-    JoinRequest, JoinResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, TimeoutNowRequest, TimeoutNowResponse,
+    JoinRequest, JoinResponse, ProposeFrame, RaftPayload, ReadIndexRequest, ReadIndexResponse, TimeoutNowRequest,
+    TimeoutNowResponse,
 };
-use xene_raft_store::{codec, ClientRequest, NodeInfo};
+use xene_raft_store::{codec, NodeInfo};
 
 use crate::error::ServerError;
+use crate::forwarding;
 use crate::metrics::APPEND_ENTRIES_METHOD;
-use crate::node::{ClusterNode, ForwardReply};
+use crate::node::ClusterNode;
 
 /// The `RaftService` implementation.
 pub struct RaftApi {
@@ -82,6 +85,7 @@ async fn next_append(
 #[tonic::async_trait]
 impl RaftService for RaftApi {
     type AppendStreamStream = AppendReplies;
+    type ProposeStreamStream = forwarding::Answers;
 
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.check_secret(&request)?;
@@ -115,16 +119,17 @@ impl RaftService for RaftApi {
 
     async fn propose(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.check_secret(&request)?;
-        let proposal: ClientRequest = decode("forwarded proposal", request.get_ref())?;
-        let answer = if !self.node.is_leader() {
-            ForwardReply::NotLeader { leader: self.node.leader().map(|(id, _)| id) }
-        } else {
-            match self.node.propose_local(proposal).await {
-                Ok(response) => ForwardReply::Applied(response),
-                Err(e) => ForwardReply::Unavailable(e.to_string()),
-            }
-        };
-        Ok(reply(&answer))
+        let data = forwarding::answer(&self.node, &request.get_ref().data).await?;
+        Ok(Response::new(RaftPayload { data }))
+    }
+
+    async fn propose_stream(
+        &self,
+        request: Request<Streaming<ProposeFrame>>,
+    ) -> Result<Response<forwarding::Answers>, Status> {
+        self.check_secret(&request)?;
+        let answers = forwarding::serve(request.into_inner(), self.node.clone());
+        Ok(Response::new(Box::pin(answers.take_until(self.stop.clone().cancelled_owned()))))
     }
 
     async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
