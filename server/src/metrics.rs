@@ -51,7 +51,7 @@ pub struct Metrics {
     pub proposal_seconds: Histogram,
     /// Requests per entry the leader wrote (`proposals.rs` groups concurrent writes).
     pub proposal_batch_requests: Histogram,
-    /// Requests per forwarding call a follower made to the leader.
+    /// Requests per forwarded message a follower sent to the leader.
     pub forward_batch_requests: Histogram,
     pub api_requests: Family<MethodLabels, Counter>,
     pub api_seconds: Family<MethodOnly, Histogram, fn() -> Histogram>,
@@ -114,7 +114,7 @@ impl Metrics {
             );
             r.register(
                 "forward_batch_requests",
-                "Client requests per call forwarding writes to the leader",
+                "Client requests per message forwarding writes to the leader",
                 metrics.forward_batch_requests.clone(),
             );
             r.register("api_requests", "gRPC requests by method and status code", metrics.api_requests.clone());

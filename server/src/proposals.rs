@@ -6,7 +6,7 @@
 //! per-entry work while its disk and CPU were half idle. Here at most [`IN_FLIGHT`]
 //! submissions are in flight at a time; whatever queues up meanwhile leaves as one
 //! [`Command::Batch`] when one of them is done. On the leader a submission is one Raft entry;
-//! on a follower it is one forwarding call to the leader, whose entry then holds the whole
+//! on a follower it is one forwarded message to the leader, whose entry then holds the whole
 //! batch. A caller whose request leaves alone submits it from its own task, so a single client
 //! pays no hand-off between tasks; a batch goes from a task of its own.
 //!
@@ -37,7 +37,7 @@ const MAX_BYTES: usize = 64 * 1024;
 
 type Reply = oneshot::Sender<Result<ClientResponse>>;
 
-/// Where a submission goes: `client_write` on the leader, a forwarding call on a follower.
+/// Where a submission goes: `client_write` on the leader, a forwarded message on a follower.
 pub type Submit = Arc<dyn Fn(ClientRequest) -> BoxFuture<'static, Result<ClientResponse>> + Send + Sync>;
 
 /// Submits to `raft`, which must lead.
@@ -118,7 +118,7 @@ impl Proposals {
                     // Its own task, so that a caller giving up does not drop the answers of
                     // the others in its batch. It ends when the submission is answered:
                     // openraft answers every pending write when it shuts down, and a
-                    // forwarding call has a deadline.
+                    // forward has a deadline.
                     let submit = Arc::clone(submit);
                     tokio::spawn(async move {
                         send(&submit, batch).await;
