@@ -12,7 +12,7 @@
 //! and every forward waiting on it fails with a retryable error; the next forward opens a new
 //! one. Resending is safe because every request carries an ID the state machine deduplicates
 //! on. A leader without the stream (a build from before it) answers `Unimplemented`, and is
-//! then sent unary calls.
+//! then sent unary calls for a minute before the stream is tried again.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -63,28 +63,31 @@ pub struct Forwarder {
     /// The stream to the leader at its address. A lock held while a stream opens, so that
     /// concurrent forwards wait for that one instead of opening their own.
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
-    /// Leaders' addresses that answered `Unimplemented`: they get unary calls.
-    unary_only: Mutex<Vec<String>>,
+    /// Leaders' addresses that answered `Unimplemented`, and until when they get unary
+    /// calls: a leader upgraded in place gets the stream again after [`UNARY_FOR`].
+    unary_only: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a leader without the stream gets calls before the stream is tried again.
+const UNARY_FOR: Duration = Duration::from_secs(60);
 
 impl Forwarder {
     pub fn new(peers: PeerPool) -> Self {
         Forwarder { peers, link: tokio::sync::Mutex::default(), unary_only: Mutex::default() }
     }
 
-    fn unary_only(&self) -> MutexGuard<'_, Vec<String>> {
+    fn unary_only(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
         self.unary_only.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sends `request` (one client's or a batch) to the leader at `address` and returns the
     /// state machine's answer; gives up after `deadline`.
     pub async fn forward(&self, address: &str, request: &ClientRequest, deadline: Duration) -> Result<ClientResponse> {
-        if self.unary_only().iter().any(|a| a == address) {
+        if self.unary_only().get(address).is_some_and(|until| Instant::now() < *until) {
             return forward_call(&self.peers, address, deadline, request).await;
         }
         let started = tokio::time::Instant::now();
-        let data = codec::encode(request);
-        let exchanged = tokio::time::timeout_at(started + deadline, self.exchange(address, data)).await;
+        let exchanged = tokio::time::timeout_at(started + deadline, self.exchange(address, request)).await;
         let failure = match exchanged {
             Ok(Ok(reply)) => return decode_reply(&reply),
             Ok(Err(failure)) => failure,
@@ -100,7 +103,7 @@ impl Forwarder {
         match failure {
             Failure::Status(status) if status.code() == Code::Unimplemented => {
                 tracing::info!(leader = address, "the leader has no forwarding stream; forwarding by calls");
-                self.unary_only().push(address.to_string());
+                self.unary_only().insert(address.to_string(), Instant::now() + UNARY_FOR);
                 let left = (started + deadline).saturating_duration_since(tokio::time::Instant::now());
                 forward_call(&self.peers, address, left, request).await
             }
@@ -116,11 +119,11 @@ impl Forwarder {
     /// One message and its answer, on the open stream to `address`. A stream kept from
     /// earlier forwards may have ended while idle (the leader restarted); a message that found
     /// it closed is sent once more on a new one.
-    async fn exchange(&self, address: &str, data: Vec<u8>) -> std::result::Result<Vec<u8>, Failure> {
+    async fn exchange(&self, address: &str, request: &ClientRequest) -> std::result::Result<Vec<u8>, Failure> {
         let mut retry = true;
         loop {
             let (link, fresh) = self.link(address).await?;
-            match link.exchange(data.clone()).await {
+            match link.exchange(codec::encode(request)).await {
                 Ok(reply) => return Ok(reply),
                 Err(failure) => {
                     self.discard_link(&link).await;
@@ -450,7 +453,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_leader_without_the_stream_gets_calls() {
+    async fn a_leader_without_the_stream_gets_calls_for_a_while() {
         let peer = Arc::new(FakePeer::default());
         let addr = serve(peer.clone()).await;
         let forwarder = forwarder();
@@ -459,6 +462,11 @@ mod tests {
         }
         assert_eq!(peer.propose_calls.load(SeqCst), 4, "every forward answered by a call");
         assert_eq!(peer.propose_opened.load(SeqCst), 1, "a stream asked for once, not again");
+        // Once the leader's time on calls is over (as if upgraded), the stream is asked again.
+        forwarder.unary_only().insert(addr.clone(), Instant::now());
+        assert_eq!(forward(&forwarder, &addr, 5).await, 5);
+        assert_eq!(peer.propose_opened.load(SeqCst), 2, "the stream asked for again");
+        assert_eq!(peer.propose_calls.load(SeqCst), 5);
     }
 
     #[tokio::test]
