@@ -142,7 +142,13 @@ async fn requests_counted(cluster: &TestCluster, index: usize, method: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_sends_its_entries_on_one_stream_per_follower_and_reopens_it_after_a_restart() {
-    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    // openraft gives each AppendEntries a heartbeat interval to be answered, and a message
+    // without an answer in time rightly costs its stream (a late answer must not be read as
+    // the next one's). The tests' 50 ms interval was missed now and then on a loaded CI
+    // machine (four new streams during the 30 writes, once); at 250 ms the count below is
+    // about streams, not about how busy the machine is.
+    let options = ClusterOptions { heartbeat_ms: 250, election_timeout_ms: 1_500, ..ClusterOptions::default() };
+    let mut cluster = TestCluster::start(options).await;
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let follower = (leader + 1) % 3;
     put_anywhere(&cluster, "warm-up", "1", Duration::from_secs(10)).await;
@@ -156,11 +162,8 @@ async fn a_leader_sends_its_entries_on_one_stream_per_follower_and_reopens_it_af
     wait_value(&cluster, follower, "streamed/29", "v", Duration::from_secs(10)).await;
     let more_appends = requests_counted(&cluster, follower, "AppendEntries").await - appends;
     assert!(more_appends >= 30, "30 writes reached the follower in {more_appends} AppendEntries");
-    assert_eq!(
-        requests_counted(&cluster, follower, "AppendStream").await,
-        streams,
-        "30 writes opened new streams instead of using the open one"
-    );
+    let opened = requests_counted(&cluster, follower, "AppendStream").await - streams;
+    assert_eq!(opened, 0, "30 writes opened {opened} new streams instead of using the open one\n{}", cluster.logs());
 
     // A clean stop ends the streams it serves: left open, they held it for 10 s. The leader's
     // link opens a new one to the restarted follower, which then catches up.
