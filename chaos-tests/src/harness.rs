@@ -260,6 +260,16 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// Three servers with a 250 ms heartbeat and a 1.5 s election timeout, for tests that
+    /// count messages or streams: openraft gives each AppendEntries one heartbeat interval to
+    /// be answered, and the default 50 ms is now and then missed on a loaded CI machine, which
+    /// rightly replaces a stream or, rarely, starts an election.
+    pub fn slow_heartbeat() -> Self {
+        ClusterOptions { heartbeat_ms: 250, election_timeout_ms: 1_500, ..ClusterOptions::default() }
+    }
+}
+
 /// A cluster of server processes in a temporary directory.
 pub struct TestCluster {
     pub dir: PathBuf,

@@ -142,13 +142,11 @@ async fn requests_counted(cluster: &TestCluster, index: usize, method: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_sends_its_entries_on_one_stream_per_follower_and_reopens_it_after_a_restart() {
-    // openraft gives each AppendEntries a heartbeat interval to be answered, and a message
-    // without an answer in time rightly costs its stream (a late answer must not be read as
-    // the next one's). The tests' 50 ms interval was missed now and then on a loaded CI
-    // machine (four new streams during the 30 writes, once); at 250 ms the count below is
-    // about streams, not about how busy the machine is.
-    let options = ClusterOptions { heartbeat_ms: 250, election_timeout_ms: 1_500, ..ClusterOptions::default() };
-    let mut cluster = TestCluster::start(options).await;
+    // A message without an answer within its heartbeat interval rightly costs its stream (a
+    // late answer must not be read as the next one's). With the default 50 ms a loaded CI
+    // machine once opened four new streams during the 30 writes; with a slow heartbeat the
+    // count below is about streams, not about how busy the machine is.
+    let mut cluster = TestCluster::start(ClusterOptions::slow_heartbeat()).await;
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let follower = (leader + 1) % 3;
     put_anywhere(&cluster, "warm-up", "1", Duration::from_secs(10)).await;
@@ -186,7 +184,9 @@ async fn a_leader_sends_its_entries_on_one_stream_per_follower_and_reopens_it_af
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_forwards_its_writes_on_one_stream_and_opens_one_to_the_next_leader() {
-    let mut cluster = TestCluster::start(ClusterOptions::default()).await;
+    // Slow timing, as in the append-stream test above: the counts are about streams, which an
+    // election or a missed deadline on a loaded machine would move.
+    let mut cluster = TestCluster::start(ClusterOptions::slow_heartbeat()).await;
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let follower = (leader + 1) % 3;
     put(&cluster, follower, "warm-up", "1").await.expect("put through a follower");
