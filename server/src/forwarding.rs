@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use xene_raft_store::{codec, ClientRequest, ClientResponse};
 use crate::error::{Result, ServerError};
 use crate::metrics::PROPOSE_METHOD;
 use crate::node::{ClusterNode, ForwardReply};
-use crate::peers::PeerPool;
+use crate::peers::{PeerPool, StreamFailure};
 
 /// Forwarded batches a leader works on at once for one stream; beyond it, it reads no more of
 /// that stream until one is answered. A follower keeps at most three in flight
@@ -46,16 +46,6 @@ const STREAM_QUEUE: usize = 4;
 
 /// Largest answer a leader may send on the stream: the state machine's answer to a batch.
 const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
-
-/// Why a forward on the stream got no answer.
-#[derive(Clone, Debug)]
-enum Failure {
-    /// The stream, or the connection under it, ended as the text says; the leader may or may
-    /// not have seen the message.
-    Closed(String),
-    /// The leader answered the stream with an error status.
-    Status(Status),
-}
 
 /// A follower's forwarding to the leader: one stream to the leader it last forwarded to.
 pub struct Forwarder {
@@ -101,16 +91,16 @@ impl Forwarder {
             }
         };
         match failure {
-            Failure::Status(status) if status.code() == Code::Unimplemented => {
+            StreamFailure::Status(status) if status.code() == Code::Unimplemented => {
                 tracing::info!(leader = address, "the leader has no forwarding stream; forwarding by calls");
                 self.unary_only().insert(address.to_string(), Instant::now() + UNARY_FOR);
                 let left = (started + deadline).saturating_duration_since(tokio::time::Instant::now());
                 forward_call(&self.peers, address, left, request).await
             }
-            Failure::Status(status) => {
+            StreamFailure::Status(status) => {
                 Err(ServerError::unavailable(format!("forwarding to the leader at {address}: {}", status.message())))
             }
-            Failure::Closed(why) => {
+            StreamFailure::Closed(why) => {
                 Err(ServerError::unavailable(format!("forwarding to the leader at {address}: {why}; retry")))
             }
         }
@@ -119,7 +109,7 @@ impl Forwarder {
     /// One message and its answer, on the open stream to `address`. A stream kept from
     /// earlier forwards may have ended while idle (the leader restarted); a message that found
     /// it closed is sent once more on a new one.
-    async fn exchange(&self, address: &str, request: &ClientRequest) -> std::result::Result<Vec<u8>, Failure> {
+    async fn exchange(&self, address: &str, request: &ClientRequest) -> std::result::Result<Vec<u8>, StreamFailure> {
         let mut retry = true;
         loop {
             let (link, fresh) = self.link(address).await?;
@@ -128,7 +118,7 @@ impl Forwarder {
                 Err(failure) => {
                     self.discard_link(&link).await;
                     match failure {
-                        Failure::Closed(_) if !fresh && std::mem::take(&mut retry) => continue,
+                        StreamFailure::Closed(_) if !fresh && std::mem::take(&mut retry) => continue,
                         failure => return Err(failure),
                     }
                 }
@@ -138,7 +128,7 @@ impl Forwarder {
 
     /// The open stream to `address`, or a new one (`true` when new). A stream to another
     /// address (an earlier leader) is closed.
-    async fn link(&self, address: &str) -> std::result::Result<(Arc<Link>, bool), Failure> {
+    async fn link(&self, address: &str) -> std::result::Result<(Arc<Link>, bool), StreamFailure> {
         let mut slot = self.link.lock().await;
         if let Some(link) = slot.as_ref() {
             if link.address == address && !link.ended() {
@@ -182,13 +172,12 @@ struct Link {
 #[derive(Default)]
 struct Waiting {
     state: Mutex<WaitingState>,
-    ended: AtomicBool,
 }
 
 #[derive(Default)]
 struct WaitingState {
-    answers: HashMap<u64, oneshot::Sender<std::result::Result<Vec<u8>, Failure>>>,
-    ended: Option<Failure>,
+    answers: HashMap<u64, oneshot::Sender<std::result::Result<Vec<u8>, StreamFailure>>>,
+    ended: Option<StreamFailure>,
 }
 
 impl Waiting {
@@ -197,13 +186,12 @@ impl Waiting {
     }
 
     /// Marks the stream ended and fails every forward still waiting on it.
-    fn end(&self, failure: Failure) {
+    fn end(&self, failure: StreamFailure) {
         let answers = {
             let mut state = self.state();
             state.ended = Some(failure.clone());
             std::mem::take(&mut state.answers)
         };
-        self.ended.store(true, Ordering::Release);
         for (_, answer) in answers {
             let _ = answer.send(Err(failure.clone()));
         }
@@ -213,16 +201,13 @@ impl Waiting {
 impl Link {
     /// Opens a stream to the leader at `address`: the call's headers go out and the leader's
     /// come back (the caller's deadline covers this). The stream itself has no deadline.
-    async fn open(peers: &PeerPool, address: &str) -> std::result::Result<Link, Failure> {
-        let channel = peers.channel(address).map_err(|e| Failure::Status(Status::unavailable(e.to_string())))?;
+    async fn open(peers: &PeerPool, address: &str) -> std::result::Result<Link, StreamFailure> {
+        let channel = peers.channel(address).map_err(|e| StreamFailure::Status(Status::unavailable(e.to_string())))?;
         let mut client = RaftServiceClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES);
         let (requests, queued) = mpsc::channel(STREAM_QUEUE);
         let replies = match client.propose_stream(peers.stream_request(ReceiverStream::new(queued))).await {
             Ok(response) => response.into_inner(),
-            Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
-                return Err(Failure::Closed(status.message().to_string()))
-            }
-            Err(status) => return Err(Failure::Status(status)),
+            Err(status) => return Err(StreamFailure::from_status(status)),
         };
         let waiting = Arc::new(Waiting::default());
         let reader = tokio::spawn(read_answers(replies, Arc::clone(&waiting)));
@@ -230,11 +215,11 @@ impl Link {
     }
 
     fn ended(&self) -> bool {
-        self.waiting.ended.load(Ordering::Acquire)
+        self.waiting.state().ended.is_some()
     }
 
     /// Sends one message and waits for its answer.
-    async fn exchange(&self, data: Vec<u8>) -> std::result::Result<Vec<u8>, Failure> {
+    async fn exchange(&self, data: Vec<u8>) -> std::result::Result<Vec<u8>, StreamFailure> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         {
@@ -248,9 +233,9 @@ impl Link {
         // entry behind; a late answer to it is dropped by the reader.
         let _forget = Forget { waiting: &self.waiting, id };
         if self.requests.send(ProposeFrame { id, data }).await.is_err() {
-            return Err(Failure::Closed("the stream was closed".into()));
+            return Err(StreamFailure::Closed("the stream was closed".into()));
         }
-        answered.await.unwrap_or_else(|_| Err(Failure::Closed("the stream was closed".into())))
+        answered.await.unwrap_or_else(|_| Err(StreamFailure::Closed("the stream was closed".into())))
     }
 }
 
@@ -286,11 +271,8 @@ async fn read_answers(mut replies: Streaming<ProposeFrame>, waiting: Arc<Waiting
                     let _ = answer.send(Ok(frame.data));
                 }
             }
-            Ok(None) => break Failure::Closed("the leader ended the stream".into()),
-            Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
-                break Failure::Closed(status.message().to_string())
-            }
-            Err(status) => break Failure::Status(status),
+            Ok(None) => break StreamFailure::Closed("the leader ended the stream".into()),
+            Err(status) => break StreamFailure::from_status(status),
         }
     };
     waiting.end(failure);

@@ -22,7 +22,7 @@ use xene_proto::RaftPayload;
 use xene_raft_store::types::Entry;
 use xene_raft_store::{codec, NodeId, NodeInfo, TypeConfig};
 
-use crate::peers::PeerPool;
+use crate::peers::{PeerPool, StreamFailure};
 
 /// Builds one [`PeerNetwork`] per replication target.
 pub struct NetworkFactory {
@@ -79,15 +79,6 @@ const STREAM_QUEUE: usize = 1;
 struct AppendStream {
     requests: mpsc::Sender<RaftPayload>,
     replies: Streaming<RaftPayload>,
-}
-
-/// Why a message on an append stream got no answer.
-enum StreamFailure {
-    /// The stream (or the connection under it) ended, as the text says; the peer may never
-    /// have seen the message.
-    Closed(String),
-    /// The peer answered with an error status.
-    Status(Status),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,10 +183,7 @@ impl PeerNetwork {
                 Ok(reply)
             }
             Ok(None) => Err(StreamFailure::Closed("the peer ended the stream".into())),
-            Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
-                Err(StreamFailure::Closed(status.message().to_string()))
-            }
-            Err(status) => Err(StreamFailure::Status(status)),
+            Err(status) => Err(StreamFailure::from_status(status)),
         }
     }
 

@@ -101,6 +101,29 @@ impl PeerPool {
     }
 }
 
+/// Why a message on one of the servers' long-lived streams to each other (`AppendStream`,
+/// `ProposeStream`) got no answer.
+#[derive(Clone, Debug)]
+pub enum StreamFailure {
+    /// The stream, or the connection under it, ended as the text says; the peer may or may
+    /// not have seen the message.
+    Closed(String),
+    /// The peer answered with an error status.
+    Status(tonic::Status),
+}
+
+impl StreamFailure {
+    /// A stream's error status: an ended stream or connection (`Unavailable`, `Unknown`,
+    /// `Cancelled`), else the peer's answer.
+    pub fn from_status(status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::Unavailable | Code::Unknown | Code::Cancelled => StreamFailure::Closed(status.message().to_string()),
+            _ => StreamFailure::Status(status),
+        }
+    }
+}
+
 /// A channel that sends each request's body whole: tonic hands a unary request's message to
 /// HTTP/2 as a stream that learns it has ended only when polled again, so every call left as
 /// three writes (headers, the message, an empty frame that ends the stream). Collected first,
