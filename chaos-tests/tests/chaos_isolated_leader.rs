@@ -1,5 +1,5 @@
 //! A leader cut off from the other servers, still reached by its agents, must not keep them
-//! working for it (DESIGN §7.5, ARCHITECTURE "agents' invariants"): it cannot confirm its
+//! working for it (DESIGN §7.5, ARCHITECTURE, the server's invariants): it cannot confirm its
 //! leadership, so it stops acknowledging their heartbeats. Agents that reach other servers
 //! find the new leader before their TTL ends, and the run in progress keeps going on the same
 //! agent, once, and succeeds; an agent that reaches only the cut-off leader stops its run
@@ -124,7 +124,13 @@ fn tails(agents: &[&AgentProc]) -> String {
     agents.iter().map(|a| format!("--- {} ---\n{}", a.name, a.log_tail(30))).collect::<Vec<_>>().join("\n")
 }
 
-/// Starts the run once its pipeline is placed and waits for its step to begin; returns its ID.
+/// Starts the run once its pipeline is placed, waits for its step to begin and for the
+/// cluster to have recorded it `Running` on an agent; returns its ID.
+///
+/// An agent starts a run's steps without waiting for its report to commit (ARCHITECTURE, the
+/// server's invariants): a leader cut off between the two never recorded the start, and the
+/// next holder runs the run from the beginning as `Pending`. The tests here are about a run
+/// the cluster knows is in flight, so they cut the leader only once a server has applied it.
 async fn start_run(cluster: &TestCluster, ledger: &Path, agents: &[&AgentProc]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     let id = loop {
@@ -144,7 +150,20 @@ async fn start_run(cluster: &TestCluster, ledger: &Path, agents: &[&AgentProc]) 
         assert!(Instant::now() < deadline, "the step did not start\n{}\n{}", cluster.logs(), tails(agents));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    id
+    // A server applies only committed entries, so `Running` read from any of them is recorded.
+    loop {
+        let run = get_run(cluster, 0, &id).await;
+        if run.as_ref().is_ok_and(|r| r.status.phase == RunPhase::Running && r.status.agent.is_some()) {
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {id} was not recorded Running: {run:?}\n{}\n{}",
+            cluster.logs(),
+            tails(agents)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until one of `others` leads, and returns it.
