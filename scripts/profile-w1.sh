@@ -13,7 +13,9 @@ bin_dir=${1:-${CARGO_TARGET_DIR:-target}/dist}
 clients=${2:-256}
 seconds=${3:-8}
 if ! command -v perf > /dev/null; then
-  apt-get install -y -q linux-perf > /dev/null
+  echo "profile-w1: installing linux-perf with apt-get" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf > /dev/null
 fi
 for program in xene-bench xene-server xene-agent; do
   [ -x "$bin_dir/$program" ] || { echo "$bin_dir/$program is missing: build it, or pass its folder" >&2; exit 2; }
