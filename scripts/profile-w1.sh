@@ -35,6 +35,10 @@ if [ -z "$pids" ]; then
   exit 1
 fi
 perf record -q -F 199 --call-graph dwarf,16384 -o "$out/perf.data" -p "$pids" -- sleep "$seconds" 2> /dev/null
-wait "$bench"
+if ! wait "$bench"; then
+  echo "xene-bench failed:" >&2
+  cat "$out/bench.txt" >&2
+  exit 1
+fi
 grep 'W1' "$out/bench.txt" || true
 perf script -i "$out/perf.data" 2> /dev/null | python3 scripts/perf-components.py
