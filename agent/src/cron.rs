@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use xene_model::{CatchUp, CronSchedule, Trigger, Workflow};
 use xene_proto as pb;
 use xene_proto::agent_message;
 
 use crate::leases::{HeldLease, Leases};
+use crate::outbox::Outbox;
 
 /// The most missed fires `catchUp: All` sends.
 pub const MAX_CATCH_UP: usize = 100;
@@ -37,7 +37,7 @@ struct Slot {
 
 /// Runs until `stop`: keeps one [`Slot`] per cron trigger of every held pipeline and sends a
 /// `CronFire` through `outbox` at each fire.
-pub async fn run(leases: Arc<Leases>, outbox: UnboundedSender<pb::AgentMessage>, stop: CancellationToken) {
+pub async fn run(leases: Arc<Leases>, outbox: Outbox, stop: CancellationToken) {
     let mut slots: BTreeMap<(String, String), Slot> = BTreeMap::new();
     // The (epoch, workflow revision) each held pipeline's slots were made for: a lease is read
     // (and its workflow parsed) once per grant, not on every wake. A workflow applied again
@@ -120,7 +120,7 @@ fn new_slots(pipeline: &str, lease: &HeldLease, now: DateTime<Utc>) -> Vec<(Stri
     out
 }
 
-fn send(outbox: &UnboundedSender<pb::AgentMessage>, pipeline: &str, trigger: &str, epoch: u64, at: DateTime<Utc>) {
+fn send(outbox: &Outbox, pipeline: &str, trigger: &str, epoch: u64, at: DateTime<Utc>) {
     tracing::debug!(pipeline, trigger, %at, "cron fire");
     let fire = pb::CronFire {
         pipeline: pipeline.to_string(),
@@ -129,5 +129,5 @@ fn send(outbox: &UnboundedSender<pb::AgentMessage>, pipeline: &str, trigger: &st
         scheduled_ms: at.timestamp_millis(),
         seq: 0,
     };
-    let _ = outbox.send(pb::AgentMessage { body: Some(agent_message::Body::CronFire(fire)) });
+    let _ = outbox.send(pb::AgentMessage { body: Some(agent_message::Body::CronFire(fire)) }.into());
 }

@@ -10,6 +10,7 @@ mod data_dir;
 mod docker;
 mod leases;
 mod lines;
+mod outbox;
 mod outputs;
 mod pace;
 mod process;

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use xene_proto as pb;
 use xene_proto::agent_message;
 
+use crate::outbox::Outgoing;
+
 /// A token bucket of bytes: `rate` bytes per second, holding at most `burst`.
 #[derive(Debug)]
 struct LogPace {
@@ -71,7 +73,7 @@ impl LogPace {
 #[derive(Debug)]
 pub struct Pacer {
     pace: LogPace,
-    held: VecDeque<pb::AgentMessage>,
+    held: VecDeque<Outgoing>,
 }
 
 /// The run a write is about, for log chunks and statuses.
@@ -89,11 +91,11 @@ impl Pacer {
     }
 
     /// Returns `message` if it may leave now (a chunk spends from the pace), or holds it.
-    pub fn admit(&mut self, message: pb::AgentMessage, now: Instant) -> Option<pb::AgentMessage> {
-        let wait = match &message.body {
+    pub fn admit(&mut self, message: Outgoing, now: Instant) -> Option<Outgoing> {
+        let wait = match &message.message.body {
             Some(agent_message::Body::Logs(_)) => !self.held.is_empty() || !self.pace.wait(now).is_zero(),
             Some(agent_message::Body::RunUpdate(update)) => {
-                self.held.iter().any(|held| run_of(held) == Some(update.run.as_str()))
+                self.held.iter().any(|held| run_of(&held.message) == Some(update.run.as_str()))
             }
             _ => false,
         };
@@ -101,25 +103,25 @@ impl Pacer {
             self.held.push_back(message);
             return None;
         }
-        self.spend(&message, now);
+        self.spend(&message.message, now);
         Some(message)
     }
 
     /// The first held write, if it may leave now: a status at once, a chunk when the pace
     /// lets it.
-    pub fn release(&mut self, now: Instant) -> Option<pb::AgentMessage> {
+    pub fn release(&mut self, now: Instant) -> Option<Outgoing> {
         if !self.wait(now)?.is_zero() {
             return None;
         }
         let message = self.held.pop_front()?;
-        self.spend(&message, now);
+        self.spend(&message.message, now);
         Some(message)
     }
 
     /// How long until the first held write may leave; `None` when nothing is held.
     pub fn wait(&mut self, now: Instant) -> Option<Duration> {
         let first = self.held.front()?;
-        match first.body {
+        match first.message.body {
             Some(agent_message::Body::Logs(_)) => Some(self.pace.wait(now)),
             _ => Some(Duration::ZERO),
         }
@@ -219,22 +221,22 @@ mod tests {
             status("b"),
         ];
         for message in arrivals {
-            if let Some(out) = pacer.admit(message, start) {
-                sent.push(label(&out));
+            if let Some(out) = pacer.admit(message.into(), start) {
+                sent.push(label(&out.message));
             }
         }
         // The first chunk spends more than the burst; the second waits, and so does a's
         // status; b's status and the cron fire pass; b's chunk queues behind a's, and b's next
         // status behind it.
         assert_eq!(sent, vec![format!("logs a {}", big + 10), "status b".into(), "cron".into()]);
-        assert_eq!(pacer.release(start).map(|m| label(&m)), None, "the bucket is in debt");
+        assert_eq!(pacer.release(start).map(|m| label(&m.message)), None, "the bucket is in debt");
         let wait = pacer.wait(start).expect("writes are held");
         assert!(!wait.is_zero(), "10 bytes of debt to wait out");
         let mut now = start;
         while let Some(wait) = pacer.wait(now) {
             now += wait;
             while let Some(out) = pacer.release(now) {
-                sent.push(label(&out));
+                sent.push(label(&out.message));
             }
         }
         assert_eq!(

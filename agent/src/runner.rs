@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::mpsc::UnboundedSender;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use xene_model::outputs::{
@@ -29,12 +28,10 @@ use crate::chunk::ChunkJson;
 use crate::docker::{DockerExecutor, RegistryCredentials, RunResources, StepCommand, TaskContainer, TaskSpec};
 use crate::leases::Leases;
 use crate::lines::{now_ms, StepOutput};
+use crate::outbox::{Outbox, Outgoing};
 use crate::outputs::{read_outputs_file, OutputFile, OutputFiles, OUTPUTS_DIR};
 use crate::process::{run_step, StepEnd, StepRecords};
 use crate::tail::Tail;
-
-/// Messages for the leader; the session sends them in order when it is connected.
-pub type Outbox = UnboundedSender<pb::AgentMessage>;
 
 /// The agent's runs.
 pub struct Runner {
@@ -299,7 +296,7 @@ impl Runner {
                 },
             );
         }
-        report(&self.outbox, epoch, &run);
+        let start_applied = report_and_hear_applied(&self.outbox, epoch, &run);
         // Until the run's status reporter starts (once the run is `Running`), a new session's
         // call for every status is answered with this one.
         let starting = ResendWhileStarting::start(run.clone(), self.outbox.clone(), epoch, self.resend.subscribe());
@@ -351,6 +348,20 @@ impl Runner {
         } else {
             None
         };
+        // No step starts before the leader has applied this start (the wait overlaps the
+        // preparation above). A leader cut off from the others before then may be followed by
+        // one that never heard of it and hands the run to another agent; once it is applied,
+        // every later leader knows the run is here, and starting it elsewhere is a counted
+        // retry (DESIGN §7.4, §7.5). A cancel or this agent's fence ends the wait, and the
+        // run ends before its first task. A waiter dropped unanswered means the agent is
+        // stopping, which cancels every run.
+        let applied = tokio::select! {
+            heard = start_applied => heard.is_ok(),
+            _ = cancel.cancelled() => false,
+        };
+        if !applied {
+            cancel.cancelled().await;
+        }
         // Stopped and waited for: a StartingUp it was sending must not follow Running.
         starting.stop().await;
         run.status.phase = RunPhase::Running;
@@ -624,6 +635,17 @@ fn not_executed(name: &str) -> StepRunStatus {
 }
 
 fn report(outbox: &Outbox, epoch: u64, run: &RunObject) {
+    let _ = outbox.send(status_message(epoch, run).into());
+}
+
+/// As [`report`], and answers once the leader has applied the status.
+fn report_and_hear_applied(outbox: &Outbox, epoch: u64, run: &RunObject) -> oneshot::Receiver<()> {
+    let (applied, heard) = oneshot::channel();
+    let _ = outbox.send(Outgoing { message: status_message(epoch, run), applied: Some(applied) });
+    heard
+}
+
+fn status_message(epoch: u64, run: &RunObject) -> pb::AgentMessage {
     let update = pb::RunUpdate {
         run: run.metadata.name.clone(),
         epoch,
@@ -631,7 +653,7 @@ fn report(outbox: &Outbox, epoch: u64, run: &RunObject) {
         // Numbered by the session when it sends it.
         seq: 0,
     };
-    let _ = outbox.send(pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(update)) });
+    pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(update)) }
 }
 
 /// Sends a running run's status as tasks change it, at most once every [`Self::EVERY`]: a task
@@ -1368,7 +1390,7 @@ impl StepOutput for LogShipper<'_> {
             first_seq: self.first_seq,
             seq: 0,
         };
-        let _ = self.outbox.send(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) });
+        let _ = self.outbox.send(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }.into());
     }
 }
 
@@ -1400,6 +1422,7 @@ fn masks(secrets: &BTreeMap<String, String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::OutboxReceiver;
     use xene_model::{LogChunk, LogLine};
 
     #[test]
@@ -1457,7 +1480,9 @@ mod tests {
         shipper.line("stdout", "cert: line-one", 0);
         shipper.line("stdout", "line-two and a", 0);
         shipper.flush();
-        let Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) = rx.try_recv().ok() else {
+        let Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) =
+            rx.try_recv().ok().map(|o| o.message)
+        else {
             panic!("a log batch")
         };
         let chunk: LogChunk = serde_json::from_str(&batch.chunk_json).expect("chunk");
@@ -1495,9 +1520,11 @@ mod tests {
     }
 
     /// The lines of every chunk sent to `rx`, checking each chunk's numbering.
-    fn received(rx: &mut tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage>) -> Vec<LogLine> {
+    fn received(rx: &mut OutboxReceiver) -> Vec<LogLine> {
         let mut lines = Vec::new();
-        while let Ok(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) = rx.try_recv() {
+        while let Ok(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) }) =
+            rx.try_recv().map(|o| o.message)
+        {
             assert!(batch.chunk_json.len() < 1 << 20, "a chunk must fit the store's 1 MiB value limit");
             let chunk: LogChunk = serde_json::from_str(&batch.chunk_json).expect("chunk");
             assert_eq!(chunk.lines.first().map(|l| l.seq), Some(batch.first_seq));
@@ -1594,7 +1621,7 @@ mod tests {
             end
         });
         let began = std::time::Instant::now();
-        let first = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        let first = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.map(|o| o.map(|o| o.message));
         let Ok(Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(batch)) })) = first else {
             panic!("no log batch within 2 s of a step that printed and fell silent: {first:?}")
         };
@@ -1603,7 +1630,8 @@ mod tests {
         let texts: Vec<(&str, &str)> = chunk.lines.iter().map(|l| (l.stream.as_str(), l.text.as_str())).collect();
         assert!(texts.contains(&("stdout", "first")) && texts.contains(&("stderr", "second")), "{texts:?}");
         assert_eq!(step.await.expect("step task"), StepEnd::Exited(0));
-        let Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(last)) }) = rx.recv().await else {
+        let Some(pb::AgentMessage { body: Some(agent_message::Body::Logs(last)) }) = rx.recv().await.map(|o| o.message)
+        else {
             panic!("the last line's batch")
         };
         let chunk: LogChunk = serde_json::from_str(&last.chunk_json).expect("chunk");
@@ -1684,6 +1712,33 @@ mod tests {
         max_tasks: usize,
         manifest: &str,
     ) -> (Arc<Runner>, tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage>) {
+        let (runner, outbox) = process_runner_unapplied(dir, max_tasks, manifest);
+        (runner, applied_at_once(outbox))
+    }
+
+    /// Stands in for the leader: tells every writer at once that its write was applied, and
+    /// passes the messages on.
+    fn applied_at_once(mut outbox: OutboxReceiver) -> tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Outgoing { message, applied }) = outbox.recv().await {
+                if let Some(applied) = applied {
+                    let _ = applied.send(());
+                }
+                if tx.send(message).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// As [`process_runner`], with the outbox itself: nothing is applied unless the test says.
+    fn process_runner_unapplied(
+        dir: &std::path::Path,
+        max_tasks: usize,
+        manifest: &str,
+    ) -> (Arc<Runner>, OutboxReceiver) {
         let workflow = xene_model::parse_manifest(manifest).expect("manifest");
         let leases = Arc::new(Leases::default());
         let (tx, outbox) = tokio::sync::mpsc::unbounded_channel();
@@ -1744,6 +1799,63 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+
+    /// A workflow whose one task touches `marker`, and a runner for it whose writes are applied
+    /// only when the test says; the run `id` started, and its first write taken.
+    async fn started_unapplied(
+        dir: &std::path::Path,
+        marker: &std::path::Path,
+        id: &str,
+    ) -> (Arc<Runner>, OutboxReceiver, RunObject, oneshot::Sender<()>) {
+        let manifest = format!(
+            "apiVersion: xene.dev/v1\nkind: Workflow\nmetadata: {{name: w}}\nspec:\n  pipelines:\n    p:\n      tasks:\n        t: {{steps: [{{name: s, run: 'touch {}'}}]}}\n",
+            marker.display()
+        );
+        let (runner, mut outbox) = process_runner_unapplied(dir, 2, &manifest);
+        start_run(&runner, id);
+        let first = tokio::time::timeout(Duration::from_secs(10), outbox.recv())
+            .await
+            .expect("the run's first write within 10 s")
+            .expect("the outbox is open");
+        let Some(agent_message::Body::RunUpdate(update)) = first.message.body else {
+            panic!("the run's start first: {:?}", first.message)
+        };
+        let run: RunObject = serde_json::from_str(&update.run_json).expect("run json");
+        let applied = first.applied.expect("the start waits to hear it was applied");
+        (runner, outbox, run, applied)
+    }
+
+    /// A run's steps wait until the leader has applied its start: a leader cut off from the
+    /// others before then may be followed by one that never heard of the run and hands it to
+    /// another agent (DESIGN §7.5; a chaos test's failure showed the window).
+    #[tokio::test]
+    async fn no_step_starts_before_the_leader_applied_the_runs_start() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let marker = dir.path().join("ran");
+        let (_runner, mut outbox, run, applied) = started_unapplied(dir.path(), &marker, "waits").await;
+        assert_eq!(run.status.phase, RunPhase::StartingUp);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!marker.exists(), "a step ran before its run's start was applied");
+        assert!(outbox.try_recv().is_err(), "nothing follows the start until it is applied");
+        applied.send(()).expect("the run waits to hear");
+        let done = final_report(&mut applied_at_once(outbox)).await;
+        assert_eq!(done.status.phase, RunPhase::Success, "{done:#?}");
+        assert!(marker.exists(), "the step ran once the start was applied");
+    }
+
+    /// A run whose lease goes while it waits for its start to be applied ends before its first
+    /// task, as `AgentLost`, having run nothing.
+    #[tokio::test]
+    async fn a_run_stopped_before_its_start_was_applied_runs_nothing() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let marker = dir.path().join("ran");
+        let (runner, outbox, _, _applied) = started_unapplied(dir.path(), &marker, "stopped").await;
+        runner.stop_pipeline("w/p");
+        let done = final_report(&mut applied_at_once(outbox)).await;
+        assert_eq!((done.status.phase, done.status.reason), (RunPhase::Error, Some(ErrorReason::AgentLost)));
+        assert_eq!(done.status.tasks["t"].status, StepStatus::NotExecuted, "{done:#?}");
+        assert!(!marker.exists(), "a step ran");
     }
 
     /// The task limit is the agent's, not each run's (DESIGN §9.2): two runs of three

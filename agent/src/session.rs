@@ -19,10 +19,10 @@ use crate::config::AgentConfig;
 use crate::connect::channel;
 use crate::credential::Credential;
 use crate::leases::{Granted, Leases};
+use crate::outbox::{OutboxReceiver, Outgoing};
 use crate::pace::Pacer;
 use crate::runner::Runner;
-use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 /// Why a session ended.
@@ -42,7 +42,7 @@ pub async fn run(
     credential: Credential,
     leases: Arc<Leases>,
     runner: Arc<Runner>,
-    outbox: UnboundedReceiver<pb::AgentMessage>,
+    outbox: OutboxReceiver,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let (contact, seen) = watch::channel(Contact { last: Instant::now(), ttl: None });
@@ -97,7 +97,7 @@ async fn sessions(
     credential: Credential,
     leases: &Arc<Leases>,
     runner: &Arc<Runner>,
-    mut outbox: UnboundedReceiver<pb::AgentMessage>,
+    mut outbox: OutboxReceiver,
     stop: &CancellationToken,
     contact: &watch::Sender<Contact>,
 ) -> anyhow::Result<()> {
@@ -188,7 +188,7 @@ impl Beats {
 struct Link<'a> {
     leases: &'a Leases,
     runner: &'a Arc<Runner>,
-    outbox: &'a mut UnboundedReceiver<pb::AgentMessage>,
+    outbox: &'a mut OutboxReceiver,
     unacked: &'a mut Unacked,
     pacer: &'a mut Pacer,
 }
@@ -224,6 +224,8 @@ struct Unacked {
     writes: std::collections::VecDeque<(u64, pb::AgentMessage)>,
     /// Bytes of the log chunks among `writes`.
     chunk_bytes: usize,
+    /// Who waits to hear that a write among `writes` was applied, by its number.
+    waiting: std::collections::VecDeque<(u64, oneshot::Sender<()>)>,
 }
 
 fn chunk_bytes(message: &pb::AgentMessage) -> usize {
@@ -240,10 +242,14 @@ impl Unacked {
         self.writes.len() < WINDOW && self.chunk_bytes < WINDOW_BYTES
     }
 
-    /// Numbers `message` and keeps it until acknowledged.
-    fn add(&mut self, mut message: pb::AgentMessage) -> pb::AgentMessage {
+    /// Numbers `message` and keeps it (and whoever waits for it) until acknowledged.
+    fn add(&mut self, outgoing: Outgoing) -> pb::AgentMessage {
+        let Outgoing { mut message, applied } = outgoing;
         self.next_seq += 1;
         let seq = self.next_seq;
+        if let Some(applied) = applied {
+            self.waiting.push_back((seq, applied));
+        }
         match &mut message.body {
             Some(agent_message::Body::RunUpdate(update)) => update.seq = seq,
             Some(agent_message::Body::Logs(batch)) => batch.seq = seq,
@@ -255,11 +261,17 @@ impl Unacked {
         message
     }
 
-    /// Forgets every write up to `seq`.
+    /// Forgets every write up to `seq`, telling whoever waited for one that it was applied.
     fn acked(&mut self, seq: u64) {
         while self.writes.front().is_some_and(|(s, _)| *s <= seq) {
             if let Some((_, gone)) = self.writes.pop_front() {
                 self.chunk_bytes -= chunk_bytes(&gone);
+            }
+        }
+        while self.waiting.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, applied)) = self.waiting.pop_front() {
+                // A waiter that gave up (its run stopped) no longer listens.
+                let _ = applied.send(());
             }
         }
     }
@@ -470,7 +482,7 @@ mod tests {
         let big = 600 << 10;
         let mut sent = 0;
         while unacked.has_room() {
-            unacked.add(chunk(big));
+            unacked.add(chunk(big).into());
             sent += 1;
         }
         assert_eq!(sent, WINDOW_BYTES.div_ceil(big), "chunks up to the bytes, and the one that crossed them");
@@ -481,9 +493,28 @@ mod tests {
         let status = pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(pb::RunUpdate::default())) };
         for _ in 0..WINDOW {
             assert!(unacked.has_room());
-            unacked.add(status.clone());
+            unacked.add(status.clone().into());
         }
         assert!(!unacked.has_room(), "at most {WINDOW} writes of any size");
+    }
+
+    #[test]
+    fn a_writer_hears_its_write_was_applied_only_from_an_ack_that_covers_it() {
+        let mut unacked = Unacked::default();
+        let status = || pb::AgentMessage { body: Some(agent_message::Body::RunUpdate(pb::RunUpdate::default())) };
+        unacked.add(status().into());
+        let (applied, mut heard) = oneshot::channel();
+        let sent = unacked.add(Outgoing { message: status(), applied: Some(applied) });
+        let Some(agent_message::Body::RunUpdate(update)) = sent.body else { panic!("a status: {sent:?}") };
+        assert_eq!(update.seq, 2);
+        unacked.add(chunk(10).into());
+        unacked.acked(1);
+        assert_eq!(heard.try_recv(), Err(oneshot::error::TryRecvError::Empty), "an ack of an earlier write");
+        // A new session sends the unacknowledged writes again; the waiter stays.
+        assert_eq!(unacked.writes.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [2, 3]);
+        unacked.acked(3);
+        assert_eq!(heard.try_recv(), Ok(()), "the leader's batch ack covers it");
+        assert!(unacked.waiting.is_empty());
     }
 
     #[test]

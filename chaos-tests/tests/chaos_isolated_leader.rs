@@ -127,10 +127,10 @@ fn tails(agents: &[&AgentProc]) -> String {
 /// Starts the run once its pipeline is placed, waits for its step to begin and for the
 /// cluster to have recorded it `Running` on an agent; returns its ID.
 ///
-/// An agent starts a run's steps without waiting for its report to commit (ARCHITECTURE, the
-/// server's invariants): a leader cut off between the two never recorded the start, and the
-/// next holder runs the run from the beginning as `Pending`. The tests here are about a run
-/// the cluster knows is in flight, so they cut the leader only once a server has applied it.
+/// An agent starts a run's steps once its `StartingUp` is applied, and reports `Running` as
+/// they start (ARCHITECTURE, the server's invariants). The tests here are about a run the
+/// cluster knows is running, so they cut the leader only once a server has applied
+/// `Running`.
 async fn start_run(cluster: &TestCluster, ledger: &Path, agents: &[&AgentProc]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     let id = loop {
