@@ -48,6 +48,12 @@ async fn apply_is_idempotent_versioned_and_delete_removes_pipelines() {
     assert_eq!(pipeline.metadata.name, "ping-ci/build");
     assert_eq!(pipeline.status.phase.as_str(), "NotScheduled");
     assert_eq!(pipeline.status.reason.as_deref(), Some("no agents"));
+    // Every object has its own uid and creation time (DESIGN §6.3).
+    let created: Workflow = serde_json::from_str(&first.object.as_ref().expect("object").json).expect("json");
+    assert!(created.metadata.uid.as_deref().is_some_and(|uid| uid.len() == 36), "{:?}", created.metadata);
+    assert!(pipeline.metadata.uid.as_deref().is_some_and(|uid| uid.len() == 36), "{:?}", pipeline.metadata);
+    assert_ne!(pipeline.metadata.uid, created.metadata.uid, "a pipeline is an object of its own");
+    assert!(pipeline.metadata.creation_timestamp.is_some(), "{:?}", pipeline.metadata);
 
     // Applying the same manifest again changes nothing: same resourceVersion.
     let again = apply(&cluster, 2, &manifest).await.expect("apply again");

@@ -276,6 +276,9 @@ async fn a_dag_runs_to_success_with_logs_env_and_parameters() {
     assert_eq!(run.status.phase, RunPhase::Success);
     assert!(run.status.agent.as_deref().is_some_and(|a| a.starts_with("runner-")));
     assert!(run.status.lease_epoch.is_some());
+    // Set by the server at creation and kept through the agent's reports (DESIGN §6.3).
+    assert!(run.metadata.uid.as_deref().is_some_and(|uid| uid.len() == 36), "{:?}", run.metadata);
+    assert!(run.metadata.creation_timestamp.is_some_and(|t| Some(t) <= run.status.started), "{:?}", run.metadata);
     for task in ["prepare", "left", "right", "join"] {
         assert_eq!(run.status.tasks[task].status, StepStatus::Success, "{task}");
     }

@@ -6,7 +6,6 @@
 //! `Pipeline` status object per pipeline; re-applying an unchanged manifest writes nothing.
 
 use chrono::Utc;
-use rand::RngCore;
 use xene_model::{parse_manifest, LabelSelector, PipelineObject, Workflow, PIPELINE_KIND, REASON_NO_AGENTS};
 use xene_raft_store::{Compare, KeyValue, Op, Txn};
 
@@ -117,11 +116,13 @@ fn desired(
     (&workflow.metadata.description, &workflow.metadata.labels, &workflow.spec)
 }
 
-fn new_uid() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    let hex = hex::encode(bytes);
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+/// The status object of a pipeline just added to the store: not placed yet, with its own uid
+/// and creation time (DESIGN §6.3).
+fn new_pipeline_object(workflow: &Workflow, pipeline: &str) -> PipelineObject {
+    let mut object = PipelineObject::not_scheduled(&workflow.metadata, pipeline, REASON_NO_AGENTS);
+    object.metadata.uid = Some(crate::runs::new_uid());
+    object.metadata.creation_timestamp = Some(Utc::now());
+    object
 }
 
 fn put_json<T: serde::Serialize>(key: String, value: &T) -> Result<Op> {
@@ -160,11 +161,11 @@ pub async fn apply(node: &ClusterNode, manifest: &str) -> Result<(ApplyResult, S
                         "workflow {name:?} does not exist, so resourceVersion {version} cannot match; remove metadata.resourceVersion to create it"
                     )));
                 }
-                workflow.metadata.uid = Some(new_uid());
+                workflow.metadata.uid = Some(crate::runs::new_uid());
                 workflow.metadata.creation_timestamp = Some(Utc::now());
                 let mut ops = vec![put_json(key.clone(), &workflow)?];
                 for pipeline in workflow.spec.pipelines.keys() {
-                    let object = PipelineObject::not_scheduled(&workflow.metadata, pipeline, REASON_NO_AGENTS);
+                    let object = new_pipeline_object(&workflow, pipeline);
                     ops.push(put_json(keys::pipeline(&name, pipeline), &object)?);
                 }
                 let response = node
@@ -192,7 +193,7 @@ pub async fn apply(node: &ClusterNode, manifest: &str) -> Result<(ApplyResult, S
                 let mut ops = vec![put_json(key.clone(), &workflow)?];
                 ops.extend(crate::triggers::cron::restart_cursors(&stored, &workflow, Utc::now())?);
                 for pipeline in workflow.spec.pipelines.keys().filter(|p| !stored.spec.pipelines.contains_key(*p)) {
-                    let object = PipelineObject::not_scheduled(&workflow.metadata, pipeline, REASON_NO_AGENTS);
+                    let object = new_pipeline_object(&workflow, pipeline);
                     ops.push(put_json(keys::pipeline(&name, pipeline), &object)?);
                 }
                 for pipeline in stored.spec.pipelines.keys().filter(|p| !workflow.spec.pipelines.contains_key(*p)) {

@@ -32,6 +32,14 @@ fn decode(kv: &KeyValue) -> Result<StoredRun> {
     Ok(StoredRun { run, revision: kv.mod_revision })
 }
 
+/// A new object's `metadata.uid` (DESIGN §6.3): 128 random bits in the 8-4-4-4-12 form.
+pub fn new_uid() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    let hex = hex::encode(bytes);
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
 fn new_id(workflow: &str, pipeline: &str) -> String {
     let mut bytes = [0u8; 3];
     rand::rng().fill_bytes(&mut bytes);
@@ -102,6 +110,7 @@ pub fn pending(
             agent_retries: 0,
         },
     );
+    run.metadata.uid = Some(new_uid());
     run.metadata.creation_timestamp = Some(Utc::now());
     let value = serde_json::to_vec(&run).map_err(internal)?;
     Ok(NewRun { key: keys::run(&id), value, run })
