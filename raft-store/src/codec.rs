@@ -5,7 +5,7 @@
 //! [`DecodeError`].
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The format byte of values written by this version.
 pub const FORMAT_V1: u8 = 1;
@@ -37,8 +37,9 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_io(value, out).expect("invariant: store types serialize with postcard")
 }
 
-/// Decodes bytes written by [`encode`]; `what` names the value in the error.
-pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
+/// Decodes bytes written by [`encode`]; `what` names the value in the error. `T` may borrow
+/// from `bytes`.
+pub fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T, DecodeError> {
     match bytes.split_first() {
         None => Err(DecodeError::Empty { what }),
         Some((&FORMAT_V1, body)) => {

@@ -20,6 +20,7 @@ pub mod command;
 mod db;
 mod dedup;
 mod error;
+mod index;
 mod log_store;
 mod log_sync;
 mod overlay;

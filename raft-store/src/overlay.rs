@@ -2,10 +2,12 @@
 //! entries against it, so later operations read earlier writes of the same batch, and then
 //! writes it to RocksDB in one atomic batch.
 //!
-//! Before an entry runs, [`Overlay::prefetch`] reads every key it names in one RocksDB
-//! `MultiGet`, which sorts the keys and shares each table's filter and index lookups among
-//! them: a leader's entry under many clients holds hundreds of puts, each of which reads its
-//! key's previous version (DESIGN §4.3).
+//! A put, a delete and a compare of revisions or versions need only a key's revisions, which
+//! [`Overlay::revisions`] answers from the pending writes and the in-memory [`KeyIndex`].
+//! What needs a key's value (a compare of values, a get, a write that answers with the
+//! previous value) reads it: before an entry runs, [`Overlay::prefetch`] reads those keys in
+//! one RocksDB `MultiGet`, which sorts the keys and shares each table's filter and index
+//! lookups among them.
 
 use std::collections::BTreeMap;
 use std::iter::Peekable;
@@ -16,6 +18,7 @@ use crate::codec;
 use crate::command::KeyValue;
 use crate::db::{sm_key, Db, CF_SM};
 use crate::error::Result;
+use crate::index::{IndexChanges, KeyIndex, Revisions};
 
 /// What a scan returns of each key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,8 @@ pub(crate) enum Values {
 /// Pending writes: `Some` is a put, `None` a delete.
 pub(crate) struct Overlay<'a> {
     db: &'a Db,
+    /// Every stored key's revisions as of before this batch.
+    index: &'a KeyIndex,
     writes: BTreeMap<Vec<u8>, Option<KeyValue>>,
     /// Keys as stored before this batch, read ahead for the entry being applied; `None` is
     /// an absent key. A key written since is in `writes`, which is looked at first.
@@ -44,8 +49,16 @@ pub(crate) fn data_key(key: &[u8]) -> Vec<u8> {
 }
 
 impl<'a> Overlay<'a> {
-    pub(crate) fn new(db: &'a Db) -> Self {
-        Overlay { db, writes: BTreeMap::new(), stored: BTreeMap::new() }
+    pub(crate) fn new(db: &'a Db, index: &'a KeyIndex) -> Self {
+        Overlay { db, index, writes: BTreeMap::new(), stored: BTreeMap::new() }
+    }
+
+    /// The current revisions of `key`, pending writes first; `None` when it is absent.
+    pub(crate) fn revisions(&self, key: &[u8]) -> Option<Revisions> {
+        match self.writes.get(key) {
+            Some(pending) => pending.as_ref().map(Revisions::of),
+            None => self.index.get(key),
+        }
     }
 
     /// Reads `keys` ahead in one call, for the [`Overlay::get`]s of the entry about to be
@@ -53,8 +66,11 @@ impl<'a> Overlay<'a> {
     /// Fewer than two keys left to read are left to `get`.
     pub(crate) fn prefetch<'k>(&mut self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<()> {
         self.stored.clear();
-        let mut wanted: Vec<Vec<u8>> =
-            keys.into_iter().filter(|key| !self.writes.contains_key(*key)).map(data_key).collect();
+        let mut wanted: Vec<Vec<u8>> = keys
+            .into_iter()
+            .filter(|key| !self.writes.contains_key(*key) && self.index.get(key).is_some())
+            .map(data_key)
+            .collect();
         if wanted.len() < 2 {
             return Ok(());
         }
@@ -71,13 +87,17 @@ impl<'a> Overlay<'a> {
         Ok(())
     }
 
-    /// The current value of `key`, pending writes first.
+    /// The current value of `key`, pending writes first; a key the index does not hold is
+    /// not read.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         if let Some(pending) = self.writes.get(key) {
             return Ok(pending.clone());
         }
         if let Some(stored) = self.stored.get(key) {
             return Ok(stored.clone());
+        }
+        if self.index.get(key).is_none() {
+            return Ok(None);
         }
         read_key(self.db, key)
     }
@@ -90,6 +110,9 @@ impl<'a> Overlay<'a> {
         }
         if let Some(stored) = self.stored.remove(key) {
             return Ok(stored);
+        }
+        if self.index.get(key).is_none() {
+            return Ok(None);
         }
         read_key(self.db, key)
     }
@@ -126,15 +149,24 @@ impl<'a> Overlay<'a> {
         self.writes.insert(key.to_vec(), None);
     }
 
-    /// Moves the pending writes into `batch`.
-    pub(crate) fn write_into(self, batch: &mut WriteBatch) {
+    /// Moves the pending writes into `batch`, and returns what they do to the [`KeyIndex`]
+    /// once `batch` is written.
+    pub(crate) fn write_into(self, batch: &mut WriteBatch) -> IndexChanges {
         let cf = self.db.cf(CF_SM);
+        let mut changes = Vec::with_capacity(self.writes.len());
         for (key, value) in self.writes {
             match value {
-                Some(kv) => batch.put_cf(cf, data_key(&key), codec::encode(&kv)),
-                None => batch.delete_cf(cf, data_key(&key)),
+                Some(kv) => {
+                    batch.put_cf(cf, data_key(&key), codec::encode(&kv));
+                    changes.push((key, Some(Revisions::of(&kv))));
+                }
+                None => {
+                    batch.delete_cf(cf, data_key(&key));
+                    changes.push((key, None));
+                }
             }
         }
+        changes
     }
 }
 

@@ -1,8 +1,9 @@
 //! openraft's state machine: the revisioned key-value store of DESIGN §4.3 over the `sm`
 //! column family, with deduplication, watch events and snapshots.
 //!
-//! `apply` is deterministic (STYLE 10): it reads only the store and the commands, orders
-//! everything with `BTreeMap`s, and takes time only from the proposer's timestamp.
+//! `apply` is deterministic (STYLE 10): it reads only the store (and the key index that
+//! mirrors it) and the commands, orders everything it iterates with `BTreeMap`s, and takes
+//! time only from the proposer's timestamp.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use crate::command::{
 use crate::db::{meta_key, sm_key, Db, CF_META, CF_SM};
 use crate::dedup::{DedupLimits, DedupTable, Seen};
 use crate::error::StoreError;
+use crate::index::{KeyIndex, Revisions};
 use crate::overlay::{Overlay, Values};
 use crate::reader::KvReader;
 use crate::types::{Entry, LogId, Revision, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -39,6 +41,8 @@ pub struct StateMachineStore {
 struct Shared {
     db: Db,
     state: Mutex<State>,
+    /// Every stored key's revisions; locked after `state`, by `apply` and snapshot installs.
+    index: Mutex<KeyIndex>,
     watch: Arc<WatchHub>,
     limits: DedupLimits,
     snapshot_seq: AtomicU64,
@@ -78,12 +82,14 @@ fn snapshot_err(meta: Option<&SnapshotMeta>, verb: ErrorVerb, e: impl std::fmt::
 impl StateMachineStore {
     pub(crate) fn open(db: Db, config: &StoreConfig) -> Result<Self, StoreError> {
         let state = load_state(&db)?;
+        let index = KeyIndex::load(&db)?;
         let applied = state.applied.map_or(0, |id| id.index);
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 watch: WatchHub::new(applied, config.watch_window_events, config.watch_window_bytes),
                 db,
                 state: Mutex::new(state),
+                index: Mutex::new(index),
                 limits: DedupLimits {
                     per_client: config.dedup_per_client,
                     client_idle_ms: config.dedup_client_idle_ms,
@@ -122,10 +128,15 @@ impl Shared {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn lock_index(&self) -> MutexGuard<'_, KeyIndex> {
+        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Applies a batch of committed entries; runs on the blocking pool.
     fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<ClientResponse>, StorageError> {
         let mut state = self.lock();
-        let mut overlay = Overlay::new(&self.db);
+        let mut index = self.lock_index();
+        let mut overlay = Overlay::new(&self.db, &index);
         // Room for what the entries will write (each request's keys and values, about twice
         // its size with their records and deduplication), so the batch is not copied as it grows.
         let room: usize = entries
@@ -163,13 +174,15 @@ impl Shared {
         // In key order, the table's `d/` keys before the data's `k/` keys, so that RocksDB's
         // memtable inserts each key from where the one before left off.
         state.dedup.write_into(&self.db, &mut batch);
-        overlay.write_into(&mut batch);
+        let changes = overlay.write_into(&mut batch);
         let sm = self.db.cf(CF_SM);
         batch.put_cf(sm, sm_key::APPLIED, codec::encode(&state.applied));
         batch.put_cf(sm, sm_key::MEMBERSHIP, codec::encode(&state.membership));
         // Not in the write-ahead log: the Raft log holds these entries until a snapshot that
         // covers them is built, and building one flushes this column family first.
         self.db.write_unlogged(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        index.apply(changes);
+        drop(index);
         let applied = state.applied.map_or(0, |id| id.index);
         drop(state);
         self.watch.publish(events, applied);
@@ -230,13 +243,19 @@ impl Shared {
     }
 }
 
-/// The single keys `request` compares, or reads or writes if its compares hold: what
-/// applying it will most likely read.
+/// The single keys whose values `request` compares, or reads if its compares hold: what
+/// applying it will most likely read from RocksDB (revisions come from the [`KeyIndex`]).
 fn named_keys<'r>(request: &'r ClientRequest, keys: &mut Vec<&'r [u8]>) {
     match &request.command {
         Command::Txn(txn) => {
-            keys.extend(txn.compare.iter().map(|compare| compare.key.as_slice()));
-            keys.extend(txn.success.iter().filter_map(Op::key));
+            let values = txn.compare.iter().filter(|compare| matches!(compare.target, CompareTarget::Value(_)));
+            keys.extend(values.map(|compare| compare.key.as_slice()));
+            keys.extend(txn.success.iter().filter_map(|op| match op {
+                Op::PutPrev { key, .. } | Op::DeletePrev { key } | Op::Get { key, prefix: false, .. } => {
+                    Some(key.as_slice())
+                }
+                _ => None,
+            }));
         }
         Command::Batch(requests) => requests.iter().for_each(|inner| named_keys(inner, keys)),
     }
@@ -252,7 +271,11 @@ fn execute_txn(
 ) -> Result<TxnResponse, StoreError> {
     let mut succeeded = true;
     for compare in &txn.compare {
-        if !compare_holds(overlay.get(&compare.key)?.as_ref(), compare) {
+        let holds = match compare.target {
+            CompareTarget::Value(_) => compare_holds(overlay.get(&compare.key)?.as_ref(), compare),
+            _ => revisions_compare_holds(overlay.revisions(&compare.key), compare),
+        };
+        if !holds {
             succeeded = false;
             break;
         }
@@ -262,17 +285,23 @@ fn execute_txn(
     for op in ops {
         let result = match op {
             Op::Put { key, value } | Op::PutPrev { key, value } => {
-                let prev = overlay.get_to_write(key)?;
+                let (before, prev) = match op {
+                    Op::PutPrev { .. } => {
+                        let prev = overlay.get_to_write(key)?;
+                        (prev.as_ref().map(Revisions::of), prev)
+                    }
+                    _ => (overlay.revisions(key), None),
+                };
                 let kv = KeyValue {
                     key: key.clone(),
                     value: value.clone(),
-                    create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+                    create_revision: before.map_or(revision, |p| p.create_revision),
                     mod_revision: revision,
-                    version: prev.as_ref().map_or(0, |p| p.version) + 1,
+                    version: before.map_or(0, |p| p.version) + 1,
                 };
                 events.push(Event { kind: EventKind::Put, kv: kv.clone() });
                 overlay.put(kv);
-                OpResult::Put { prev: prev.filter(|_| matches!(op, Op::PutPrev { .. })) }
+                OpResult::Put { prev }
             }
             Op::Get { key, prefix: true, limit } => {
                 let (kvs, more) = overlay.scan(key, *limit, Values::Read)?;
@@ -282,7 +311,14 @@ fn execute_txn(
                 OpResult::Get { kvs: overlay.get(key)?.into_iter().collect(), more: false }
             }
             Op::Delete { key } | Op::DeletePrev { key } => {
-                let deleted: Vec<KeyValue> = overlay.get_to_write(key)?.into_iter().collect();
+                let deleted: Vec<KeyValue> = match op {
+                    Op::DeletePrev { .. } => overlay.get_to_write(key)?.into_iter().collect(),
+                    _ => overlay
+                        .revisions(key)
+                        .map(|_| KeyValue { key: key.clone(), ..KeyValue::default() })
+                        .into_iter()
+                        .collect(),
+                };
                 delete_all(overlay, events, revision, &deleted);
                 deleted_result(op, deleted)
             }
@@ -318,16 +354,30 @@ fn delete_all(overlay: &mut Overlay<'_>, events: &mut Vec<Event>, revision: Revi
 
 /// Whether `compare` holds for the key's current value (`None` when absent).
 pub(crate) fn compare_holds(current: Option<&KeyValue>, compare: &Compare) -> bool {
-    use std::cmp::Ordering as O;
-    let ordering = match (&compare.target, current) {
-        (CompareTarget::Version(v), kv) => kv.map_or(0, |kv| kv.version).cmp(v),
-        (CompareTarget::CreateRevision(r), kv) => kv.map_or(0, |kv| kv.create_revision).cmp(r),
-        (CompareTarget::ModRevision(r), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(r),
+    match (&compare.target, current) {
         // As in etcd, an absent key has no value to compare: every value compare is false.
-        (CompareTarget::Value(_), None) => return false,
-        (CompareTarget::Value(v), Some(kv)) => kv.value.as_slice().cmp(v.as_slice()),
+        (CompareTarget::Value(_), None) => false,
+        (CompareTarget::Value(v), Some(kv)) => ordering_holds(kv.value.as_slice().cmp(v.as_slice()), compare.op),
+        (_, kv) => revisions_compare_holds(kv.map(Revisions::of), compare),
+    }
+}
+
+/// Whether `compare`, which is not about the value, holds for the key's current revisions
+/// (`None` when absent: version and revisions 0).
+fn revisions_compare_holds(current: Option<Revisions>, compare: &Compare) -> bool {
+    let ordering = match &compare.target {
+        CompareTarget::Version(v) => current.map_or(0, |r| r.version).cmp(v),
+        CompareTarget::CreateRevision(r) => current.map_or(0, |c| c.create_revision).cmp(r),
+        CompareTarget::ModRevision(r) => current.map_or(0, |c| c.mod_revision).cmp(r),
+        // Asked only of value compares' callers; a value compare is never true here.
+        CompareTarget::Value(_) => return false,
     };
-    match compare.op {
+    ordering_holds(ordering, compare.op)
+}
+
+fn ordering_holds(ordering: std::cmp::Ordering, op: CompareOp) -> bool {
+    use std::cmp::Ordering as O;
+    match op {
         CompareOp::Equal => ordering == O::Equal,
         CompareOp::NotEqual => ordering != O::Equal,
         CompareOp::Less => ordering == O::Less,
@@ -461,6 +511,7 @@ impl Shared {
         // Synced: the log entries this snapshot replaces may be purged right after.
         self.db.write_durable(batch).map_err(|e| fail(&e))?;
         *state = load_state(&self.db).map_err(|e| fail(&e))?;
+        *self.lock_index() = KeyIndex::load(&self.db).map_err(|e| fail(&e))?;
         let applied = state.applied.map_or(0, |id| id.index);
         drop(state);
         self.watch.reset(applied);

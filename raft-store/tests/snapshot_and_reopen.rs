@@ -213,3 +213,65 @@ async fn a_database_is_claimed_by_one_node_for_good() {
     assert!(matches!(log.claim(1), Err(xene_raft_store::StoreError::OtherNode { recorded: 2, given: 1 })));
     log.claim(2).expect("still node 2's");
 }
+
+/// The key's record as stored: version and revisions.
+async fn stored(sm: &xene_raft_store::StateMachineStore, key: &str) -> Option<(u64, u64, u64)> {
+    let kvs = sm.reader().range(key.into(), false, 0).await.expect("range").kvs;
+    kvs.first().map(|kv| (kv.version, kv.create_revision, kv.mod_revision))
+}
+
+/// A put, a delete and a compare of versions or revisions read a key's revisions from memory
+/// (the state machine's key index), not from its stored record; after a reopen and after a
+/// snapshot replaced everything, they still see exactly what is stored.
+#[tokio::test]
+async fn revisions_continue_from_what_is_stored_after_a_reopen_and_a_snapshot() {
+    let mut store = open();
+    store.txn(txn(vec![put("k", "1")])).await;
+    store.txn(txn(vec![put("k", "2"), put("gone", "x")])).await;
+    let deleted = store.txn(txn(vec![Op::Delete { key: "gone".into() }, Op::Delete { key: "never".into() }])).await;
+    assert_eq!(
+        deleted.results,
+        vec![xene_raft_store::OpResult::Removed { count: 1 }, xene_raft_store::OpResult::Removed { count: 0 }]
+    );
+    assert_eq!(stored(&store.sm, "k").await, Some((2, 1, 2)));
+
+    let dir = store.dir;
+    let next_index = store.next_index;
+    drop((store.log, store.sm));
+    let (log, sm) = xene_raft_store::open(dir.path(), &StoreConfig::default()).expect("reopen");
+    let mut store = common::TestStore { dir, log, sm, next_index };
+    let versioned = |key: &str, version: u64| xene_raft_store::Compare {
+        key: key.into(),
+        op: xene_raft_store::CompareOp::Equal,
+        target: xene_raft_store::CompareTarget::Version(version),
+    };
+    let reopened = store
+        .txn(xene_raft_store::Txn {
+            compare: vec![versioned("k", 2), xene_raft_store::Compare::absent("gone")],
+            success: vec![put("k", "3"), put("gone", "back")],
+            failure: vec![],
+        })
+        .await;
+    assert!(reopened.succeeded, "the reopened store knows k's version and that gone is gone");
+    assert_eq!(stored(&store.sm, "k").await, Some((3, 1, 4)), "created at 1, third version");
+    assert_eq!(stored(&store.sm, "gone").await, Some((1, 4, 4)), "created again at 4");
+    let snapshot = store.sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+
+    // A store whose own keys the snapshot replaces forgets them.
+    let mut other = open();
+    other.txn(txn(vec![put("mine", "1"), put("k", "other")])).await;
+    let mut receiving = other.sm.begin_receiving_snapshot().await.expect("begin");
+    *receiving = Cursor::new(snapshot.snapshot.get_ref().clone());
+    other.sm.install_snapshot(&snapshot.meta, receiving).await.expect("install");
+    other.next_index = 5;
+    let installed = other
+        .txn(xene_raft_store::Txn {
+            compare: vec![versioned("k", 3), xene_raft_store::Compare::absent("mine")],
+            success: vec![put("k", "4"), put("mine", "2")],
+            failure: vec![],
+        })
+        .await;
+    assert!(installed.succeeded, "after the snapshot: k at version 3, mine absent");
+    assert_eq!(stored(&other.sm, "k").await, Some((4, 1, 5)));
+    assert_eq!(stored(&other.sm, "mine").await, Some((1, 5, 5)), "a new key, not a second version of the old one");
+}
