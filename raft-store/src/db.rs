@@ -59,10 +59,11 @@ fn cf_options(name: &str, cache: &Cache, memtable: usize) -> Options {
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     if name == CF_SM {
-        // Every put reads its key's previous version (DESIGN §4.3: create revision, version,
-        // the previous value), a key that is in one table file at most: a Bloom filter (10
-        // bits a key, about 1 % false positives) skips the data blocks of the others. Reading
-        // blocks was a quarter of a leader's apply time under random puts, and halved (PERF W1).
+        // A read of a key (a get, a value compare, a `…Prev` write; a put's revisions come
+        // from the key index) finds it in one table file at most: a Bloom filter (10 bits a
+        // key, about 1 % false positives) skips the data blocks of the others. When every put
+        // read its key here, reading blocks was a quarter of a leader's apply time under
+        // random puts, and the filter halved it (PERF W1).
         table.set_bloom_filter(10.0, false);
     }
     let mut opts = Options::default();
