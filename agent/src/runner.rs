@@ -364,8 +364,10 @@ impl Runner {
         }
         // Stopped and waited for: a StartingUp it was sending must not follow Running.
         starting.stop().await;
-        run.status.phase = RunPhase::Running;
-        report(&self.outbox, epoch, &run);
+        if !cancel.is_cancelled() {
+            run.status.phase = RunPhase::Running;
+            report(&self.outbox, epoch, &run);
+        }
 
         let run_timeout = pipeline.timeout.map(|d| d.as_std());
         let deadline = run_timeout.map(|t| tokio::time::Instant::now() + t);
@@ -1852,7 +1854,22 @@ mod tests {
         let marker = dir.path().join("ran");
         let (runner, outbox, _, _applied) = started_unapplied(dir.path(), &marker, "stopped").await;
         runner.stop_pipeline("w/p");
-        let done = final_report(&mut applied_at_once(outbox)).await;
+        let mut outbox = applied_at_once(outbox);
+        let mut phases = Vec::new();
+        let done = loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), outbox.recv())
+                .await
+                .expect("a report within 20 s")
+                .expect("the outbox is open");
+            if let Some(agent_message::Body::RunUpdate(update)) = message.body {
+                let run: RunObject = serde_json::from_str(&update.run_json).expect("run json");
+                phases.push(run.status.phase);
+                if run.status.phase.is_terminal() {
+                    break run;
+                }
+            }
+        };
+        assert!(!phases.contains(&RunPhase::Running), "a run that ran nothing is never reported Running: {phases:?}");
         assert_eq!((done.status.phase, done.status.reason), (RunPhase::Error, Some(ErrorReason::AgentLost)));
         assert_eq!(done.status.tasks["t"].status, StepStatus::NotExecuted, "{done:#?}");
         assert!(!marker.exists(), "a step ran");
