@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use rocksdb::{Direction, IteratorMode};
+use rocksdb::{Direction, IteratorMode, ReadOptions};
 use serde::Deserialize;
 
 use crate::codec;
@@ -53,10 +53,15 @@ pub(crate) struct KeyIndex {
 pub(crate) type IndexChanges = Vec<(Vec<u8>, Option<Revisions>)>;
 
 impl KeyIndex {
-    /// Reads every key's revisions from the `sm` column family.
+    /// Reads every key's revisions from the `sm` column family: one pass over every record,
+    /// values included (a store of a few gigabytes of logs opens seconds later), that leaves
+    /// the block cache to the reads that follow.
     pub(crate) fn load(db: &Db) -> Result<Self> {
         let mut keys = HashMap::new();
-        let records = db.raw().iterator_cf(db.cf(CF_SM), IteratorMode::From(sm_key::DATA, Direction::Forward));
+        let mut once = ReadOptions::default();
+        once.fill_cache(false);
+        let start = IteratorMode::From(sm_key::DATA, Direction::Forward);
+        let records = db.raw().iterator_cf_opt(db.cf(CF_SM), once, start);
         for item in records {
             let (key, value) = item?;
             let Some(user_key) = key.strip_prefix(sm_key::DATA) else { break };
