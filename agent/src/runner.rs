@@ -1693,6 +1693,14 @@ mod tests {
 
     /// The run's reports through `outbox` until one is final.
     async fn final_report(outbox: &mut tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage>) -> RunObject {
+        reports_until_final(outbox).await.0
+    }
+
+    /// As [`final_report`], with the phase of every report before it.
+    async fn reports_until_final(
+        outbox: &mut tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage>,
+    ) -> (RunObject, Vec<RunPhase>) {
+        let mut phases = Vec::new();
         loop {
             let message = tokio::time::timeout(Duration::from_secs(20), outbox.recv())
                 .await
@@ -1701,8 +1709,9 @@ mod tests {
             if let Some(agent_message::Body::RunUpdate(update)) = message.body {
                 let run: RunObject = serde_json::from_str(&update.run_json).expect("run json");
                 if run.status.phase.is_terminal() {
-                    return run;
+                    return (run, phases);
                 }
+                phases.push(run.status.phase);
             }
         }
     }
@@ -1854,21 +1863,7 @@ mod tests {
         let marker = dir.path().join("ran");
         let (runner, outbox, _, _applied) = started_unapplied(dir.path(), &marker, "stopped").await;
         runner.stop_pipeline("w/p");
-        let mut outbox = applied_at_once(outbox);
-        let mut phases = Vec::new();
-        let done = loop {
-            let message = tokio::time::timeout(Duration::from_secs(20), outbox.recv())
-                .await
-                .expect("a report within 20 s")
-                .expect("the outbox is open");
-            if let Some(agent_message::Body::RunUpdate(update)) = message.body {
-                let run: RunObject = serde_json::from_str(&update.run_json).expect("run json");
-                phases.push(run.status.phase);
-                if run.status.phase.is_terminal() {
-                    break run;
-                }
-            }
-        };
+        let (done, phases) = reports_until_final(&mut applied_at_once(outbox)).await;
         assert!(!phases.contains(&RunPhase::Running), "a run that ran nothing is never reported Running: {phases:?}");
         assert_eq!((done.status.phase, done.status.reason), (RunPhase::Error, Some(ErrorReason::AgentLost)));
         assert_eq!(done.status.tasks["t"].status, StepStatus::NotExecuted, "{done:#?}");
