@@ -43,6 +43,12 @@ struct StoredRecord<'a> {
     version: u64,
 }
 
+impl StoredRecord<'_> {
+    fn revisions(&self) -> Revisions {
+        Revisions { create_revision: self.create_revision, mod_revision: self.mod_revision, version: self.version }
+    }
+}
+
 /// The revisions of every key in the store, by key.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
@@ -66,12 +72,7 @@ impl KeyIndex {
             let (key, value) = item?;
             let Some(user_key) = key.strip_prefix(sm_key::DATA) else { break };
             let record: StoredRecord<'_> = codec::decode("stored key", &value)?;
-            let revisions = Revisions {
-                create_revision: record.create_revision,
-                mod_revision: record.mod_revision,
-                version: record.version,
-            };
-            keys.insert(Box::from(user_key), revisions);
+            keys.insert(Box::from(user_key), record.revisions());
         }
         Ok(KeyIndex { keys })
     }
@@ -130,13 +131,6 @@ mod tests {
         let bytes = codec::encode(&kv);
         let record: StoredRecord<'_> = codec::decode("stored key", &bytes).expect("decodes");
         assert_eq!((record._key, record._value.len()), (b"k".as_slice(), 300));
-        assert_eq!(
-            Revisions {
-                create_revision: record.create_revision,
-                mod_revision: record.mod_revision,
-                version: record.version
-            },
-            Revisions::of(&kv)
-        );
+        assert_eq!(record.revisions(), Revisions::of(&kv));
     }
 }
